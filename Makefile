@@ -1,0 +1,42 @@
+# `make run` and `make test` work on a fresh clone: they create .venv and install from the lock.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit train bench lock clean
+
+$(STAMP): requirements/dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/chargecast serve
+
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+train: $(STAMP)
+	$(BIN)/chargecast train --data ../shared/data/insurance.csv --out models/current
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes --extra train --extra batch --extra dev -o requirements/dev.lock pyproject.toml
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes -o requirements/serve.lock pyproject.toml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

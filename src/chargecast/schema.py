@@ -1,0 +1,349 @@
+"""The patient record: the single source of truth for inputs.
+
+The form, the API, CSV validation and the training columns all derive from ``FIELDS``.
+Validation never raises anything but :class:`ValidationError`, whose issues name the
+row (for tables), the field, the offending value and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+TARGET: Final = "charges"
+MAX_REPORTED_ISSUES: Final = 20
+
+
+@dataclass(frozen=True)
+class NumberField:
+    """A numeric input with an inclusive range; ``integer`` fields reject fractions."""
+
+    name: str
+    label: str
+    help: str
+    minimum: float
+    maximum: float
+    integer: bool
+    example: float
+    step: float = 1.0
+    kind: Literal["number"] = "number"
+
+    @property
+    def rule(self) -> str:
+        what = "a whole number" if self.integer else "a number"
+        return f"must be {what} from {_fmt(self.minimum)} to {_fmt(self.maximum)}"
+
+
+@dataclass(frozen=True)
+class CategoryField:
+    """A categorical input; values are matched ignoring case and surrounding spaces."""
+
+    name: str
+    label: str
+    help: str
+    choices: tuple[str, ...]
+    example: str
+    choice_labels: tuple[str, ...] = ()
+    kind: Literal["category"] = "category"
+
+    @property
+    def rule(self) -> str:
+        return "must be one of " + ", ".join(self.choices)
+
+    def labels(self) -> tuple[str, ...]:
+        return self.choice_labels or tuple(c.capitalize() for c in self.choices)
+
+
+Field = NumberField | CategoryField
+
+# Ranges: the training data spans age 18-64, bmi 15.96-53.13, children 0-5. The API accepts
+# the wider, physically plausible ranges below (adults only: the data has no minors), and
+# the artifact reports when a value lies outside what the model was trained on.
+FIELDS: Final[tuple[Field, ...]] = (
+    NumberField(
+        "age", "Age", "Age in whole years at admission (adults only).",
+        minimum=18, maximum=100, integer=True, example=39,
+    ),
+    CategoryField(
+        "sex", "Sex", "Sex recorded on the policy.", choices=("female", "male"), example="female",
+    ),
+    NumberField(
+        "bmi", "Body mass index", "Weight in kg divided by the square of height in m.",
+        minimum=10, maximum=80, integer=False, example=30.4, step=0.01,
+    ),
+    NumberField(
+        "children", "Children", "Number of children or dependants covered by the policy.",
+        minimum=0, maximum=10, integer=True, example=1,
+    ),
+    CategoryField(
+        "smoker", "Smoker", "Does the patient smoke?", choices=("no", "yes"), example="no",
+    ),
+    CategoryField(
+        "region", "Region", "Residential area in the US.",
+        choices=("northeast", "northwest", "southeast", "southwest"), example="southeast",
+        choice_labels=("North-east", "North-west", "South-east", "South-west"),
+    ),
+)
+FIELD_BY_NAME: Final[dict[str, Field]] = {f.name: f for f in FIELDS}
+FEATURES: Final[tuple[str, ...]] = tuple(f.name for f in FIELDS)
+# A record encoded as floats, in FEATURES order; categories become their index in `choices`.
+Encoded = tuple[float, float, float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One broken rule: which row (tables only), field, value and rule."""
+
+    field: str
+    rule: str
+    value: Any = None
+    row: int | None = None
+
+    def __str__(self) -> str:
+        where = f"row {self.row}, " if self.row is not None else ""
+        shown = "" if self.value is None else f" (got {_show(self.value)})"
+        return f"{where}{self.field}: {self.rule}{shown}"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"field": self.field, "rule": self.rule}
+        if self.row is not None:
+            out["row"] = self.row
+        if self.value is not None:
+            out["value"] = self.value if _jsonable(self.value) else repr(self.value)
+        return out
+
+
+@dataclass
+class ValidationError(ValueError):
+    """Input broke the schema; ``issues`` lists the first problems (``truncated`` if more)."""
+
+    issues: list[Issue]
+    truncated: bool = False
+    total: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        self.total = max(self.total, len(self.issues))
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = [str(i) for i in self.issues]
+        if self.truncated:
+            lines.append(f"... and {self.total - len(self.issues)} more")
+        return "; ".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _jsonable(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (str, int, bool))
+
+
+def check_value(spec: Field, value: Any) -> float | Issue:
+    """Validate one value; return its float encoding or the broken rule."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Issue(spec.name, "is required", None)
+    if isinstance(spec, CategoryField):
+        if not isinstance(value, str):
+            return Issue(spec.name, spec.rule, value)
+        text = value.strip().lower()
+        try:
+            return float(spec.choices.index(text))
+        except ValueError:
+            return Issue(spec.name, spec.rule, value)
+    if isinstance(value, bool):
+        return Issue(spec.name, spec.rule, value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return Issue(spec.name, spec.rule, value)
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        return Issue(spec.name, spec.rule, value)
+    if not math.isfinite(number):
+        return Issue(spec.name, "must be a finite number", str(value))
+    if spec.integer and not number.is_integer():
+        return Issue(spec.name, spec.rule, value)
+    if not spec.minimum <= number <= spec.maximum:
+        return Issue(spec.name, spec.rule, value)
+    return number
+
+
+def validate_record(
+    obj: Any, *, row: int | None = None, exclude_extra: bool = True, field_prefix: str = ""
+) -> list[float] | list[Issue]:
+    """Check one record; return its encoding, or every issue found in it.
+
+    Unknown fields are an error (a typo such as ``smoking`` must not silently fall back
+    to a default); ``field_prefix`` lets list callers name fields like ``[3].age``.
+    """
+    if not isinstance(obj, Mapping):
+        return [Issue(field_prefix.rstrip(".") or "record", "must be an object with the six fields", None, row)]
+    issues: list[Issue] = []
+    encoded: list[float] = []
+    for spec in FIELDS:
+        result = check_value(spec, obj.get(spec.name))
+        if isinstance(result, Issue):
+            issues.append(Issue(field_prefix + spec.name, result.rule, result.value, row))
+        else:
+            encoded.append(result)
+    if exclude_extra:
+        for key in obj:
+            if key not in FIELD_BY_NAME:
+                issues.append(Issue(field_prefix + str(key), "is not a known field", None, row))
+    return issues or encoded
+
+
+def encode_record(obj: Any) -> Encoded:
+    """Validate and encode one record, raising :class:`ValidationError`."""
+    result = validate_record(obj)
+    if result and isinstance(result[0], Issue):
+        raise ValidationError(list(result))  # type: ignore[arg-type]
+    return tuple(result)  # type: ignore[return-value]
+
+
+def encode_records(objs: Sequence[Any], *, prefix: bool = True) -> npt.NDArray[np.float64]:
+    """Validate a list of records into an (n, 6) float array; errors name ``[i].field``."""
+    rows = np.empty((len(objs), len(FIELDS)), dtype=np.float64)
+    issues: list[Issue] = []
+    for i, obj in enumerate(objs):
+        result = validate_record(obj, field_prefix=f"[{i}]." if prefix else "")
+        if result and isinstance(result[0], Issue):
+            issues.extend(result)  # type: ignore[arg-type]
+        elif not issues:
+            rows[i] = result
+    if issues:
+        raise _error(issues)
+    return rows
+
+
+def _error(issues: list[Issue]) -> ValidationError:
+    return ValidationError(issues[:MAX_REPORTED_ISSUES], len(issues) > MAX_REPORTED_ISSUES, len(issues))
+
+
+def encode_columns(
+    columns: Mapping[str, npt.ArrayLike], *, first_row: int = 1, require_all: bool = True
+) -> npt.NDArray[np.float64]:
+    """Validate a table given column-wise into an (n, 6) float array, vectorised.
+
+    Numeric columns may be floats (NaN means missing) or strings; category columns are
+    strings. ``first_row`` is the number reported for the table's first data row.
+    """
+    missing = [name for name in FEATURES if name not in columns]
+    if missing and require_all:
+        raise ValidationError([Issue(name, "column is required", None) for name in missing])
+    n = len(np.asarray(columns[FEATURES[0]]))
+    out = np.empty((n, len(FIELDS)), dtype=np.float64)
+    masks: list[npt.NDArray[np.bool_]] = []
+    raws: list[npt.NDArray[Any]] = []
+    for j, spec in enumerate(FIELDS):
+        raw = np.asarray(columns[spec.name])
+        if len(raw) != n:
+            raise ValidationError([Issue(spec.name, f"column has {len(raw)} values, expected {n}")])
+        out[:, j], bad = _column(spec, raw)
+        masks.append(bad)
+        raws.append(raw)
+    bad_any = np.logical_or.reduce(masks) if masks else np.zeros(n, dtype=bool)
+    if not bad_any.any():
+        return out
+    issues: list[Issue] = []
+    for i in np.flatnonzero(bad_any):
+        for j, spec in enumerate(FIELDS):
+            if masks[j][i] and len(issues) < MAX_REPORTED_ISSUES:
+                value = _py(raws[j][i])
+                found = check_value(spec, value)
+                rule = found.rule if isinstance(found, Issue) else spec.rule
+                issues.append(Issue(spec.name, rule, found.value if isinstance(found, Issue) else value,
+                                    int(i) + first_row))
+        if len(issues) >= MAX_REPORTED_ISSUES:
+            break
+    total = int(sum(int(m.sum()) for m in masks))
+    raise ValidationError(issues, total > len(issues), total)
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _column(spec: Field, raw: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Encode one column; return values and a mask of rows that break the rule."""
+    if isinstance(spec, CategoryField):
+        codes = np.full(len(raw), np.nan)
+        text = np.char.lower(np.char.strip(raw.astype(str)))
+        for k, choice in enumerate(spec.choices):
+            codes[text == choice] = k
+        missing = _missing_mask(raw)
+        return codes, np.isnan(codes) | missing
+    if raw.dtype.kind in "fiu":
+        values = raw.astype(np.float64)
+    else:
+        values = _to_float(raw)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values < spec.minimum) | (values > spec.maximum)
+        if spec.integer:
+            bad |= values != np.floor(values)
+    return values, bad
+
+
+def _missing_mask(raw: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    if raw.dtype.kind == "O":
+        return np.array([v is None for v in raw], dtype=bool)
+    return np.zeros(len(raw), dtype=bool)
+
+
+def _to_float(raw: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    try:
+        return raw.astype(np.float64)
+    except (ValueError, TypeError):
+        return np.array([_float_or_nan(v) for v in raw], dtype=np.float64)
+
+
+def _float_or_nan(value: Any) -> float:
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (ValueError, TypeError):
+        return math.nan
+
+
+def decode(encoded: Iterable[float]) -> dict[str, float | str]:
+    """Turn an encoded row back into a record (for explanations and reports)."""
+    out: dict[str, float | str] = {}
+    for spec, value in zip(FIELDS, encoded, strict=True):
+        if isinstance(spec, CategoryField):
+            out[spec.name] = spec.choices[int(value)]
+        else:
+            out[spec.name] = int(value) if spec.integer else float(value)
+    return out
+
+
+def describe() -> list[dict[str, Any]]:
+    """The schema as plain data, for metadata.json and the OpenAPI document."""
+    out: list[dict[str, Any]] = []
+    for spec in FIELDS:
+        item: dict[str, Any] = {"name": spec.name, "label": spec.label, "help": spec.help, "kind": spec.kind}
+        if isinstance(spec, NumberField):
+            item |= {"type": "integer" if spec.integer else "number", "minimum": spec.minimum,
+                     "maximum": spec.maximum, "example": spec.example}
+        else:
+            item |= {"type": "string", "enum": list(spec.choices), "example": spec.example}
+        out.append(item)
+    return out
