@@ -66,26 +66,53 @@ Field = NumberField | CategoryField
 # the artifact reports when a value lies outside what the model was trained on.
 FIELDS: Final[tuple[Field, ...]] = (
     NumberField(
-        "age", "Age", "Age in whole years at admission (adults only).",
-        minimum=18, maximum=100, integer=True, example=39,
+        "age",
+        "Age",
+        "Age in whole years at admission (adults only).",
+        minimum=18,
+        maximum=100,
+        integer=True,
+        example=39,
     ),
     CategoryField(
-        "sex", "Sex", "Sex recorded on the policy.", choices=("female", "male"), example="female",
+        "sex",
+        "Sex",
+        "Sex recorded on the policy.",
+        choices=("female", "male"),
+        example="female",
     ),
     NumberField(
-        "bmi", "Body mass index", "Weight in kg divided by the square of height in m.",
-        minimum=10, maximum=80, integer=False, example=30.4, step=0.01,
+        "bmi",
+        "Body mass index",
+        "Weight in kg divided by the square of height in m.",
+        minimum=10,
+        maximum=80,
+        integer=False,
+        example=30.4,
+        step=0.01,
     ),
     NumberField(
-        "children", "Children", "Number of children or dependants covered by the policy.",
-        minimum=0, maximum=10, integer=True, example=1,
+        "children",
+        "Children",
+        "Number of children or dependants covered by the policy.",
+        minimum=0,
+        maximum=10,
+        integer=True,
+        example=1,
     ),
     CategoryField(
-        "smoker", "Smoker", "Does the patient smoke?", choices=("no", "yes"), example="no",
+        "smoker",
+        "Smoker",
+        "Does the patient smoke?",
+        choices=("no", "yes"),
+        example="no",
     ),
     CategoryField(
-        "region", "Region", "Residential area in the US.",
-        choices=("northeast", "northwest", "southeast", "southwest"), example="southeast",
+        "region",
+        "Region",
+        "Residential area in the US.",
+        choices=("northeast", "northwest", "southeast", "southwest"),
+        example="southeast",
         choice_labels=("North-east", "North-west", "South-east", "South-west"),
     ),
 )
@@ -193,7 +220,9 @@ def validate_record(
     to a default); ``field_prefix`` lets list callers name fields like ``[3].age``.
     """
     if not isinstance(obj, Mapping):
-        return [Issue(field_prefix.rstrip(".") or "record", "must be an object with the six fields", None, row)]
+        return [
+            Issue(field_prefix.rstrip(".") or "record", "must be an object with the six fields", None, row)
+        ]
     issues: list[Issue] = []
     encoded: list[float] = []
     for spec in FIELDS:
@@ -268,8 +297,14 @@ def encode_columns(
                 value = _py(raws[j][i])
                 found = check_value(spec, value)
                 rule = found.rule if isinstance(found, Issue) else spec.rule
-                issues.append(Issue(spec.name, rule, found.value if isinstance(found, Issue) else value,
-                                    int(i) + first_row))
+                issues.append(
+                    Issue(
+                        spec.name,
+                        rule,
+                        found.value if isinstance(found, Issue) else value,
+                        int(i) + first_row,
+                    )
+                )
         if len(issues) >= MAX_REPORTED_ISSUES:
             break
     total = int(sum(int(m.sum()) for m in masks))
@@ -291,10 +326,7 @@ def _column(spec: Field, raw: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64]
             codes[text == choice] = k
         missing = _missing_mask(raw)
         return codes, np.isnan(codes) | missing
-    if raw.dtype.kind in "fiu":
-        values = raw.astype(np.float64)
-    else:
-        values = _to_float(raw)
+    values = raw.astype(np.float64) if raw.dtype.kind in "fiu" else _to_float(raw)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (values < spec.minimum) | (values > spec.maximum)
         if spec.integer:
@@ -341,8 +373,12 @@ def describe() -> list[dict[str, Any]]:
     for spec in FIELDS:
         item: dict[str, Any] = {"name": spec.name, "label": spec.label, "help": spec.help, "kind": spec.kind}
         if isinstance(spec, NumberField):
-            item |= {"type": "integer" if spec.integer else "number", "minimum": spec.minimum,
-                     "maximum": spec.maximum, "example": spec.example}
+            item |= {
+                "type": "integer" if spec.integer else "number",
+                "minimum": spec.minimum,
+                "maximum": spec.maximum,
+                "example": spec.example,
+            }
         else:
             item |= {"type": "string", "enum": list(spec.choices), "example": spec.example}
         out.append(item)

@@ -1,0 +1,215 @@
+"""The model artifact: a directory the service can load fast and trust.
+
+``metadata.json`` lists every other file the loader reads with its sha256; loading checks
+them all before parsing anything. Nothing is pickled: the model is JSON plus a ``.npz``
+read with ``allow_pickle=False``. The artifact knows how to predict, explain and
+describe itself, so the CLI and the web routes stay thin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import chargecast
+from chargecast import schema
+from chargecast.intervals import ConformalBands
+from chargecast.predictors import Predictor, from_spec
+
+Array = npt.NDArray[np.float64]
+FORMAT = 1
+MODEL_FILE, ARRAYS_FILE, METADATA_FILE = "model.json", "arrays.npz", "metadata.json"
+
+
+class ArtifactError(Exception):
+    """The artifact is missing, tampered with, or made for incompatible software."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    charges: float
+    low: float
+    high: float
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "chargecast": chargecast.__version__, "numpy": np.__version__}
+    for name in ("scikit-learn",):
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
+            out[name] = importlib_metadata.version(name)
+    return out
+
+
+class Artifact:
+    """A loaded, verified model: predicts, explains and describes itself."""
+
+    def __init__(
+        self, metadata: dict[str, Any], predictor: Predictor, bands: ConformalBands, path: Path | None = None
+    ) -> None:
+        self.metadata = metadata
+        self.predictor = predictor
+        self.bands = bands
+        self.path = path
+        self.version: str = metadata["version"]
+        self.level = bands.level
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path | str) -> Artifact:
+        """Verify every listed file's hash, then the software versions, then parse."""
+        root = Path(path)
+        meta_path = root / METADATA_FILE
+        if not meta_path.is_file():
+            raise ArtifactError(f"{meta_path}: not found (is {root} a chargecast model directory?)")
+        try:
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+            files: dict[str, str] = metadata["files"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{meta_path}: unreadable metadata ({exc})") from None
+        for rel in (MODEL_FILE, ARRAYS_FILE):
+            if rel not in files:
+                raise ArtifactError(f"{meta_path}: 'files' does not list {rel}")
+        for rel, expected in files.items():
+            file = (root / rel).resolve()
+            if root.resolve() not in file.parents:
+                raise ArtifactError(f"{rel}: path escapes the artifact directory")
+            if not file.is_file():
+                raise ArtifactError(f"{rel}: listed in metadata.json but missing")
+            if sha256_file(file) != expected:
+                raise ArtifactError(f"{rel}: sha256 does not match metadata.json (file changed or corrupt)")
+        cls._check_compatible(metadata)
+        try:
+            spec = json.loads((root / MODEL_FILE).read_text(encoding="utf-8"))
+            with np.load(root / ARRAYS_FILE, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            predictor = from_spec(spec["predictor"], arrays)
+            bands = ConformalBands.from_json(spec["interval"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise ArtifactError(f"{MODEL_FILE}: cannot build the model ({exc})") from None
+        return cls(metadata, predictor, bands, root)
+
+    @staticmethod
+    def _check_compatible(metadata: Mapping[str, Any]) -> None:
+        if metadata.get("format") != FORMAT:
+            raise ArtifactError(
+                f"artifact format {metadata.get('format')!r} is not supported "
+                f"(this chargecast reads format {FORMAT})"
+            )
+        libs = metadata.get("libraries", {})
+        if _major(str(libs.get("numpy", "?"))) != _major(np.__version__):
+            raise ArtifactError(
+                f"artifact was written with numpy {libs.get('numpy')}, "
+                f"incompatible with installed numpy {np.__version__}"
+            )
+        if _major(str(libs.get("chargecast", "?"))) != _major(chargecast.__version__):
+            raise ArtifactError(
+                f"artifact was written by chargecast {libs.get('chargecast')}, "
+                f"incompatible with chargecast {chargecast.__version__}"
+            )
+        if metadata.get("schema") != schema.describe():
+            raise ArtifactError("artifact was trained for a different patient record schema")
+
+    # -- prediction ----------------------------------------------------------------------
+    def predict_record(self, record: Mapping[str, Any]) -> Prediction:
+        """Validate and predict one record (the hot path: no numpy arrays involved)."""
+        row = schema.encode_record(record)
+        return self.predict_row(row)
+
+    def predict_row(self, row: Sequence[float]) -> Prediction:
+        charges = self.predictor.predict_row(row)
+        low, high = self.bands.apply_row(charges, row)
+        return Prediction(charges, low, high)
+
+    def predict(self, X: Array) -> tuple[Array, Array, Array]:
+        """Point predictions and interval bounds for an encoded (n, 6) matrix."""
+        charges = self.predictor.predict(X)
+        low, high = self.bands.apply(charges, X)
+        return charges, low, high
+
+    def explain(self, X: Array) -> Array:
+        """Per-input contributions; each row sums to prediction minus :attr:`baseline`."""
+        return self.predictor.contributions(X)
+
+    @property
+    def baseline(self) -> float:
+        return self.predictor.baseline
+
+    def describe(self) -> dict[str, Any]:
+        """What clients may know: everything in metadata.json but file hashes."""
+        return {k: v for k, v in self.metadata.items() if k != "files"}
+
+
+def write(
+    out_dir: Path,
+    predictor: Predictor,
+    bands: ConformalBands,
+    metadata: dict[str, Any],
+    extra_files: Mapping[str, bytes] | None = None,
+) -> dict[str, Any]:
+    """Write an artifact atomically: build in a temp dir beside ``out_dir``, then swap it in.
+
+    ``metadata`` gets ``format``, ``version``, ``created_at``, ``libraries``, ``schema``
+    and ``files`` added. Returns the final metadata.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        spec = {"predictor": predictor.to_json(), "interval": bands.to_json()}
+        (tmp / MODEL_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        arrays = predictor.arrays() or {"empty": np.zeros(0)}
+        with (tmp / ARRAYS_FILE).open("wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+        for rel, content in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(content)
+        files = {rel: sha256_file(tmp / rel) for rel in (MODEL_FILE, ARRAYS_FILE)}
+        created = datetime.now(UTC)
+        digest = hashlib.sha256("".join(files[k] for k in sorted(files)).encode()).hexdigest()
+        full = {
+            "format": FORMAT,
+            "version": f"{created:%Y%m%d}-{digest[:8]}",
+            "created_at": created.isoformat(timespec="seconds"),
+            "libraries": library_versions(),
+            "schema": schema.describe(),
+            **metadata,
+            "files": files,
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+        return full
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,371 @@
+"""Honest model selection: hold out the test split first, pick by repeated K-fold CV.
+
+The held-out rows are scored exactly once, after the choice is made and the winner is
+refit on the whole training part. Interval widths are calibrated on out-of-fold
+residuals, so no rows are spent on a separate calibration split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import RepeatedKFold, train_test_split
+
+from chargecast.data import Dataset
+from chargecast.features import design, domain_terms, drop_features, tutorial_terms
+from chargecast.intervals import ConformalBands, assign_groups
+from chargecast.predictors import LinearTerms, Predictor, TreeGrid
+from chargecast.schema import FEATURES
+
+Array = npt.NDArray[np.float64]
+MAX_GRID_CELLS = 8_000_000
+
+
+class Candidate:
+    """A model family: fit on encoded rows, predict, and compile for serving."""
+
+    name: str
+    description: str
+
+    def fit(self, X: Array, y: Array, excluded: Sequence[int], seed: int) -> Any:
+        raise NotImplementedError
+
+    def predict(self, model: Any, X: Array) -> Array:
+        raise NotImplementedError
+
+    def compile(self, model: Any, X: Array) -> Predictor:
+        raise NotImplementedError
+
+
+@dataclass
+class _FittedLinear:
+    terms: list[Any]
+    regression: LinearRegression
+
+
+class LinearCandidate(Candidate):
+    """Least squares on feature terms; the terms may be learned from the data (bin edges)."""
+
+    def __init__(self, name: str, description: str, terms: Callable[[Array], list[Any]]) -> None:
+        self.name, self.description, self._terms = name, description, terms
+
+    def fit(self, X: Array, y: Array, excluded: Sequence[int], seed: int) -> _FittedLinear:
+        terms = drop_features(self._terms(X), excluded)
+        return _FittedLinear(terms, LinearRegression().fit(design(terms, X), y))
+
+    def predict(self, model: _FittedLinear, X: Array) -> Array:
+        out: Array = model.regression.predict(design(model.terms, X))
+        return out
+
+    def compile(self, model: _FittedLinear, X: Array) -> Predictor:
+        reg = model.regression
+        return LinearTerms.fit_background(model.terms, reg.coef_, float(reg.intercept_), X)
+
+
+class BoostingCandidate(Candidate):
+    """Gradient-boosted shallow trees on the encoded inputs (categories as codes)."""
+
+    name = "gradient_boosting"
+    description = "gradient boosting, 300 trees of depth 2, learning rate 0.05, subsample 0.8"
+
+    def fit(self, X: Array, y: Array, excluded: Sequence[int], seed: int) -> GradientBoostingRegressor:
+        model = GradientBoostingRegressor(
+            n_estimators=300, learning_rate=0.05, max_depth=2, subsample=0.8, random_state=seed
+        )
+        model.fit(_blank(X, excluded), y)
+        model.excluded_ = list(excluded)
+        return model
+
+    def predict(self, model: GradientBoostingRegressor, X: Array) -> Array:
+        out: Array = model.predict(_blank(X, model.excluded_))
+        return out
+
+    def compile(self, model: GradientBoostingRegressor, X: Array) -> Predictor:
+        edges: list[list[float]] = [[] for _ in FEATURES]
+        for tree in model.estimators_[:, 0]:
+            t = tree.tree_
+            for feat, thr in zip(t.feature, t.threshold, strict=True):
+                if feat >= 0:
+                    edges[feat].append(float(thr))
+        edges = [sorted(set(e)) for e in edges]
+        if math.prod(len(e) + 1 for e in edges) > MAX_GRID_CELLS:
+            raise RuntimeError("tree ensemble too fine-grained to compile into a lookup grid")
+        axes = [_representatives(e) for e in edges]
+        mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(FEATURES))
+        grid = TreeGrid(edges, model.predict(mesh), _blank(X, model.excluded_))
+        return grid
+
+
+def _blank(X: Array, excluded: Sequence[int]) -> Array:
+    """Excluded inputs become a constant, so no tree can split on them."""
+    if not excluded:
+        return X
+    out = X.copy()
+    out[:, list(excluded)] = 0.0
+    return out
+
+
+def _representatives(edges: Sequence[float]) -> Array:
+    """One float32-exact value inside each bin (lo, hi] that the thresholds cut."""
+    if not edges:
+        return np.zeros(1)
+    reps = []
+    for e in edges:
+        x = np.float32(e)
+        if float(x) > e:
+            x = np.nextafter(x, np.float32(-np.inf))
+        reps.append(float(x))
+    top = np.float32(edges[-1])
+    while float(top) <= edges[-1]:
+        top = np.nextafter(top, np.float32(np.inf))
+    reps.append(float(top))
+    return np.asarray(reps)
+
+
+CANDIDATES: tuple[Candidate, ...] = (
+    LinearCandidate(
+        "tutorial_baseline",
+        "the tutorial's recipe: linear regression on degree-2 polynomial features plus binned age and bmi",
+        tutorial_terms,
+    ),
+    LinearCandidate(
+        "linear_domain",
+        "linear regression with domain features: age², obesity (bmi >= 30), smoker × obesity, smoker × bmi",
+        lambda X: domain_terms(),
+    ),
+    BoostingCandidate(),
+)
+
+
+def scores(y: Array, pred: Array) -> dict[str, float]:
+    err = pred - y
+    return {
+        "r2": float(1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2)),
+        "mae": float(np.mean(np.abs(err))),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "total_bias": float(err.sum() / y.sum()),
+    }
+
+
+@dataclass
+class CVResult:
+    """Out-of-fold results of one candidate over all repeats."""
+
+    name: str
+    description: str
+    fold_scores: list[dict[str, float]]
+    oof: Array  # (repeats, n) out-of-fold predictions
+    coverage: float
+    mean_width: float
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        r2 = [s["r2"] for s in self.fold_scores]
+        return {
+            "model": self.name,
+            "description": self.description,
+            "r2_mean": float(np.mean(r2)),
+            "r2_std": float(np.std(r2)),
+            "mae_mean": float(np.mean([s["mae"] for s in self.fold_scores])),
+            "rmse_mean": float(np.mean([s["rmse"] for s in self.fold_scores])),
+            "coverage": self.coverage,
+            "mean_interval_width": self.mean_width,
+            "fit_seconds": self.seconds,
+        }
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    test_size: float = 0.2
+    folds: int = 5
+    repeats: int = 3
+    level: float = 0.9
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass
+class TrainResult:
+    """Everything the artifact and the report need; holdout arrays are for plots only."""
+
+    config: TrainConfig
+    dataset: Dataset
+    leaderboard: list[dict[str, Any]]
+    chosen: str
+    predictor: Predictor
+    bands: ConformalBands
+    metrics: dict[str, dict[str, float]]
+    X_test: Array
+    y_test: Array
+    pred_test: Array
+    low_test: Array
+    high_test: Array
+    X_train: Array
+    by_group: list[dict[str, Any]]
+    constant_band: dict[str, float]
+    exclusion: dict[str, Any] | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _splits(n: int, config: TrainConfig) -> Iterator[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp]]]:
+    rkf = RepeatedKFold(n_splits=config.folds, n_repeats=config.repeats, random_state=config.seed)
+    for k, (a, b) in enumerate(rkf.split(np.zeros(n))):
+        yield k // config.folds, a, b
+
+
+def cross_validate(
+    candidate: Candidate,
+    X: Array,
+    y: Array,
+    config: TrainConfig,
+    excluded: Sequence[int],
+    tick: Callable[[], None] = lambda: None,
+) -> CVResult:
+    """Repeated K-fold CV; interval coverage is measured honestly, fold by fold."""
+    start = time.perf_counter()
+    oof = np.zeros((config.repeats, len(y)))
+    folds: list[tuple[int, npt.NDArray[np.intp]]] = []
+    fold_scores = []
+    for repeat, a, b in _splits(len(y), config):
+        model = candidate.fit(X[a], y[a], excluded, config.seed)
+        oof[repeat, b] = candidate.predict(model, X[b])
+        fold_scores.append(scores(y[b], oof[repeat, b]))
+        folds.append((repeat, b))
+        tick()
+    seconds = time.perf_counter() - start
+    covered, widths = [], []
+    names = [FEATURES[i] for i in excluded]
+    for repeat, b in folds:
+        calib = np.ones(len(y), dtype=bool)
+        calib[b] = False
+        res = y - oof[repeat]
+        bands = ConformalBands.fit(res[calib], X[calib], config.level, names)
+        lo, hi = bands.apply(oof[repeat, b], X[b])
+        covered.append((y[b] >= lo) & (y[b] <= hi))
+        widths.append(hi - lo)
+    return CVResult(
+        candidate.name,
+        candidate.description,
+        fold_scores,
+        oof,
+        float(np.concatenate(covered).mean()),
+        float(np.concatenate(widths).mean()),
+        seconds,
+    )
+
+
+def _interval_stats(y: Array, low: Array, high: Array) -> tuple[float, float]:
+    return float(np.mean((y >= low) & (y <= high))), float(np.mean(high - low))
+
+
+def train(
+    dataset: Dataset,
+    config: TrainConfig,
+    progress: Callable[[int], Callable[[], None]] = lambda total: lambda: None,
+) -> TrainResult:
+    """Select, refit, calibrate and score once on the holdout."""
+    start = time.perf_counter()
+    unknown = [f for f in config.exclude if f not in FEATURES]
+    if unknown:
+        raise ValueError(
+            f"--exclude: unknown feature {', '.join(unknown)}; choose from {', '.join(FEATURES)}"
+        )
+    excluded = [FEATURES.index(f) for f in config.exclude]
+    idx = np.arange(dataset.rows)
+    train_idx, test_idx = train_test_split(idx, test_size=config.test_size, random_state=config.seed)
+    X, y = dataset.X[train_idx], dataset.y[train_idx]
+    X_test, y_test = dataset.X[test_idx], dataset.y[test_idx]
+
+    fits = config.folds * config.repeats
+    with_exclusion = "sex" not in config.exclude
+    tick = progress(fits * (len(CANDIDATES) + int(with_exclusion)))
+    results = [cross_validate(c, X, y, config, excluded, tick) for c in CANDIDATES]
+    results.sort(key=lambda r: -r.summary()["r2_mean"])
+    best = results[0]
+    candidate = next(c for c in CANDIDATES if c.name == best.name)
+
+    model = candidate.fit(X, y, excluded, config.seed)
+    predictor = candidate.compile(model, X)
+    residuals = (y[None, :] - best.oof).reshape(-1)
+    bands = ConformalBands.fit(residuals, np.tile(X, (config.repeats, 1)), config.level, config.exclude)
+
+    pred = predictor.predict(X_test)
+    low, high = bands.apply(pred, X_test)
+    coverage, width = _interval_stats(y_test, low, high)
+    holdout = scores(y_test, pred) | {"coverage": coverage, "mean_interval_width": width}
+    summary = best.summary()
+    metrics = {
+        "holdout": {
+            k: holdout[k] for k in ("r2", "mae", "rmse", "coverage", "mean_interval_width", "total_bias")
+        },
+        "cv": {k: summary[k] for k in ("r2_mean", "r2_std", "mae_mean", "rmse_mean", "coverage")},
+    }
+    groups = assign_groups(X_test, bands.groups)
+    by_group = []
+    for k, name in enumerate(bands.groups):
+        m = groups == k
+        cov, wid = _interval_stats(y_test[m], low[m], high[m]) if m.any() else (math.nan, math.nan)
+        by_group.append(
+            {
+                "group": name,
+                "rows": int(m.sum()),
+                "coverage": cov,
+                "mean_interval_width": wid,
+                "lo": bands.lo[k],
+                "hi": bands.hi[k],
+            }
+        )
+    q = float(
+        np.quantile(
+            np.abs(residuals),
+            min(1.0, math.ceil((len(residuals) + 1) * config.level) / len(residuals)),
+            method="higher",
+        )
+    )
+    constant = {
+        "half_width": q,
+        "mean_interval_width": 2 * q,
+        "holdout_coverage": float(np.mean(np.abs(y_test - pred) <= q)),
+    }
+
+    exclusion = None
+    if with_exclusion:
+        ex = cross_validate(candidate, X, y, config, [*excluded, FEATURES.index("sex")], tick)
+        ex_model = candidate.fit(X, y, [*excluded, FEATURES.index("sex")], config.seed)
+        ex_hold = scores(y_test, candidate.predict(ex_model, X_test))
+        exclusion = {
+            "feature": "sex",
+            "model": best.name,
+            "cv": ex.summary(),
+            "holdout": {k: ex_hold[k] for k in ("r2", "mae", "rmse")},
+        }
+
+    return TrainResult(
+        config,
+        dataset,
+        [r.summary() for r in results],
+        best.name,
+        predictor,
+        bands,
+        metrics,
+        X_test,
+        y_test,
+        pred,
+        low,
+        high,
+        X,
+        by_group,
+        constant,
+        exclusion,
+        time.perf_counter() - start,
+        {"reference_test_pred": candidate.predict(model, X_test)},
+    )
