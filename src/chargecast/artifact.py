@@ -118,8 +118,7 @@ class Artifact:
     def _check_compatible(metadata: Mapping[str, Any]) -> None:
         if metadata.get("format") != FORMAT:
             raise ArtifactError(
-                f"artifact format {metadata.get('format')!r} is not supported "
-                f"(this chargecast reads format {FORMAT})"
+                f"artifact format {metadata.get('format')!r} is not supported (this chargecast reads format {FORMAT})"
             )
         libs = metadata.get("libraries", {})
         if _major(str(libs.get("numpy", "?"))) != _major(np.__version__):

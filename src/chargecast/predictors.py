@@ -60,9 +60,7 @@ class LinearTerms:
         factors = sorted({f for t in self.terms for f in t})
         index = {f: i for i, f in enumerate(factors)}
         self._factors = factors
-        self._plan = [
-            (float(c), tuple(index[f] for f in t)) for c, t in zip(self.coef, self.terms, strict=True)
-        ]
+        self._plan = [(float(c), tuple(index[f] for f in t)) for c, t in zip(self.coef, self.terms, strict=True)]
 
     @classmethod
     def fit_background(
@@ -122,9 +120,7 @@ class LinearTerms:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], arrays: dict[str, npt.NDArray[Any]]) -> LinearTerms:
-        return cls(
-            from_json(data["terms"]), data["coef"], data["intercept"], data["term_means"], data["part_means"]
-        )
+        return cls(from_json(data["terms"]), data["coef"], data["intercept"], data["term_means"], data["part_means"])
 
 
 def _part(term: Term, col: int | None, X: Array) -> Array:

@@ -220,9 +220,7 @@ def validate_record(
     to a default); ``field_prefix`` lets list callers name fields like ``[3].age``.
     """
     if not isinstance(obj, Mapping):
-        return [
-            Issue(field_prefix.rstrip(".") or "record", "must be an object with the six fields", None, row)
-        ]
+        return [Issue(field_prefix.rstrip(".") or "record", "must be an object with the six fields", None, row)]
     issues: list[Issue] = []
     encoded: list[float] = []
     for spec in FIELDS:

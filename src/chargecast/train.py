@@ -276,9 +276,7 @@ def train(
     start = time.perf_counter()
     unknown = [f for f in config.exclude if f not in FEATURES]
     if unknown:
-        raise ValueError(
-            f"--exclude: unknown feature {', '.join(unknown)}; choose from {', '.join(FEATURES)}"
-        )
+        raise ValueError(f"--exclude: unknown feature {', '.join(unknown)}; choose from {', '.join(FEATURES)}")
     excluded = [FEATURES.index(f) for f in config.exclude]
     idx = np.arange(dataset.rows)
     train_idx, test_idx = train_test_split(idx, test_size=config.test_size, random_state=config.seed)
@@ -304,9 +302,7 @@ def train(
     holdout = scores(y_test, pred) | {"coverage": coverage, "mean_interval_width": width}
     summary = best.summary()
     metrics = {
-        "holdout": {
-            k: holdout[k] for k in ("r2", "mae", "rmse", "coverage", "mean_interval_width", "total_bias")
-        },
+        "holdout": {k: holdout[k] for k in ("r2", "mae", "rmse", "coverage", "mean_interval_width", "total_bias")},
         "cv": {k: summary[k] for k in ("r2_mean", "r2_std", "mae_mean", "rmse_mean", "coverage")},
     }
     groups = assign_groups(X_test, bands.groups)
@@ -369,3 +365,54 @@ def train(
         time.perf_counter() - start,
         {"reference_test_pred": candidate.predict(model, X_test)},
     )
+
+
+def training_ranges(X: Array) -> dict[str, Any]:
+    """What the model has seen: numeric min/max and category counts."""
+    from chargecast.schema import FIELDS, CategoryField
+
+    out: dict[str, Any] = {}
+    for j, spec in enumerate(FIELDS):
+        col = X[:, j]
+        if isinstance(spec, CategoryField):
+            out[spec.name] = {c: int(np.sum(col == k)) for k, c in enumerate(spec.choices)}
+        else:
+            out[spec.name] = {"min": float(col.min()), "max": float(col.max())}
+    return out
+
+
+def metadata(result: TrainResult) -> dict[str, Any]:
+    """The artifact's metadata.json content (the writer adds version, hashes, schema)."""
+    c = result.config
+    chosen = next(row for row in result.leaderboard if row["model"] == result.chosen)
+    return {
+        "model": result.chosen,
+        "model_description": chosen["description"],
+        "predictor": result.predictor.kind,
+        "interval_level": c.level,
+        "baseline": result.predictor.baseline,
+        "excluded_features": list(c.exclude),
+        "training": {
+            "seed": c.seed,
+            "test_size": c.test_size,
+            "folds": c.folds,
+            "repeats": c.repeats,
+            "train_rows": len(result.X_train),
+            "test_rows": len(result.y_test),
+            "seconds": round(result.seconds, 3),
+        },
+        "data": {
+            "sha256": result.dataset.sha256,
+            "source": str(result.dataset.source),
+            "rows": result.dataset.rows,
+        },
+        "training_ranges": training_ranges(result.X_train),
+        "metrics": result.metrics,
+        "leaderboard": result.leaderboard,
+        "interval": {
+            "method": "Mondrian split-conformal on out-of-fold residuals, narrowest window",
+            "groups": result.by_group,
+            "constant_band": result.constant_band,
+        },
+        "exclusion": result.exclusion,
+    }

@@ -1,0 +1,212 @@
+"""The ``chargecast`` command line: train, predict, serve.
+
+Every user error ends in one clear message and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from chargecast import __version__
+
+
+class UserError(Exception):
+    """An error whose message is the whole story for the user."""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from chargecast import artifact, train
+    from chargecast.data import load_dataset
+    from chargecast.settings import get_settings
+
+    console = Console(stderr=True)
+    dataset = load_dataset(args.data, get_settings())
+    console.print(f"data: {dataset.source} ({dataset.rows} rows, sha256 {dataset.sha256[:12]}…)")
+    config = train.TrainConfig(
+        seed=args.seed,
+        test_size=args.test_size,
+        folds=args.folds,
+        repeats=args.repeats,
+        level=args.level,
+        exclude=tuple(args.exclude),
+    )
+    with Progress(
+        TextColumn("cross-validating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("cv", total=None)
+
+        def progress(total: int) -> Callable[[], None]:
+            bar.update(task, total=total)
+            return lambda: bar.advance(task)
+
+        result = train.train(dataset, config, progress)
+
+    table = Table(title="Leaderboard (repeated K-fold CV on the training part)")
+    for col in ("model", "CV R²", "CV MAE", "CV RMSE", "CV coverage", "mean width"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result.leaderboard:
+        mark = " ✓" if row["model"] == result.chosen else ""
+        table.add_row(
+            row["model"] + mark,
+            f"{row['r2_mean']:.4f} ± {row['r2_std']:.4f}",
+            f"{row['mae_mean']:,.0f}",
+            f"{row['rmse_mean']:,.0f}",
+            f"{row['coverage']:.3f}",
+            f"{row['mean_interval_width']:,.0f}",
+        )
+    out = Console()
+    out.print(table)
+    h = result.metrics["holdout"]
+    out.print(
+        f"holdout ({len(result.y_test)} rows, scored once): R² {h['r2']:.4f}  MAE {h['mae']:,.0f}  "
+        f"RMSE {h['rmse']:,.0f}  coverage {h['coverage']:.3f}  mean width {h['mean_interval_width']:,.0f}  "
+        f"total bias {h['total_bias']:+.2%}"
+    )
+    meta = train.metadata(result)
+    extra: dict[str, bytes] = {}
+    try:
+        from chargecast import report
+    except ImportError:  # report needs the [train] extra's matplotlib
+        console.print("[yellow]matplotlib missing: no report written[/]")
+    else:
+        extra = report.render(result, meta)
+    final = artifact.write(args.out, result.predictor, result.bands, meta, extra)
+    out.print(f"model {final['version']} written to {args.out} in {result.seconds:.1f} s")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from chargecast.artifact import Artifact
+    from chargecast.batch import score_file
+    from chargecast.settings import get_settings
+
+    model = Artifact.load(args.model or get_settings().model_dir)
+    output = args.output or args.input.with_name(f"{args.input.stem}.scored{args.input.suffix}")
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("rows", total=None)
+        rows = score_file(args.input, output, model, progress=lambda n: bar.advance(task, n))
+    print(f"{rows:,} rows scored with model {model.version} -> {output}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    raise UserError("serve: not available yet")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chargecast", description="Forecast medical charges at admission.")
+    p.add_argument("--version", action="version", version=f"chargecast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="select, fit and save a model artifact")
+    t.add_argument("--data", type=Path, help="training CSV (default: $CHARGECAST_DATA or the canonical download)")
+    t.add_argument("--out", type=Path, default=Path("models/current"), help="artifact directory to write")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--test-size", type=_fraction, default=0.2, help="holdout fraction (default 0.2)")
+    t.add_argument("--folds", type=_int_at_least(2), default=5)
+    t.add_argument("--repeats", type=_int_at_least(1), default=3)
+    t.add_argument("--level", type=_fraction, default=0.9, help="prediction interval level (default 0.9)")
+    t.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="FEATURE",
+        help="train without this input (repeatable); the API still accepts and ignores it",
+    )
+    t.set_defaults(func=_train)
+
+    pr = sub.add_parser("predict", help="score a CSV or Parquet file in streamed chunks")
+    pr.add_argument("input", type=Path)
+    pr.add_argument("-o", "--output", type=Path, help="output file (default: INPUT.scored.EXT)")
+    pr.add_argument("--model", type=Path, help="artifact directory (default: $CHARGECAST_MODEL_DIR)")
+    pr.set_defaults(func=_predict)
+
+    s = sub.add_parser("serve", help="run the web service")
+    s.set_defaults(func=_serve)
+    return p
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (exclusive)")
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {low}")
+        return value
+
+    return parse
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; maps every known failure to a one-line message and exit code."""
+    from chargecast.artifact import ArtifactError
+    from chargecast.schema import ValidationError
+
+    args = parser().parse_args(argv)
+    known: tuple[type[Exception], ...] = (
+        UserError,
+        ArtifactError,
+        ValidationError,
+        FileNotFoundError,
+        ValueError,
+    )
+    try:
+        from chargecast.data import DataError
+
+        known = (*known, DataError)
+        from chargecast.batch import BatchError
+
+        known = (*known, BatchError)
+    except ImportError:
+        pass
+    try:
+        code: int = args.func(args)
+        return code
+    except ValidationError as exc:
+        print(f"chargecast {args.command}: invalid input:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        if exc.truncated:
+            print(f"  ... {exc.total - len(exc.issues)} more problems", file=sys.stderr)
+        return 2
+    except known as exc:
+        print(f"chargecast {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

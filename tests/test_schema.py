@@ -1,0 +1,131 @@
+"""The schema is the single source of truth: every rule is exercised here."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chargecast import schema
+from chargecast.schema import FEATURES, ValidationError, encode_columns, encode_record, encode_records
+
+GOOD: dict[str, Any] = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
+
+
+def test_fields_follow_the_data_set_columns() -> None:
+    assert FEATURES == ("age", "sex", "bmi", "children", "smoker", "region")
+    assert [f["name"] for f in schema.describe()] == list(FEATURES)
+
+
+def test_good_record_encodes_categories_as_choice_index() -> None:
+    assert encode_record(GOOD) == (39.0, 0.0, 30.4, 1.0, 0.0, 2.0)
+
+
+def test_categories_ignore_case_and_spaces() -> None:
+    assert encode_record(GOOD | {"sex": " Male ", "region": "NorthWest"})[1::4] == (1.0, 1.0)
+
+
+def test_numbers_may_arrive_as_strings_or_integral_floats() -> None:
+    assert encode_record(GOOD | {"age": "40", "children": 2.0, "bmi": "25"})[:4] == (40.0, 0.0, 25.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("age", 17, "must be a whole number from 18 to 100"),
+        ("age", 101, "must be a whole number from 18 to 100"),
+        ("age", 30.5, "must be a whole number from 18 to 100"),
+        ("age", True, "must be a whole number from 18 to 100"),
+        ("age", [30], "must be a whole number from 18 to 100"),
+        ("bmi", 9.99, "must be a number from 10 to 80"),
+        ("bmi", "heavy", "must be a number from 10 to 80"),
+        ("bmi", math.nan, "must be a finite number"),
+        ("bmi", math.inf, "must be a finite number"),
+        ("children", -1, "must be a whole number from 0 to 10"),
+        ("sex", "other", "must be one of female, male"),
+        ("smoker", True, "must be one of no, yes"),
+        ("region", "north", "must be one of northeast, northwest, southeast, southwest"),
+        ("region", None, "is required"),
+        ("sex", "  ", "is required"),
+    ],
+)
+def test_each_rule_names_field_and_rule(field: str, value: Any, rule: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        encode_record(GOOD | {field: value})
+    [issue] = err.value.issues
+    assert (issue.field, issue.rule) == (field, rule)
+    assert field in str(err.value)
+
+
+def test_missing_and_unknown_fields_are_all_reported() -> None:
+    record = {k: v for k, v in GOOD.items() if k != "bmi"} | {"smoking": "no"}
+    with pytest.raises(ValidationError) as err:
+        encode_record(record)
+    assert {(i.field, i.rule) for i in err.value.issues} == {("bmi", "is required"), ("smoking", "is not a known field")}
+
+
+def test_non_object_record_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="must be an object"):
+        encode_record([1, 2, 3])
+
+
+def test_lists_name_the_index_of_the_bad_record() -> None:
+    with pytest.raises(ValidationError) as err:
+        encode_records([GOOD, GOOD | {"age": 5}])
+    assert [i.field for i in err.value.issues] == ["[1].age"]
+
+
+def test_columns_match_records_and_report_row_numbers() -> None:
+    rows = [GOOD, GOOD | {"sex": "male", "bmi": 22.0, "region": "northeast"}]
+    cols = {k: np.array([r[k] for r in rows]) for k in FEATURES}
+    np.testing.assert_array_equal(encode_columns(cols), encode_records(rows))
+    cols["age"] = np.array(["40", "x"])
+    cols["region"] = np.array(["southeast", "mars"])
+    with pytest.raises(ValidationError) as err:
+        encode_columns(cols, first_row=2)
+    assert [(i.row, i.field, i.value) for i in err.value.issues] == [(3, "age", "x"), (3, "region", "mars")]
+
+
+def test_columns_missing_a_column() -> None:
+    cols = {k: np.array([GOOD[k]]) for k in FEATURES if k != "smoker"}
+    with pytest.raises(ValidationError, match="smoker: column is required"):
+        encode_columns(cols)
+
+
+def test_many_bad_rows_are_truncated_with_total() -> None:
+    n = 50
+    cols = {k: np.array([GOOD[k]] * n) for k in FEATURES}
+    cols["age"] = np.full(n, 200)
+    with pytest.raises(ValidationError) as err:
+        encode_columns(cols)
+    assert err.value.truncated
+    assert err.value.total == n
+    assert len(err.value.issues) == schema.MAX_REPORTED_ISSUES
+    assert "30 more" in str(err.value)
+
+
+def test_issue_as_dict_is_json_safe() -> None:
+    with pytest.raises(ValidationError) as err:
+        encode_record(GOOD | {"bmi": math.nan})
+    assert err.value.issues[0].as_dict() == {"field": "bmi", "rule": "must be a finite number", "value": "nan"}
+
+
+values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=8))
+
+
+@given(st.dictionaries(st.sampled_from([*FEATURES, "extra"]), values))
+def test_any_input_either_encodes_in_range_or_raises_validation_error(record: dict[str, Any]) -> None:
+    try:
+        row = encode_record(record)
+    except ValidationError as err:
+        assert err.issues
+        return
+    for spec, value in zip(schema.FIELDS, row, strict=True):
+        if isinstance(spec, schema.NumberField):
+            assert spec.minimum <= value <= spec.maximum
+        else:
+            assert 0 <= value < len(spec.choices)
