@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from chargecast import artifact
+from chargecast.artifact import Artifact
+from chargecast.data import Dataset, load_csv
+from chargecast.train import TrainConfig, TrainResult, metadata, train
+
 
 @pytest.fixture(scope="session")
 def insurance_csv() -> Path:
@@ -14,3 +19,26 @@ def insurance_csv() -> Path:
     if not path.is_file():
         pytest.fail(f"test data not found at {path}; the repository must sit beside shared/")
     return path
+
+
+@pytest.fixture(scope="session")
+def dataset(insurance_csv: Path) -> Dataset:
+    return load_csv(insurance_csv)
+
+
+@pytest.fixture(scope="session")
+def trained(dataset: Dataset) -> TrainResult:
+    """One full training run on the shared data with the default (seed 42) split."""
+    return train(dataset, TrainConfig())
+
+
+@pytest.fixture(scope="session")
+def model_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "current"
+    artifact.write(out, trained.predictor, trained.bands, metadata(trained))
+    return out
+
+
+@pytest.fixture(scope="session")
+def model(model_dir: Path) -> Artifact:
+    return Artifact.load(model_dir)

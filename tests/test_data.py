@@ -364,9 +364,7 @@ def test_download_is_verified_then_served_from_cache(
     assert server.requests == ["/insurance.csv"]  # no second request
 
 
-def test_wrong_checksum_leaves_nothing_in_the_cache(
-    tmp_path: Path, server: FakeServer, canonical_bytes: bytes
-) -> None:
+def test_wrong_checksum_leaves_nothing_in_the_cache(tmp_path: Path, server: FakeServer, canonical_bytes: bytes) -> None:
     body = canonical_bytes.replace(b"16884.924", b"99999.999")
     url = server.serve("/insurance.csv", Route(body))
     with pytest.raises(DataError) as info:
@@ -386,9 +384,7 @@ def test_http_error_is_a_data_error(tmp_path: Path, server: FakeServer) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_interrupted_download_leaves_no_file(
-    tmp_path: Path, server: FakeServer, canonical_bytes: bytes
-) -> None:
+def test_interrupted_download_leaves_no_file(tmp_path: Path, server: FakeServer, canonical_bytes: bytes) -> None:
     half = canonical_bytes[: len(canonical_bytes) // 2]
     url = server.serve("/insurance.csv", Route(half, content_length=len(canonical_bytes)))
     with pytest.raises(DataError, match=f"interrupted: received {len(half)} of {len(canonical_bytes)} bytes"):
@@ -460,9 +456,7 @@ def test_settings_data_beats_download(
     assert server.requests == []
 
 
-def test_download_when_nothing_is_configured(
-    tmp_path: Path, server: FakeServer, canonical_bytes: bytes
-) -> None:
+def test_download_when_nothing_is_configured(tmp_path: Path, server: FakeServer, canonical_bytes: bytes) -> None:
     url = server.serve("/insurance.csv", Route(canonical_bytes))
     ds = load_dataset(None, make_settings(tmp_path / "cache", url))
     assert isinstance(ds, Dataset)

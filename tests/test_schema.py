@@ -65,7 +65,10 @@ def test_missing_and_unknown_fields_are_all_reported() -> None:
     record = {k: v for k, v in GOOD.items() if k != "bmi"} | {"smoking": "no"}
     with pytest.raises(ValidationError) as err:
         encode_record(record)
-    assert {(i.field, i.rule) for i in err.value.issues} == {("bmi", "is required"), ("smoking", "is not a known field")}
+    assert {(i.field, i.rule) for i in err.value.issues} == {
+        ("bmi", "is required"),
+        ("smoking", "is not a known field"),
+    }
 
 
 def test_non_object_record_is_rejected() -> None:
@@ -122,7 +125,10 @@ def test_any_input_either_encodes_in_range_or_raises_validation_error(record: di
     try:
         row = encode_record(record)
     except ValidationError as err:
-        assert err.issues
+        issues = err.issues
+    else:
+        issues = []
+    if issues:
         return
     for spec, value in zip(schema.FIELDS, row, strict=True):
         if isinstance(spec, schema.NumberField):

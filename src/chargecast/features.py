@@ -53,7 +53,8 @@ def factor_column(f: Factor, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float
     kind, col, a, b = f
     x = X[:, col]
     if kind == "num":
-        return x
+        out: npt.NDArray[np.float64] = x.astype(np.float64, copy=False)
+        return out
     if kind == "eq":
         return (x == a).astype(np.float64)
     if kind == "ge":

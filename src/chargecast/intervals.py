@@ -40,11 +40,11 @@ def assign_groups(X: Array, names: Sequence[str]) -> npt.NDArray[np.intp]:
     smoker = X[:, SMOKER_COL] == 1.0
     obese = X[:, BMI_COL] >= OBESE_BMI
     if len(names) == 3:
-        return np.where(smoker, 1 + obese, 0).astype(np.intp)
-    if names == ["non-smoker", "smoker"]:
-        return smoker.astype(np.intp)
-    if names == ["bmi < 30", "bmi >= 30"]:
-        return obese.astype(np.intp)
+        groups: npt.NDArray[np.intp] = np.where(smoker, 1 + obese, 0).astype(np.intp)
+        return groups
+    if len(names) == 2:
+        two: npt.NDArray[np.intp] = (smoker if names[1] == "smoker" else obese).astype(np.intp)
+        return two
     return np.zeros(X.shape[0], dtype=np.intp)
 
 

@@ -211,16 +211,15 @@ def check_value(spec: Field, value: Any) -> float | Issue:
     return number
 
 
-def validate_record(
-    obj: Any, *, row: int | None = None, exclude_extra: bool = True, field_prefix: str = ""
-) -> list[float] | list[Issue]:
-    """Check one record; return its encoding, or every issue found in it.
+def validate_record(obj: Any, *, row: int | None = None, field_prefix: str = "") -> tuple[list[float], list[Issue]]:
+    """Check one record; return its encoding and every issue found in it.
 
     Unknown fields are an error (a typo such as ``smoking`` must not silently fall back
     to a default); ``field_prefix`` lets list callers name fields like ``[3].age``.
     """
     if not isinstance(obj, Mapping):
-        return [Issue(field_prefix.rstrip(".") or "record", "must be an object with the six fields", None, row)]
+        where = field_prefix.rstrip(".") or "record"
+        return [], [Issue(where, "must be an object with the six fields", None, row)]
     issues: list[Issue] = []
     encoded: list[float] = []
     for spec in FIELDS:
@@ -229,19 +228,19 @@ def validate_record(
             issues.append(Issue(field_prefix + spec.name, result.rule, result.value, row))
         else:
             encoded.append(result)
-    if exclude_extra:
-        for key in obj:
-            if key not in FIELD_BY_NAME:
-                issues.append(Issue(field_prefix + str(key), "is not a known field", None, row))
-    return issues or encoded
+    for key in obj:
+        if key not in FIELD_BY_NAME:
+            issues.append(Issue(field_prefix + str(key), "is not a known field", None, row))
+    return encoded, issues
 
 
 def encode_record(obj: Any) -> Encoded:
     """Validate and encode one record, raising :class:`ValidationError`."""
-    result = validate_record(obj)
-    if result and isinstance(result[0], Issue):
-        raise ValidationError(list(result))  # type: ignore[arg-type]
-    return tuple(result)  # type: ignore[return-value]
+    encoded, issues = validate_record(obj)
+    if issues:
+        raise ValidationError(issues)
+    age, sex, bmi, children, smoker, region = encoded
+    return age, sex, bmi, children, smoker, region
 
 
 def encode_records(objs: Sequence[Any], *, prefix: bool = True) -> npt.NDArray[np.float64]:
@@ -249,11 +248,11 @@ def encode_records(objs: Sequence[Any], *, prefix: bool = True) -> npt.NDArray[n
     rows = np.empty((len(objs), len(FIELDS)), dtype=np.float64)
     issues: list[Issue] = []
     for i, obj in enumerate(objs):
-        result = validate_record(obj, field_prefix=f"[{i}]." if prefix else "")
-        if result and isinstance(result[0], Issue):
-            issues.extend(result)  # type: ignore[arg-type]
+        encoded, found = validate_record(obj, field_prefix=f"[{i}]." if prefix else "")
+        if found:
+            issues.extend(found)
         elif not issues:
-            rows[i] = result
+            rows[i] = encoded
     if issues:
         raise _error(issues)
     return rows
@@ -263,16 +262,14 @@ def _error(issues: list[Issue]) -> ValidationError:
     return ValidationError(issues[:MAX_REPORTED_ISSUES], len(issues) > MAX_REPORTED_ISSUES, len(issues))
 
 
-def encode_columns(
-    columns: Mapping[str, npt.ArrayLike], *, first_row: int = 1, require_all: bool = True
-) -> npt.NDArray[np.float64]:
+def encode_columns(columns: Mapping[str, npt.ArrayLike], *, first_row: int = 1) -> npt.NDArray[np.float64]:
     """Validate a table given column-wise into an (n, 6) float array, vectorised.
 
     Numeric columns may be floats (NaN means missing) or strings; category columns are
     strings. ``first_row`` is the number reported for the table's first data row.
     """
     missing = [name for name in FEATURES if name not in columns]
-    if missing and require_all:
+    if missing:
         raise ValidationError([Issue(name, "column is required", None) for name in missing])
     n = len(np.asarray(columns[FEATURES[0]]))
     out = np.empty((n, len(FIELDS)), dtype=np.float64)
@@ -324,6 +321,8 @@ def _column(spec: Field, raw: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64]
             codes[text == choice] = k
         missing = _missing_mask(raw)
         return codes, np.isnan(codes) | missing
+    if raw.dtype.kind == "b":  # True/False are not numbers, as in check_value
+        return np.full(len(raw), np.nan), np.ones(len(raw), dtype=bool)
     values = raw.astype(np.float64) if raw.dtype.kind in "fiu" else _to_float(raw)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (values < spec.minimum) | (values > spec.maximum)

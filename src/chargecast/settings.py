@@ -18,12 +18,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CHARGECAST_", extra="ignore")
 
-    data: Path | None = Field(None, description="Training CSV; when unset the canonical file is downloaded.")
-    data_url: str = Field(CANONICAL_DATA_URL, description="Where the canonical data set is downloaded from.")
-    data_sha256: str = Field(CANONICAL_DATA_SHA256, pattern=r"^[0-9a-f]{64}$")
+    data: Path | None = Field(default=None, description="Training CSV; when unset the canonical file is downloaded.")
+    data_url: str = Field(default=CANONICAL_DATA_URL, description="Where the canonical data set is downloaded from.")
+    data_sha256: str = Field(default=CANONICAL_DATA_SHA256, pattern=r"^[0-9a-f]{64}$")
     cache_dir: Path = Field(default_factory=lambda: platformdirs.user_cache_path("chargecast"))
-    download_timeout: float = Field(30.0, gt=0)
-    model_dir: Path = Field(Path("models/current"), description="The model artifact directory to serve.")
+    download_timeout: float = Field(default=30.0, gt=0)
+    model_dir: Path = Field(default=Path("models/current"), description="The model artifact directory to serve.")
 
 
 @lru_cache(maxsize=1)
