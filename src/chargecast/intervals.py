@@ -63,7 +63,8 @@ def shortest_window(residuals: Array, level: float, steps: int = 11) -> tuple[fl
 
     Ranks follow split conformal (lower floor((n+1)a), upper ceil((n+1)(a+level))). Only a
     few tail splits are tried: picking the single narrowest of all n windows would fit the
-    calibration sample's quirks and under-cover new patients.
+    calibration sample's quirks and under-cover new patients. The mean forecast can sit
+    above most outcomes (a few patients cost far more), so windows are stretched to hold it.
     """
     r = np.sort(np.asarray(residuals, dtype=np.float64))
     n = len(r)
@@ -74,7 +75,8 @@ def shortest_window(residuals: Array, level: float, steps: int = 11) -> tuple[fl
         hi_rank = max(math.ceil((n + 1) * (a + level)), lo_rank + need - 1)
         if hi_rank > n:
             continue
-        window = (float(r[lo_rank - 1]), float(r[hi_rank - 1]))
+        # Stretched to hold 0 so the interval always contains the point forecast.
+        window = (min(float(r[lo_rank - 1]), 0.0), max(float(r[hi_rank - 1]), 0.0))
         if window[1] - window[0] < best[1] - best[0]:
             best = window
     return best

@@ -1,0 +1,141 @@
+"""The artifact: round trip, verification before parsing, and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from chargecast import artifact
+from chargecast.artifact import Artifact, ArtifactError
+from chargecast.schema import ValidationError
+from chargecast.train import TrainResult
+
+RECORD: dict[str, Any] = {"age": 52, "sex": "male", "bmi": 34.1, "children": 2, "smoker": "yes", "region": "northwest"}
+
+
+@pytest.fixture
+def copy(model_dir: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "model"
+    shutil.copytree(model_dir, dest)
+    return dest
+
+
+def edit_metadata(path: Path, **changes: Any) -> None:
+    meta = json.loads((path / "metadata.json").read_text())
+    for key, value in changes.items():
+        meta[key] = value
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_round_trip_predicts_like_the_trained_model(model: Artifact, trained: TrainResult) -> None:
+    charges, low, high = model.predict(trained.X_test)
+    np.testing.assert_array_equal(charges, trained.pred_test)
+    np.testing.assert_array_equal(low, trained.low_test)
+    np.testing.assert_array_equal(high, trained.high_test)
+
+
+def test_metadata_carries_what_the_issue_names(model: Artifact, dataset: Any) -> None:
+    meta = model.describe()
+    for key in ("version", "created_at", "libraries", "schema", "interval_level", "model", "leaderboard", "metrics"):
+        assert key in meta
+    assert meta["data"]["sha256"] == dataset.sha256
+    assert "files" not in meta
+    assert set(model.metadata["files"]) == {"model.json", "arrays.npz"}
+    assert model.level == 0.9
+
+
+def test_one_record_matches_the_batch_path(model: Artifact) -> None:
+    one = model.predict_record(RECORD)
+    X = np.array([[52, 1, 34.1, 2, 1, 1]], dtype=float)
+    charges, low, high = model.predict(X)
+    assert (one.charges, one.low, one.high) == pytest.approx((charges[0], low[0], high[0]), rel=1e-12)
+    assert one.low <= one.charges <= one.high
+
+
+def test_bad_record_raises_validation_error(model: Artifact) -> None:
+    with pytest.raises(ValidationError, match="age"):
+        model.predict_record(RECORD | {"age": 12})
+
+
+def test_explanations_sum_to_prediction_minus_baseline(model: Artifact, trained: TrainResult) -> None:
+    contrib = model.explain(trained.X_test)
+    np.testing.assert_allclose(contrib.sum(axis=1) + model.baseline, trained.pred_test, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["model.json", "arrays.npz"])
+def test_tampered_file_is_refused_by_name(copy: Path, name: str) -> None:
+    with (copy / name).open("ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(ArtifactError, match=f"{name}: sha256 does not match"):
+        Artifact.load(copy)
+
+
+def test_missing_file_is_refused(copy: Path) -> None:
+    (copy / "arrays.npz").unlink()
+    with pytest.raises(ArtifactError, match=r"arrays.npz: listed in metadata.json but missing"):
+        Artifact.load(copy)
+
+
+def test_unlisted_model_file_is_refused(copy: Path) -> None:
+    meta = json.loads((copy / "metadata.json").read_text())
+    del meta["files"]["model.json"]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"does not list model\.json"):
+        Artifact.load(copy)
+
+
+def test_paths_outside_the_artifact_are_refused(copy: Path) -> None:
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["files"]["../secret"] = "0" * 64
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="escapes"):
+        Artifact.load(copy)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format": 99}, "format 99 is not supported"),
+        ({"libraries": {"numpy": "1.26.4", "chargecast": "0.1.0"}}, "numpy 1.26.4"),
+        ({"libraries": {"numpy": np.__version__, "chargecast": "7.0.0"}}, "chargecast 7.0.0"),
+        ({"schema": []}, "different patient record schema"),
+    ],
+)
+def test_incompatible_artifacts_are_refused(copy: Path, changes: dict[str, Any], message: str) -> None:
+    edit_metadata(copy, **changes)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.load(copy)
+
+
+def test_unreadable_metadata_and_missing_directory(copy: Path, tmp_path: Path) -> None:
+    (copy / "metadata.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="unreadable metadata"):
+        Artifact.load(copy)
+    with pytest.raises(ArtifactError, match="not found"):
+        Artifact.load(tmp_path / "nowhere")
+
+
+def test_failed_write_leaves_the_old_artifact_untouched(copy: Path, trained: TrainResult) -> None:
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+
+    class Broken:
+        kind = "linear"
+
+        def to_json(self) -> dict[str, Any]:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        artifact.write(copy, Broken(), trained.bands, {})  # type: ignore[arg-type]
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert [p.name for p in copy.parent.iterdir()] == ["model"]
+
+
+def test_rewrite_replaces_atomically(copy: Path, trained: TrainResult) -> None:
+    meta = artifact.write(copy, trained.predictor, trained.bands, {"model": "again"})
+    assert Artifact.load(copy).metadata["version"] == meta["version"]
+    assert [p.name for p in copy.parent.iterdir()] == ["model"]
