@@ -69,7 +69,10 @@ def shortest_window(residuals: Array, level: float, steps: int = 11) -> tuple[fl
     r = np.sort(np.asarray(residuals, dtype=np.float64))
     n = len(r)
     need = math.ceil((n + 1) * level)
-    best: tuple[float, float] = (-math.inf, math.inf)
+    if need > n:
+        return -math.inf, math.inf
+    q = float(np.sort(np.abs(r))[need - 1])
+    best: tuple[float, float] = (-q, q)  # the classic symmetric band is always a candidate
     for a in np.linspace(0.0, 1.0 - level, steps):
         lo_rank = max(math.floor((n + 1) * a), 1)
         hi_rank = max(math.ceil((n + 1) * (a + level)), lo_rank + need - 1)
