@@ -1,0 +1,65 @@
+"""The command line: real runs, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chargecast.artifact import Artifact
+from chargecast.cli import main
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chargecast.cli", *args], check=False, capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_train_writes_a_loadable_artifact_and_prints_the_leaderboard(insurance_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    proc = run("train", "--data", str(insurance_csv), "--out", str(out), "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Leaderboard" in proc.stdout
+    assert "holdout" in proc.stdout
+    model = Artifact.load(out)
+    assert model.metadata["model"] in proc.stdout
+    assert model.metadata["training"]["repeats"] == 1
+
+
+def test_train_without_sex(insurance_csv: Path, tmp_path: Path) -> None:
+    assert (
+        main(
+            ["train", "--data", str(insurance_csv), "--out", str(tmp_path / "m"), "--exclude", "sex", "--repeats", "1"]
+        )
+        == 0
+    )
+    assert Artifact.load(tmp_path / "m").metadata["excluded_features"] == ["sex"]
+
+
+def test_bad_data_file_is_one_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,sex,bmi,children,smoker,region,charges\n30,female,22,0,maybe,southeast,1000\n")
+    proc = run("train", "--data", str(bad), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2
+    assert "row 2, smoker: must be one of no, yes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent.csv"], "not found"),
+        (["train", "--exclude", "smoking", "--data", "{data}"], "unknown feature smoking"),
+        (["train", "--test-size", "1.5"], "must be between 0 and 1"),
+        (["predict", "x.csv", "--model", "/nonexistent"], "not found"),
+    ],
+)
+def test_user_errors_never_show_a_traceback(args: list[str], message: str, insurance_csv: Path, tmp_path: Path) -> None:
+    proc = run(*[a.replace("{data}", str(insurance_csv)) for a in args], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
