@@ -101,9 +101,7 @@ def test_plots_are_real_pngs(rendered: dict[str, bytes], name: str) -> None:
     assert len(colours) > 20, "the plot is (nearly) blank"
 
 
-def test_report_names_chosen_model_and_holdout_r2(
-    report_result: TrainResult, rendered: dict[str, bytes]
-) -> None:
+def test_report_names_chosen_model_and_holdout_r2(report_result: TrainResult, rendered: dict[str, bytes]) -> None:
     report = rendered["report.md"].decode()
     assert report.startswith(f"# chargecast training report: model {METADATA['version']}")
     assert f"`{report_result.chosen}`" in report
@@ -112,9 +110,7 @@ def test_report_names_chosen_model_and_holdout_r2(
     assert "scored once" in report
 
 
-def test_leaderboard_has_one_row_per_candidate(
-    report_result: TrainResult, rendered: dict[str, bytes]
-) -> None:
+def test_leaderboard_has_one_row_per_candidate(report_result: TrainResult, rendered: dict[str, bytes]) -> None:
     train = _train_module()
     lines = _section(rendered["report.md"].decode(), "Model selection").splitlines()
     rows = [line for line in lines if line.startswith("| ")][2:]  # skip header and rule
@@ -124,9 +120,7 @@ def test_leaderboard_has_one_row_per_candidate(
         assert ("(chosen)" in line) == (entry["model"] == report_result.chosen)
 
 
-def test_model_card_states_the_training_ranges(
-    insurance_frame: pd.DataFrame, rendered: dict[str, bytes]
-) -> None:
+def test_model_card_states_the_training_ranges(insurance_frame: pd.DataFrame, rendered: dict[str, bytes]) -> None:
     """Recompute the training split from the raw CSV, independently of the training code."""
     train_idx, _ = train_test_split(np.arange(len(insurance_frame)), test_size=0.2, random_state=42)
     part = insurance_frame.iloc[train_idx]
@@ -139,9 +133,7 @@ def test_model_card_states_the_training_ranges(
     assert METADATA["data"]["sha256"] in card
 
 
-def test_exclusion_section_only_when_exclusion_is_set(
-    report_result: TrainResult, rendered: dict[str, bytes]
-) -> None:
+def test_exclusion_section_only_when_exclusion_is_set(report_result: TrainResult, rendered: dict[str, bytes]) -> None:
     assert report_result.exclusion is not None  # sex is not excluded by default, so its cost is measured
     heading = "## Cost of excluding `sex`"
     with_section = rendered["report.md"].decode()
@@ -152,18 +144,14 @@ def test_exclusion_section_only_when_exclusion_is_set(
     assert "Cost of excluding" not in without
 
 
-def test_constant_band_comparison_uses_the_run_numbers(
-    report_result: TrainResult, rendered: dict[str, bytes]
-) -> None:
+def test_constant_band_comparison_uses_the_run_numbers(report_result: TrainResult, rendered: dict[str, bytes]) -> None:
     ours = report_result.metrics["holdout"]["mean_interval_width"]
     theirs = report_result.constant_band["mean_interval_width"]
     assert ours < theirs
     assert f"ours is {1 - ours / theirs:.1%} narrower" in rendered["report.md"].decode()
 
 
-def test_pycaret_comparison_flags_a_different_split(
-    report_result: TrainResult, rendered: dict[str, bytes]
-) -> None:
+def test_pycaret_comparison_flags_a_different_split(report_result: TrainResult, rendered: dict[str, bytes]) -> None:
     assert "not comparable" not in rendered["report.md"].decode()
     other = dataclasses.replace(report_result, config=dataclasses.replace(report_result.config, seed=7))
     report = render(other, METADATA)["report.md"].decode()

@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -169,12 +169,13 @@ def write(
     predictor: Predictor,
     bands: ConformalBands,
     metadata: dict[str, Any],
-    extra_files: Mapping[str, bytes] | None = None,
+    extra_files: Callable[[dict[str, Any]], Mapping[str, bytes]] | None = None,
 ) -> dict[str, Any]:
     """Write an artifact atomically: build in a temp dir beside ``out_dir``, then swap it in.
 
     ``metadata`` gets ``format``, ``version``, ``created_at``, ``libraries``, ``schema``
-    and ``files`` added. Returns the final metadata.
+    and ``files`` added. ``extra_files`` (report, model card) is called with that final
+    metadata, so what it renders names the real version. Returns the final metadata.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -185,9 +186,6 @@ def write(
         arrays = predictor.arrays() or {"empty": np.zeros(0)}
         with (tmp / ARRAYS_FILE).open("wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
-        for rel, content in (extra_files or {}).items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(content)
         files = {rel: sha256_file(tmp / rel) for rel in (MODEL_FILE, ARRAYS_FILE)}
         created = datetime.now(UTC)
         digest = hashlib.sha256("".join(files[k] for k in sorted(files)).encode()).hexdigest()
@@ -200,6 +198,9 @@ def write(
             **metadata,
             "files": files,
         }
+        for rel, content in (extra_files(full) if extra_files else {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(content)
         (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")

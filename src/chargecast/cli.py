@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from chargecast import __version__
 
@@ -75,14 +76,17 @@ def _train(args: argparse.Namespace) -> int:
         f"total bias {h['total_bias']:+.2%}"
     )
     meta = train.metadata(result)
-    extra: dict[str, bytes] = {}
+    render = None
     try:
         from chargecast import report
     except ImportError:  # report needs the [train] extra's matplotlib
         console.print("[yellow]matplotlib missing: no report written[/]")
     else:
-        extra = report.render(result, meta)
-    final = artifact.write(args.out, result.predictor, result.bands, meta, extra)
+
+        def render(final: dict[str, Any]) -> dict[str, bytes]:
+            return report.render(result, final)
+
+    final = artifact.write(args.out, result.predictor, result.bands, meta, render)
     out.print(f"model {final['version']} written to {args.out} in {result.seconds:.1f} s")
     return 0
 

@@ -51,10 +51,9 @@ def code(feature: str, value: str) -> int:
 def factor_column(f: Factor, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Evaluate one factor on every row of an encoded matrix."""
     kind, col, a, b = f
-    x = X[:, col]
+    x: npt.NDArray[np.float64] = X[:, col]
     if kind == "num":
-        out: npt.NDArray[np.float64] = x.astype(np.float64, copy=False)
-        return out
+        return x
     if kind == "eq":
         return (x == a).astype(np.float64)
     if kind == "ge":

@@ -407,8 +407,7 @@ def _model_card(result: TrainResult, metadata: Mapping[str, Any]) -> str:
         f"{c.level:.0%} split-conformal intervals calibrated on out-of-fold residuals, separately for "
         f"each group ({'; '.join(f'`{g}`' for g in result.bands.groups)}). Coverage holds on average "
         "over patients like those in the training data, within each group; it is not a guarantee for "
-        "any single patient and does not carry over to patients unlike the training data. "
-        + _forecast_inside(result),
+        "any single patient and does not carry over to patients unlike the training data. " + _forecast_inside(result),
         "## Explanations",
         "Per-input contributions are exact Shapley values. For each patient they sum to the "
         "prediction minus the baseline, and the baseline is the mean prediction over the training "
