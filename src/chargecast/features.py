@@ -51,7 +51,7 @@ def code(feature: str, value: str) -> int:
 def factor_column(f: Factor, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Evaluate one factor on every row of an encoded matrix."""
     kind, col, a, b = f
-    x: npt.NDArray[np.float64] = X[:, col]
+    x = np.asarray(X[:, col], dtype=np.float64)
     if kind == "num":
         return x
     if kind == "eq":
