@@ -55,10 +55,10 @@ def factor_column(f: Factor, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float
     if kind == "num":
         return x
     if kind == "eq":
-        return (x == a).astype(np.float64)
+        return np.equal(x, a).astype(np.float64)
     if kind == "ge":
-        return (x >= a).astype(np.float64)
-    return ((x >= a) & (x < b)).astype(np.float64)
+        return np.greater_equal(x, a).astype(np.float64)
+    return (np.greater_equal(x, a) & np.less(x, b)).astype(np.float64)
 
 
 def factor_value(f: Factor, row: Sequence[float]) -> float:
