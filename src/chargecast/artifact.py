@@ -181,6 +181,7 @@ def write(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a non-root server must read it
         spec = {"predictor": predictor.to_json(), "interval": bands.to_json()}
         (tmp / MODEL_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
         arrays = predictor.arrays() or {"empty": np.zeros(0)}

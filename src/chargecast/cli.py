@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
             f"{row['coverage']:.3f}",
             f"{row['mean_interval_width']:,.0f}",
         )
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 120)
     out.print(table)
     h = result.metrics["holdout"]
     out.print(
