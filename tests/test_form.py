@@ -1,0 +1,373 @@
+"""The form page: derived from the schema, escaped, accessible, and well-formed HTML.
+
+Assertions read the parsed page (stdlib ``html.parser``), not substrings, so they check
+what a browser would see: which element carries which attribute and text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from chargecast import schema
+from chargecast.artifact import Artifact
+from chargecast.form import PALETTE, TEXT_PAIRS, FormResult, dollars, render_page, sign_class, signed_dollars
+from chargecast.schema import FIELDS, CategoryField, NumberField
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str]
+    parent: Node | None = None
+    children: list[Node | str] = field(default_factory=list)
+
+    def text(self) -> str:
+        parts = [c if isinstance(c, str) else c.text() for c in self.children]
+        return " ".join(" ".join(parts).split())
+
+    def walk(self) -> list[Node]:
+        out: list[Node] = [self]
+        for c in self.children:
+            if isinstance(c, Node):
+                out.extend(c.walk())
+        return out
+
+    def find_all(self, tag: str | None = None, **attrs: str) -> list[Node]:
+        def classes_match(node: Node) -> bool:
+            wanted = attrs.get("class_", "").split()
+            return all(c in node.attrs.get("class", "").split() for c in wanted)
+
+        return [
+            n
+            for n in self.walk()
+            if (tag is None or n.tag == tag)
+            and classes_match(n)
+            and all(n.attrs.get(k) == v for k, v in attrs.items() if k != "class_")
+        ]
+
+    def by_id(self, id_: str) -> Node:
+        found = self.find_all(id=id_)
+        assert len(found) == 1, f"expected one #{id_}, found {len(found)}"
+        return found[0]
+
+    def ancestors(self) -> list[Node]:
+        out, node = [], self.parent
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+
+class TreeBuilder(HTMLParser):
+    """Builds a tree and fails on any end tag that does not close the open element."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {})
+        self.open: list[Node] = [self.root]
+        self.doctype = ""
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = decl
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v if v is not None else "" for k, v in attrs}, self.open[-1])
+        self.open[-1].children.append(node)
+        if tag not in VOID:
+            self.open.append(node)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v if v is not None else "" for k, v in attrs}, self.open[-1])
+        self.open[-1].children.append(node)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert tag not in VOID, f"</{tag}> closes a void element"
+        current = self.open.pop()
+        assert current.tag == tag, f"</{tag}> closes <{current.tag}>"
+
+    def handle_data(self, data: str) -> None:
+        self.open[-1].children.append(data)
+
+
+def parse(page: str) -> Node:
+    builder = TreeBuilder()
+    builder.feed(page)
+    builder.close()
+    assert [n.tag for n in builder.open] == ["#document"], "unclosed elements"
+    assert builder.doctype.lower() == "doctype html"
+    return builder.root
+
+
+def num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+EXAMPLES = {f.name: num(f.example) if isinstance(f, NumberField) else f.example for f in FIELDS}
+RESULT = FormResult(
+    charges=12345.4,
+    low=10000.6,
+    high=15000.0,
+    level=0.9,
+    contributions={"age": 2400.0, "sex": -150.0, "bmi": 1800.0, "children": 300.0, "smoker": -4000.0, "region": 0.0},
+    baseline=11995.4,
+)
+
+
+def render(
+    model: Artifact,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    result: FormResult | None = None,
+) -> Node:
+    return parse(render_page(values=values or {}, errors=errors or {}, result=result, model=model))
+
+
+# -- fields ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", FIELDS, ids=lambda s: s.name)
+def test_each_field_is_generated_from_the_schema(model: Artifact, spec: schema.Field) -> None:
+    doc = render(model)
+    control = doc.by_id(spec.name)
+    assert control.attrs["name"] == spec.name
+    assert "required" in control.attrs
+    (label,) = doc.find_all("label", **{"for": spec.name})
+    assert label.text() == spec.label
+    described = control.attrs["aria-describedby"].split()
+    help_text = doc.by_id(described[0]).text()
+    assert help_text.startswith(spec.help)
+    assert "aria-invalid" not in control.attrs
+    if isinstance(spec, NumberField):
+        assert control.tag == "input"
+        assert control.attrs["type"] == "number"
+        assert control.attrs["min"] == num(spec.minimum)
+        assert control.attrs["max"] == num(spec.maximum)
+        assert control.attrs["step"] == ("1" if spec.integer else "any")
+        assert control.attrs["inputmode"] == ("numeric" if spec.integer else "decimal")
+        assert num(spec.example) in control.attrs["placeholder"]
+        assert control.attrs["value"] == num(spec.example)  # empty form: the example patient
+        assert f"From {num(spec.minimum)} to {num(spec.maximum)}" in help_text
+    else:
+        assert isinstance(spec, CategoryField)
+        assert control.tag == "select"
+        options = control.find_all("option")
+        assert [o.attrs["value"] for o in options] == list(spec.choices)
+        assert [o.text() for o in options] == list(spec.labels())
+        assert [o.attrs["value"] for o in options if "selected" in o.attrs] == [spec.example]
+
+
+def test_form_posts_urlencoded_to_root_with_one_control_per_field(model: Artifact) -> None:
+    doc = render(model)
+    (form,) = doc.find_all("form")
+    assert (form.attrs["method"], form.attrs["action"]) == ("post", "/")
+    assert form.attrs["enctype"] == "application/x-www-form-urlencoded"
+    names = [n.attrs["name"] for n in form.walk() if n.tag in {"input", "select", "textarea"}]
+    assert names == list(schema.FEATURES)
+    assert len(form.find_all("button", type="submit")) == 1
+
+
+def test_submitted_values_are_refilled_and_escaped(model: Artifact) -> None:
+    nasty = "\"><script>alert('x')</script>"
+    values = EXAMPLES | {"age": nasty, "bmi": "31.25", "sex": " Male ", "region": nasty}
+    page = render_page(values=values, errors={}, result=None, model=model)
+    assert "<script" not in page
+    doc = parse(page)
+    assert doc.by_id("age").attrs["value"] == nasty  # exactly what was typed, as text
+    assert doc.by_id("bmi").attrs["value"] == "31.25"
+    assert [o.attrs["value"] for o in doc.by_id("sex").find_all("option") if "selected" in o.attrs] == ["male"]
+    # an unknown choice selects nothing real: the placeholder option asks again
+    region = [o for o in doc.by_id("region").find_all("option") if "selected" in o.attrs]
+    assert [(o.attrs["value"], o.text()) for o in region] == [("", "Choose…")]
+
+
+def test_blank_submission_stays_blank(model: Artifact) -> None:
+    doc = render(model, values={"age": "", "sex": "female"}, errors={"age": "Age is required"})
+    assert doc.by_id("age").attrs["value"] == ""
+    assert doc.by_id("bmi").attrs["value"] == ""  # not silently refilled with the example
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_errors_sit_next_to_their_field(model: Artifact) -> None:
+    errors = {"region": "Region must be one of the four regions", "age": "Age must be a whole number from 18 to 100"}
+    doc = render(model, values=EXAMPLES | {"age": "150", "region": "mars"}, errors=errors)
+    for name, message in errors.items():
+        control = doc.by_id(name)
+        assert control.attrs["aria-invalid"] == "true"
+        assert f"{name}-error" in control.attrs["aria-describedby"].split()
+        error = doc.by_id(f"{name}-error")
+        assert error.text() == f"Error: {message}"
+        group = control.parent
+        assert group is not None
+        assert error.parent is group  # same field group, right above the input
+        assert "has-error" in group.attrs["class"].split()
+    for spec in FIELDS:
+        if spec.name not in errors:
+            assert "aria-invalid" not in doc.by_id(spec.name).attrs
+            assert not doc.find_all(id=f"{spec.name}-error")
+
+
+def test_error_summary_comes_first_and_links_to_fields(model: Artifact) -> None:
+    errors = {"region": "Region is wrong", "age": "Age is wrong", "record": "Unknown field 'smoking'"}
+    doc = render(model, values=EXAMPLES, errors=errors)
+    (summary,) = doc.find_all(role="alert")
+    (main,) = doc.find_all("main")
+    assert main.walk()[1] is summary  # before the form and the result
+    items = summary.find_all("li")
+    assert [i.text() for i in items] == ["Age is wrong", "Region is wrong", "Unknown field 'smoking'"]
+    assert [a.attrs["href"] for a in summary.find_all("a")] == ["#age", "#region"]  # no link to nowhere
+    (title,) = doc.find_all("title")
+    assert title.text().startswith("Error: ")
+
+
+def test_no_error_summary_without_errors(model: Artifact) -> None:
+    doc = render(model)
+    assert not doc.find_all(role="alert")
+    assert not doc.find_all(class_="error-message")
+    (title,) = doc.find_all("title")
+    assert not title.text().startswith("Error")
+
+
+# -- result ------------------------------------------------------------------------------------
+
+
+def test_result_panel_shows_dollars_interval_and_baseline(model: Artifact) -> None:
+    doc = render(model, values=EXAMPLES, result=RESULT)
+    assert doc.by_id("charges").text() == "$12,345"
+    assert doc.by_id("interval").text() == "90% interval: $10,001 – $15,000"
+    assert doc.by_id("baseline").text() == "A typical patient: $11,995"
+    eighty = render(model, values=EXAMPLES, result=FormResult(1, 0, 2, 0.8, {}, 1))
+    assert eighty.by_id("interval").text().startswith("80% interval: ")
+
+
+def test_chart_has_one_bar_per_contribution_sorted_with_sign_classes(model: Artifact) -> None:
+    doc = render(model, values=EXAMPLES, result=RESULT)
+    (svg,) = doc.find_all("svg")
+    assert svg.attrs["role"] == "img"
+    title = doc.by_id(svg.attrs["aria-labelledby"])
+    assert title.tag == "title"
+    assert "Smoker: No −$4,000" in title.text()
+    bars = svg.find_all("rect", class_="bar")
+    assert [b.attrs["data-feature"] for b in bars] == ["smoker", "age", "bmi", "children", "sex", "region"]
+    for bar in bars:
+        amount = RESULT.contributions[bar.attrs["data-feature"]]
+        expected = "positive" if amount > 0 else "negative" if amount < 0 else "zero"
+        assert expected in bar.attrs["class"].split()
+    zero_x = {line.attrs["x1"] for line in svg.find_all("line", class_="zero-line")}
+    assert len(zero_x) == 1  # one axis, drawn row by row
+    x0 = float(zero_x.pop().rstrip("%"))
+    for bar in bars:  # positive bars start at zero, negative ones end there
+        x, w = float(bar.attrs["x"].rstrip("%")), float(bar.attrs["width"].rstrip("%"))
+        if "positive" in bar.attrs["class"]:
+            assert x == pytest.approx(x0)
+        elif "negative" in bar.attrs["class"]:
+            assert x + w == pytest.approx(x0, abs=0.02)
+    labels = [g.text() for g in svg.find_all("g", class_="row")]
+    assert labels[:2] == ["Smoker: No −$4,000", "Age: 39 +$2,400"]
+    assert labels[-1] == "Region: South-east $0"
+
+
+def test_screen_readers_get_the_same_numbers_as_a_table(model: Artifact) -> None:
+    doc = render(model, values=EXAMPLES, result=RESULT)
+    (table,) = doc.find_all("table")
+    assert "visually-hidden" in (table.parent.attrs.get("class", "") if table.parent else "")
+    rows = [(r.find_all("th")[0].text(), r.find_all("td")[0].text()) for r in table.find_all("tbody")[0].find_all("tr")]
+    svg_rows = [
+        (g.find_all("text", class_="label")[0].text(), g.find_all("text", class_="amount")[0].text())
+        for g in doc.find_all("g", class_="row")
+    ]
+    assert rows == svg_rows
+    assert "$11,995" in table.find_all("caption")[0].text()
+
+
+def test_real_prediction_renders_and_adds_up(model: Artifact) -> None:
+    record = {"age": "70", "sex": "male", "bmi": "34.1", "children": "2", "smoker": "yes", "region": "northwest"}
+    prediction = model.predict_record(record)
+    encoded = np.array([schema.encode_record(record)])
+    contributions = dict(zip(schema.FEATURES, map(float, model.explain(encoded)[0]), strict=True))
+    assert sum(contributions.values()) + model.baseline == pytest.approx(prediction.charges)
+    result = FormResult(prediction.charges, prediction.low, prediction.high, model.level, contributions, model.baseline)
+    doc = render(model, values=record, result=result)
+    assert doc.by_id("charges").text() == dollars(prediction.charges)
+    assert len(doc.find_all("rect", class_="bar")) == len(schema.FEATURES)
+    # 70 is a valid age but beyond the training data (18-64): the page says so
+    (caution,) = doc.find_all(class_="caution")
+    assert "Age 70" in caution.text()
+    assert not render(model, values=EXAMPLES, result=result).find_all(class_="caution")
+
+
+# -- page --------------------------------------------------------------------------------------
+
+
+def test_page_is_accessible_self_contained_and_has_the_footer(model: Artifact) -> None:
+    page = render_page(values=EXAMPLES, errors={"age": "Age is wrong"}, result=RESULT, model=model)
+    doc = parse(page)
+    (html,) = doc.find_all("html")
+    assert html.attrs["lang"] == "en"
+    assert doc.find_all("meta", name="viewport")[0].attrs["content"] == "width=device-width, initial-scale=1"
+    assert len(doc.find_all("h1")) == 1
+    assert len(doc.find_all("main")) == 1
+    assert not doc.find_all("script")
+    assert not re.search(r"(?:https?:)?//[a-z]", page, re.IGNORECASE), "no external resources"
+    assert not doc.find_all("link", rel="stylesheet")
+    (style,) = doc.find_all("style")
+    assert ":focus-visible" in style.text()
+    ids = [n.attrs["id"] for n in doc.walk() if "id" in n.attrs]
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    for node in doc.walk():  # every aria reference points at something
+        for attr in ("aria-describedby", "aria-labelledby"):
+            for ref in node.attrs.get(attr, "").split():
+                assert ref in ids, f"{attr}={ref}"
+    (footer,) = doc.find_all("footer")
+    assert model.version in footer.text()
+    assert {a.attrs["href"] for a in footer.find_all("a")} == {"/docs", "/api/v1/model"}
+    assert "estimate from a model trained on simulated textbook data" in footer.text()
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_contrast_helper_matches_wcag_reference_values() -> None:
+    assert contrast("#000000", "#ffffff") == pytest.approx(21.0)
+    assert contrast("#767676", "#ffffff") == pytest.approx(4.54, abs=0.01)
+
+
+@pytest.mark.parametrize(("fg", "bg"), TEXT_PAIRS)
+def test_text_colours_meet_wcag_aa(fg: str, bg: str) -> None:
+    assert contrast(PALETTE[fg], PALETTE[bg]) >= 4.5
+
+
+@pytest.mark.parametrize("name", ["border", "up", "down", "error", "focus"])
+def test_non_text_colours_meet_three_to_one(name: str) -> None:
+    for bg in ("card", "page"):
+        assert contrast(PALETTE[name], PALETTE[bg]) >= 3.0
+
+
+@pytest.mark.parametrize(
+    ("amount", "plain", "signed", "cls"),
+    [
+        (12345.4, "$12,345", "+$12,345", "positive"),
+        (-8012.5, "−$8,012", "−$8,012", "negative"),  # round half to even, like round()
+        (0.4, "$0", "$0", "zero"),
+        (-0.4, "$0", "$0", "zero"),
+        (float("nan"), "n/a", "n/a", "zero"),
+    ],
+)
+def test_dollar_formatting(amount: float, plain: str, signed: str, cls: str) -> None:
+    assert (dollars(amount), signed_dollars(amount), sign_class(amount)) == (plain, signed, cls)
