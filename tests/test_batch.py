@@ -182,9 +182,7 @@ def test_values_are_matched_like_the_api_and_written_back_unchanged(scorer: Arti
     """Case and spaces in categories, spaces around numbers: accepted, and the text is kept."""
     src, dest = tmp_path / "in.csv", tmp_path / "out.csv"
     src.write_text(
-        "age,sex,bmi,children,smoker,region\n"
-        " 39 , Male ,30.5,1,YES,southEast\n"
-        "40,female, 22 ,0,no ,northwest\n",
+        "age,sex,bmi,children,smoker,region\n 39 , Male ,30.5,1,YES,southEast\n40,female, 22 ,0,no ,northwest\n",
         encoding="utf-8",
     )
     assert score_file(src, dest, scorer) == 2
@@ -227,9 +225,7 @@ def test_a_file_can_be_scored_in_place(scorer: Artifact, tmp_path: Path) -> None
 # -- empty and unreadable input ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "header", ["age,sex,bmi,children,smoker,region,id\n", "age,sex,bmi,children,smoker,region,id"]
-)
+@pytest.mark.parametrize("header", ["age,sex,bmi,children,smoker,region,id\n", "age,sex,bmi,children,smoker,region,id"])
 def test_header_only_gives_an_empty_but_valid_output(scorer: Artifact, tmp_path: Path, header: str) -> None:
     src = tmp_path / "in.csv"
     src.write_text(header, encoding="utf-8")
@@ -250,9 +246,7 @@ def test_garbage_and_missing_files_are_clear_errors(scorer: Artifact, tmp_path: 
     binary = tmp_path / "binary.csv"
     binary.write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
     latin1 = tmp_path / "latin1.csv"
-    latin1.write_bytes(
-        "age,sex,bmi,children,smoker,region\n19,f\xe9male,27.9,0,yes,southwest\n".encode("latin-1")
-    )
+    latin1.write_bytes("age,sex,bmi,children,smoker,region\n19,f\xe9male,27.9,0,yes,southwest\n".encode("latin-1"))
     late_latin1 = tmp_path / "late.csv"  # past the sniffed first 64 KiB: pyarrow finds it
     late_latin1.write_bytes(
         records(3000).to_csv(index=False).encode() + "19,f\xe9male,27.9,0,yes,southwest\n".encode("latin-1")
@@ -428,9 +422,7 @@ def test_repeated_columns_and_other_separators_are_refused(scorer: Artifact, tmp
     with pytest.raises(ValidationError, match="age: column appears more than once"):
         score_file(twice, tmp_path / "out.csv", scorer)
     semicolons = tmp_path / "semicolons.csv"
-    semicolons.write_text(
-        "age;sex;bmi;children;smoker;region\n19;female;27.9;0;yes;southwest\n", encoding="utf-8"
-    )
+    semicolons.write_text("age;sex;bmi;children;smoker;region\n19;female;27.9;0;yes;southwest\n", encoding="utf-8")
     with pytest.raises(BatchError, match="separated by commas"):
         score_file(semicolons, tmp_path / "out.csv", scorer)
     blank_first = tmp_path / "blank.csv"

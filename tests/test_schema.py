@@ -135,3 +135,14 @@ def test_any_input_either_encodes_in_range_or_raises_validation_error(record: di
             assert spec.minimum <= value <= spec.maximum
         else:
             assert 0 <= value < len(spec.choices)
+
+
+def test_one_huge_cell_does_not_blow_up_memory() -> None:
+    """astype(str) pads to the longest cell; a 10 MB cell in 100k rows would need 4 TB."""
+    n = 100_000
+    cols = {k: np.array([GOOD[k]] * n, dtype=object) for k in FEATURES}
+    cols["region"][7] = "x" * 10_000_000
+    with pytest.raises(ValidationError) as err:
+        encode_columns(cols)
+    [issue] = err.value.issues
+    assert (issue.row, issue.field) == (8, "region")

@@ -127,9 +127,7 @@ def score_file(
                     sink = None
                 if sink is not None and X is not None and len(X):
                     charges, low, high = artifact.predict(X)
-                    columns = [chunk.table.column(i) for i in keep] + [
-                        pa.array(a) for a in (charges, low, high)
-                    ]
+                    columns = [chunk.table.column(i) for i in keep] + [pa.array(a) for a in (charges, low, high)]
                     sink.write(pa.Table.from_arrays(columns, schema=out_schema))
                     written += len(X)
                 if progress is not None:
@@ -232,9 +230,7 @@ def _csv_chunks(pa: Any, path: Path, chunk_rows: int, issues: _Issues) -> tuple[
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise BatchError(f"{path}: cannot read the CSV header ({exc})") from None
     if len(names) == 1 and any(sep in names[0] for sep in ";\t|"):
-        raise BatchError(
-            f"{path}: the header is one column, {names[0][:60]!r}; columns must be separated by commas"
-        )
+        raise BatchError(f"{path}: the header is one column, {names[0][:60]!r}; columns must be separated by commas")
     _check_header(names)
     convert = pa.csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
     try:
@@ -407,11 +403,7 @@ def _number(pa: Any, array: Any) -> npt.NDArray[Any]:
     t = pa.types
     kind = array.type
     if array.null_count == 0 and (
-        t.is_string(kind)
-        or t.is_large_string(kind)
-        or t.is_integer(kind)
-        or t.is_floating(kind)
-        or t.is_decimal(kind)
+        t.is_string(kind) or t.is_large_string(kind) or t.is_integer(kind) or t.is_floating(kind) or t.is_decimal(kind)
     ):
         try:
             values: npt.NDArray[np.float64] = pa.compute.cast(array, pa.float64()).to_numpy()
@@ -485,9 +477,7 @@ def _temp_path(dest: Path) -> Path:
 class _Sink:
     """Writes tables to the temporary file on a background thread, one chunk in flight."""
 
-    def __init__(
-        self, pa: Any, path: Path, dest: Path, fmt: Format, out_schema: Any, pool: ThreadPoolExecutor
-    ) -> None:
+    def __init__(self, pa: Any, path: Path, dest: Path, fmt: Format, out_schema: Any, pool: ThreadPoolExecutor) -> None:
         self.path, self.dest, self.pool = path, dest, pool
         self.errors = (pa.ArrowException, OSError)
         self.pending: Future[None] | None = None

@@ -316,9 +316,14 @@ def _column(spec: Field, raw: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64]
     """Encode one column; return values and a mask of rows that break the rule."""
     if isinstance(spec, CategoryField):
         codes = np.full(len(raw), np.nan)
-        text = np.char.lower(np.char.strip(raw.astype(str)))
+        text = np.char.strip(_short_text(raw))
         for k, choice in enumerate(spec.choices):
             codes[text == choice] = k
+        rest = np.flatnonzero(np.isnan(codes))
+        if len(rest):  # lower-casing is slow per element: only for rows that did not match as is
+            lowered = np.char.lower(text[rest])
+            for k, choice in enumerate(spec.choices):
+                codes[rest[lowered == choice]] = k
         missing = _missing_mask(raw)
         return codes, np.isnan(codes) | missing
     if raw.dtype.kind == "b":  # True/False are not numbers, as in check_value
@@ -329,6 +334,19 @@ def _column(spec: Field, raw: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64]
         if spec.integer:
             bad |= values != np.floor(values)
     return values, bad
+
+
+MAX_CATEGORY_CHARS: Final = 64
+
+
+def _short_text(raw: npt.NDArray[Any]) -> npt.NDArray[np.str_]:
+    """Strings capped in length: ``astype(str)`` pads every cell to the longest one, so a
+    single huge cell would otherwise ask for gigabytes. No valid category is that long."""
+    if raw.dtype.kind == "U" and raw.dtype.itemsize // 4 <= MAX_CATEGORY_CHARS:
+        return raw
+    if raw.dtype.kind in "OSU":
+        return np.array([str(v)[: MAX_CATEGORY_CHARS + 1] for v in raw.tolist()], dtype=f"<U{MAX_CATEGORY_CHARS + 1}")
+    return raw.astype(str)
 
 
 def _missing_mask(raw: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
