@@ -146,3 +146,5 @@ def test_one_huge_cell_does_not_blow_up_memory() -> None:
         encode_columns(cols)
     [issue] = err.value.issues
     assert (issue.row, issue.field) == (8, "region")
+    assert len(issue.as_dict()["value"]) <= 81
+    assert len(str(err.value)) < 200

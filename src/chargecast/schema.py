@@ -141,7 +141,8 @@ class Issue:
         if self.row is not None:
             out["row"] = self.row
         if self.value is not None:
-            out["value"] = self.value if _jsonable(self.value) else repr(self.value)
+            value = self.value if _jsonable(self.value) else repr(self.value)
+            out["value"] = value[:80] + "…" if isinstance(value, str) and len(value) > 80 else value
         return out
 
 
