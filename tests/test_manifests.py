@@ -8,6 +8,7 @@ Google custom resource without a schema in kubernetes-validate, so its fields ar
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # type: ignore[import-untyped, unused-ignore]  # stubs (types-PyYAML) are optional here
 
-yaml = pytest.importorskip("yaml", reason="PyYAML reads the rendered manifests")
+from chargecast.deploy import GKE_IMAGE_PLACEHOLDER
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -29,13 +31,17 @@ Obj = dict[str, Any]
 
 
 def tool(name: str) -> str:
-    """The virtualenv's copy first (the one installed with the project), else PATH."""
+    """The virtualenv's copy first (the dev lock installs it), else PATH.
+
+    Missing, it is a skip on a developer's machine and a failure in CI, which installs the lock.
+    """
     beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which(name)
+    found = str(beside) if beside.is_file() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed in this environment")
+        message = f"{name} not found beside {sys.executable} or on PATH (it comes with the dev lock)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return found
 
 
@@ -282,6 +288,11 @@ def test_every_object_carries_the_common_labels(gke: list[Obj]) -> None:
         assert labels["app.kubernetes.io/name"] == "chargecast", obj["kind"]
         assert labels["app.kubernetes.io/part-of"] == "chargecast", obj["kind"]
     assert one(gke, "Deployment")["spec"]["selector"] == {"matchLabels": NAME}
+
+
+def test_gke_image_is_the_placeholder_the_deploy_command_replaces(gke: list[Obj]) -> None:
+    image = container(gke)["image"]
+    assert image.startswith(GKE_IMAGE_PLACEHOLDER + ":")
 
 
 def test_local_overlay_is_one_pod_on_loopback(local: list[Obj]) -> None:
