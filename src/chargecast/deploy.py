@@ -649,12 +649,28 @@ def add_deploy_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "creating the repository and the cluster when missing. Safe to repeat.",
     )
     gke.add_argument(
-        "--project", required=True, type=_matching(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", "project ID")
+        "--project",
+        required=True,
+        type=_matching(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", "project ID"),
+        help="Google Cloud project ID",
     )
-    gke.add_argument("--region", default="us-central1", type=_matching(r"[a-z]+-[a-z]+[0-9]+", "region"))
-    gke.add_argument("--cluster", default=APP, type=_matching(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?", "cluster name"))
     gke.add_argument(
-        "--repository", default=APP, type=_matching(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?", "repository name")
+        "--region",
+        default="us-central1",
+        type=_matching(r"[a-z]+-[a-z]+[0-9]+", "region"),
+        help="region of the registry and of an Autopilot cluster (default: us-central1)",
+    )
+    gke.add_argument(
+        "--cluster",
+        default=APP,
+        type=_matching(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?", "cluster name"),
+        help=f"cluster name (default: {APP})",
+    )
+    gke.add_argument(
+        "--repository",
+        default=APP,
+        type=_matching(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?", "repository name"),
+        help=f"Artifact Registry repository (default: {APP})",
     )
     gke.add_argument(
         "--tag",
@@ -664,6 +680,7 @@ def add_deploy_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     gke.add_argument(
         "--nodes",
         type=_positive,
+        metavar="N",
         help="create a Standard cluster of N nodes in one zone instead of an Autopilot cluster",
     )
     gke.add_argument(
