@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chargecast import __version__
+from chargecast.deploy import add_deploy_parser
 
 
 class UserError(Exception):
@@ -147,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the web service")
     s.set_defaults(func=_serve)
+    add_deploy_parser(sub)
     return p
 
 

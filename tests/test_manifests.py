@@ -1,0 +1,310 @@
+"""The Kubernetes manifests, rendered by the real kustomize (kubectl's) and validated with the
+Kubernetes API schemas of the versions GKE offers (1.32-1.35).
+
+No cluster runs here: the gke overlay, the autoscaler, the disruption budget, the PodMonitoring and
+the load balancer are checked only against schemas and by the assertions below. PodMonitoring is a
+Google custom resource without a schema in kubernetes-validate, so its fields are checked by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped, unused-ignore]  # stubs (types-PyYAML) are optional here
+
+from chargecast.deploy import GKE_IMAGE_PLACEHOLDER
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+GKE_VERSIONS = ("1.32.0", "1.33.0", "1.34.0", "1.35.0")
+DRAIN_SECONDS = 10  # the server finishes in-flight requests within 10 s of SIGTERM
+NAME = {"app.kubernetes.io/name": "chargecast"}
+
+Obj = dict[str, Any]
+
+
+def tool(name: str) -> str:
+    """The virtualenv's copy first (the dev lock installs it), else PATH.
+
+    Missing, it is a skip on a developer's machine and a failure in CI, which installs the lock.
+    """
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        message = f"{name} not found beside {sys.executable} or on PATH (it comes with the dev lock)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def render_text(target: str) -> str:
+    proc = subprocess.run(
+        [tool("kubectl"), "kustomize", str(K8S / target)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def render(target: str) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(render_text(target)) if doc]
+
+
+@pytest.fixture(scope="module")
+def gke() -> list[Obj]:
+    return render("overlays/gke")
+
+
+@pytest.fixture(scope="module")
+def local() -> list[Obj]:
+    return render("overlays/local")
+
+
+def one(objects: list[Obj], kind: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container(objects: list[Obj]) -> Obj:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: Obj = containers[0]
+    return result
+
+
+def pod_spec(objects: list[Obj]) -> Obj:
+    result: Obj = one(objects, "Deployment")["spec"]["template"]["spec"]
+    return result
+
+
+def named_port(objects: list[Obj], name: str) -> int:
+    ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    return int(ports[name])
+
+
+def test_each_overlay_renders_the_expected_objects(gke: list[Obj], local: list[Obj]) -> None:
+    assert sorted(o["kind"] for o in gke) == [
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "PodMonitoring",
+        "Service",
+        "ServiceAccount",
+    ]
+    # podman kube play runs the Deployment as one pod; autoscaler, budget and load balancer mean nothing there.
+    assert sorted(o["kind"] for o in local) == ["Deployment", "ServiceAccount"]
+    assert all(o["metadata"]["name"] == "chargecast" for o in gke + local)
+
+
+@pytest.mark.parametrize("overlay", ["gke", "local"])
+def test_strict_schema_validation_for_every_gke_version(overlay: str, tmp_path: Path) -> None:
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(render_text(f"overlays/{overlay}"))
+    args = [tool("kubernetes-validate"), "--strict"]
+    for version in GKE_VERSIONS:
+        args += ["-k", version]
+    proc = subprocess.run([*args, str(rendered)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ERROR" not in proc.stdout
+    # Everything but the PodMonitoring custom resource was really checked, against each version.
+    kinds = {o["kind"].lower() for o in render(f"overlays/{overlay}")} - {"podmonitoring"}
+    for kind in kinds:
+        for version in GKE_VERSIONS:
+            minor = version.rsplit(".", 1)[0]
+            assert f"passed for resource {kind}/chargecast against version {minor}" in proc.stdout, proc.stdout
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARN")]
+    assert all("PodMonitoring" in line for line in warnings), warnings
+
+
+def test_the_validator_rejects_what_a_cluster_would_reject(gke: list[Obj], tmp_path: Path) -> None:
+    """Guards the test above against passing vacuously: strict mode sees typos and API versions."""
+    deployment = one(gke, "Deployment")
+    typo = yaml.safe_load(yaml.safe_dump(deployment))
+    typo["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/readyz", "port": 8080}}
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(typo))
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(deployment))
+    validate = [tool("kubernetes-validate"), "--strict", "--quiet"]
+    proc = subprocess.run(
+        [*validate, "-k", "1.33.0", str(tmp_path / "typo.yaml")], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode != 0
+    assert "readinesProbe" in proc.stdout
+    # The native preStop sleep handler is what needs Kubernetes 1.29 or newer (GKE offers 1.32+).
+    proc = subprocess.run(
+        [*validate, "-k", "1.28.0", str(tmp_path / "ok.yaml")], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode != 0
+    assert "'sleep' was unexpected" in proc.stdout
+
+
+def test_probes_hit_the_right_paths_on_the_serving_port(gke: list[Obj]) -> None:
+    c = container(gke)
+    port = named_port(gke, "http")
+    assert port == 8080
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    # The startup probe must allow a slow model load before liveness can restart the pod.
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
+    env = {e["name"]: e for e in c["env"]}
+    assert env["CHARGECAST_HOST"]["value"] == "0.0.0.0"
+    assert int(env["CHARGECAST_PORT"]["value"]) == port
+    assert env["CHARGECAST_MODEL_DIR"]["value"] == "/app/models/current"
+
+
+def test_api_keys_come_from_an_optional_secret(gke: list[Obj]) -> None:
+    env = {e["name"]: e for e in container(gke)["env"]}
+    ref = env["CHARGECAST_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "chargecast-api-keys", "key": "keys", "optional": True}
+
+
+def test_service_is_a_load_balancer_from_80_to_the_http_port(gke: list[Obj]) -> None:
+    service = one(gke, "Service")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert named_port(gke, "http") == 8080
+    assert service["spec"]["selector"] == NAME
+    pod_labels = one(gke, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert NAME.items() <= pod_labels.items()
+
+
+def test_autoscaler_keeps_2_to_10_replicas_on_cpu(gke: list[Obj]) -> None:
+    hpa = one(gke, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chargecast"}
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 10)
+    assert spec["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+    ]
+    # Utilization is measured against the request, so there must be one.
+    assert container(gke)["resources"]["requests"]["cpu"]
+
+
+def test_disruption_budget_lets_one_pod_go_at_a_time(gke: list[Obj]) -> None:
+    spec = one(gke, "PodDisruptionBudget")["spec"]
+    assert spec.get("maxUnavailable") == 1 or spec.get("minAvailable") == 1
+    assert spec["selector"] == {"matchLabels": NAME}
+
+
+def test_podmonitoring_fields_by_hand(gke: list[Obj]) -> None:
+    """No schema for this custom resource here: check it against the CRD's documented fields."""
+    pm = one(gke, "PodMonitoring")
+    assert pm["apiVersion"] == "monitoring.googleapis.com/v1"
+    assert set(pm) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = pm["spec"]
+    assert set(spec) <= {"selector", "endpoints", "targetLabels", "limits", "filterRunning"}
+    assert spec["selector"] == {"matchLabels": NAME}
+    endpoint_fields = {"port", "scheme", "path", "params", "interval", "timeout", "metricRelabeling", "proxyUrl"}
+    (endpoint,) = spec["endpoints"]
+    assert set(endpoint) <= endpoint_fields
+    assert endpoint["port"] == "http"
+    assert named_port(gke, "http") == 8080
+    assert endpoint["path"] == "/metrics"
+    assert re.fullmatch(r"\d+(ms|s|m)", endpoint["interval"])
+    assert pm["metadata"]["labels"]["app.kubernetes.io/name"] == "chargecast"
+
+
+@pytest.mark.parametrize("overlay", ["gke", "local"])
+def test_restricted_pod_security_profile(overlay: str, gke: list[Obj], local: list[Obj]) -> None:
+    objects = gke if overlay == "gke" else local
+    pod = pod_spec(objects)
+    c = container(objects)
+    sc = {**pod["securityContext"], **c["securityContext"]}
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 10001
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert not c["securityContext"].get("privileged", False)
+    assert not any(key in pod for key in ("hostNetwork", "hostPID", "hostIPC"))
+    # The one writable path, /tmp, is an emptyDir (restricted allows no hostPath).
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(volumes[mount["name"]]) == {"name", "emptyDir"}
+    assert pod["automountServiceAccountToken"] is False
+    account = one(objects, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_rolling_update_never_drops_capacity(gke: list[Obj]) -> None:
+    strategy = one(gke, "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/gke"])
+def test_replicas_are_left_to_the_autoscaler(target: str) -> None:
+    assert "replicas" not in one(render(target), "Deployment")["spec"]
+
+
+def test_shutdown_fits_the_servers_drain(gke: list[Obj]) -> None:
+    pre_stop = container(gke)["lifecycle"]["preStop"]
+    # The native handler: no /bin/sleep needed in the image.
+    assert set(pre_stop) == {"sleep"}
+    pause = pre_stop["sleep"]["seconds"]
+    assert pause >= 3, "endpoints and the load balancer need a few seconds to stop sending traffic"
+    assert pod_spec(gke)["terminationGracePeriodSeconds"] >= pause + DRAIN_SECONDS
+
+
+def test_resources_are_requested_and_memory_is_capped(gke: list[Obj]) -> None:
+    resources = container(gke)["resources"]
+    requests, limits = resources["requests"], resources["limits"]
+    assert set(requests) == {"cpu", "memory"}
+    assert "cpu" not in limits, "a CPU limit only throttles; the HPA works from requests"
+
+    def mebibytes(quantity: str) -> int:
+        match = re.fullmatch(r"(\d+)(Mi|Gi)", quantity)
+        assert match, f"unexpected memory quantity {quantity}"
+        return int(match[1]) * (1024 if match[2] == "Gi" else 1)
+
+    assert mebibytes(requests["memory"]) >= 128, "the server needs ~100 MB with 2 workers"
+    assert mebibytes(limits["memory"]) >= mebibytes(requests["memory"])
+
+
+def test_replicas_spread_over_nodes_and_zones(gke: list[Obj]) -> None:
+    spread = {c["topologyKey"]: c for c in pod_spec(gke)["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread.values():
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["labelSelector"] == {"matchLabels": NAME}
+
+
+def test_every_object_carries_the_common_labels(gke: list[Obj]) -> None:
+    """`chargecast deploy status` lists objects by app.kubernetes.io/name."""
+    for obj in gke:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "chargecast", obj["kind"]
+        assert labels["app.kubernetes.io/part-of"] == "chargecast", obj["kind"]
+    assert one(gke, "Deployment")["spec"]["selector"] == {"matchLabels": NAME}
+
+
+def test_gke_image_is_the_placeholder_the_deploy_command_replaces(gke: list[Obj]) -> None:
+    image = container(gke)["image"]
+    assert image.startswith(GKE_IMAGE_PLACEHOLDER + ":")
+
+
+def test_local_overlay_is_one_pod_on_loopback(local: list[Obj]) -> None:
+    deployment = one(local, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    c = container(local)
+    assert c["image"] == "localhost/chargecast:dev"
+    assert c["imagePullPolicy"] in {"Never", "IfNotPresent"}
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "hostPort": 8080, "hostIP": "127.0.0.1", "protocol": "TCP"}
+    ]
+    # podman runs no lifecycle hooks; the liveness probe is what it turns into a health check.
+    assert "lifecycle" not in c
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    assert not {"HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitoring"} & {o["kind"] for o in local}
