@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit train bench lock clean
+.PHONY: run test lint typecheck unit quick train bench lock clean
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# Everything but the podman image tests, for a quick loop while editing.
+quick: $(STAMP)
+	$(BIN)/pytest -m "not container"
 
 train: $(STAMP)
 	$(BIN)/chargecast train --data ../shared/data/insurance.csv --out models/current

@@ -1,0 +1,292 @@
+"""The real image, built and run with podman; the local overlay run with `podman kube play`.
+
+Slow (an image build); part of `make test`. The base image comes from
+``shared/tools/container-env.sh``, which this module runs when podman or the base is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_SCRIPT = ROOT.parent / "shared" / "tools" / "container-env.sh"
+BASE = "localhost/python-base:3.11"
+IMAGE = "localhost/chargecast:dev"
+CA = Path("/etc/ssl/certs/ca-certificates.crt")
+MAX_ADDED_BYTES = 120 * 1024 * 1024
+RECORD = {"age": 52, "sex": "male", "bmi": 34.1, "children": 2, "smoker": "yes", "region": "northwest"}
+IN_CI = os.environ.get("CI") == "true"
+
+pytestmark = [pytest.mark.slow, pytest.mark.container]
+
+
+def sh(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def kubectl() -> str:
+    local = Path(sys.executable).parent / "kubectl"
+    return str(local) if local.exists() else shutil.which("kubectl") or "kubectl"
+
+
+@pytest.fixture(scope="session")
+def podman() -> None:
+    """podman and the local base image; installed by the shared script when missing."""
+    have = shutil.which("podman") and sh("podman", "image", "exists", BASE, check=False).returncode == 0
+    if not have:
+        if not ENV_SCRIPT.exists():
+            if IN_CI:
+                pytest.fail(f"{ENV_SCRIPT} is missing: CI cannot build the image")
+            pytest.skip("podman is not set up and shared/tools/container-env.sh is not beside the repo")
+        sh("bash", str(ENV_SCRIPT), timeout=1800)
+
+
+@pytest.fixture(scope="session")
+def image(podman: None) -> str:
+    """Build the image exactly as the README says, on the local base."""
+    cmd = [
+        "podman",
+        "build",
+        "--format",
+        "docker",
+        "--build-arg",
+        f"BASE_IMAGE={BASE}",
+        "--build-arg",
+        "REVISION=test",
+        "-t",
+        IMAGE,
+    ]
+    if CA.exists():  # this machine intercepts TLS; pip in the build needs its CA bundle
+        cmd += ["--secret", f"id=ca,src={CA}"]
+    proc = subprocess.run([*cmd, str(ROOT)], capture_output=True, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return IMAGE
+
+
+def inspect(image: str) -> dict[str, Any]:
+    data: list[dict[str, Any]] = json.loads(sh("podman", "image", "inspect", image).stdout)
+    return data[0]
+
+
+def wait_ready(url: str, timeout: float = 30, container: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    logs = sh("podman", "logs", container, check=False).stderr[-2000:] if container else ""
+    raise AssertionError(f"{url} not ready within {timeout} s\n{logs}")
+
+
+@pytest.fixture
+def container(image: str) -> Iterator[tuple[str, str]]:
+    """The image run the way Kubernetes runs it: non-root, read-only root, /tmp writable."""
+    name = f"chargecast-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    sh(
+        "podman",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--user",
+        "10001:10001",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "-p",
+        f"127.0.0.1:{port}:8080",
+        image,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, container=name)
+        yield name, url
+    finally:
+        sh("podman", "rm", "-f", "-t", "0", name, check=False)
+
+
+def test_image_adds_at_most_120_mb_to_its_base(image: str) -> None:
+    added = inspect(image)["Size"] - inspect(BASE)["Size"]
+    print(f"image adds {added / 2**20:.1f} MiB to {BASE}")
+    assert added <= MAX_ADDED_BYTES
+
+
+def test_image_metadata(image: str) -> None:
+    config = inspect(image)["Config"]
+    assert config["User"] == "10001:10001"
+    assert "8080/tcp" in config["ExposedPorts"]
+    assert config["Entrypoint"] == ["chargecast", "serve"]
+    labels = config["Labels"]
+    for key in ("source", "version", "revision"):
+        assert labels[f"org.opencontainers.image.{key}"]
+    assert labels["org.opencontainers.image.revision"] == "test"
+    assert "healthz" in " ".join(inspect(image)["Healthcheck"]["Test"])
+
+
+def test_image_has_no_compilers_pip_or_training_libraries(image: str) -> None:
+    probe = (
+        "import importlib.util as u, shutil; "
+        "print([m for m in ('sklearn','pandas','pyarrow','matplotlib','pip') if u.find_spec(m)], "
+        "[c for c in ('gcc','cc') if shutil.which(c)])"
+    )
+    out = sh("podman", "run", "--rm", "--entrypoint", "python3", image, "-c", probe).stdout.strip()
+    assert out == "[] []"
+
+
+def test_container_serves_predictions_as_non_root(container: tuple[str, str]) -> None:
+    name, url = container
+    assert sh("podman", "exec", name, "id", "-u").stdout.strip() == "10001"
+    reply = httpx.post(f"{url}/api/v1/predict", json=RECORD, timeout=10)
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["interval"]["low"] <= body["charges"] <= body["interval"]["high"] + 1e-6
+    bad = httpx.post(f"{url}/api/v1/predict", json=RECORD | {"age": 300}, timeout=10)
+    assert bad.status_code == 422
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    assert sh("podman", "healthcheck", "run", name, check=False).returncode == 0
+
+
+def big_csv(rows: int) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(list(RECORD))
+    for i in range(rows):
+        writer.writerow(
+            [
+                18 + i % 47,
+                "female" if i % 2 else "male",
+                20 + (i % 300) / 10,
+                i % 5,
+                "yes" if i % 7 == 0 else "no",
+                "southeast",
+            ]
+        )
+    return out.getvalue().encode()
+
+
+def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: tuple[str, str]) -> None:
+    name, url = container
+    rows = 100_000
+    body = big_csv(rows)
+    result: dict[str, Any] = {}
+
+    def post() -> None:
+        try:
+            r = httpx.post(f"{url}/api/v1/predict/csv", content=body, headers={"content-type": "text/csv"}, timeout=60)
+            result["status"], result["lines"] = r.status_code, r.text.count("\n")
+        except httpx.HTTPError as exc:
+            result["error"] = repr(exc)
+
+    worker = threading.Thread(target=post)
+    worker.start()
+    time.sleep(0.3)  # the request is under way: its body is still being sent or scored
+    start = time.monotonic()
+    sh("podman", "kill", "--signal", "TERM", name)
+    sh("podman", "wait", name, timeout=20)
+    exited_after = time.monotonic() - start
+    worker.join(30)
+    assert "error" not in result, result
+    assert result["status"] == 200
+    assert result["lines"] >= rows  # header + every row came back
+    assert exited_after < 10
+
+
+def render_local(port: int, liveness_path: str = "/healthz") -> str:
+    """The local overlay as podman will play it, on a free host port (and an optional broken probe)."""
+    rendered = sh(kubectl(), "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / "local")).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            ctr = doc["spec"]["template"]["spec"]["containers"][0]
+            ctr["ports"][0]["hostPort"] = port
+            probe = copy.deepcopy(ctr["livenessProbe"])
+            probe["httpGet"]["path"] = liveness_path
+            ctr["livenessProbe"] = probe
+    return yaml.safe_dump_all(docs)
+
+
+@pytest.fixture
+def play(image: str, tmp_path: Path) -> Iterator[Any]:
+    played: list[Path] = []
+
+    def run(manifest: str) -> str:
+        path = tmp_path / f"play-{len(played)}.yaml"
+        path.write_text(manifest)
+        played.append(path)
+        sh("podman", "kube", "play", "--replace", str(path))
+        ids = sh(
+            "podman", "ps", "-q", "--filter", "label=app.kubernetes.io/name=chargecast", "--filter", "status=running"
+        ).stdout.split()
+        if not ids:
+            ids = sh("podman", "ps", "-q", "--filter", "name=chargecast-chargecast").stdout.split()
+        assert ids, sh("podman", "ps", "-a").stdout
+        return ids[0]
+
+    yield run
+    for path in played:
+        sh("podman", "kube", "down", str(path), check=False)
+
+
+def health_status(container_id: str) -> str:
+    out = sh("podman", "inspect", "--format", "{{.State.Health.Status}}", container_id, check=False).stdout
+    return out.strip()
+
+
+def test_kube_play_local_overlay_serves_and_is_healthy(play: Any) -> None:
+    port = free_port()
+    ctr = play(render_local(port))
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, container=ctr)
+    assert httpx.post(f"{url}/api/v1/predict", json=RECORD, timeout=10).json()["charges"] > 0
+    assert sh("podman", "healthcheck", "run", ctr, check=False).returncode == 0
+    assert health_status(ctr) == "healthy"
+    user = sh("podman", "exec", ctr, "id", "-u").stdout.strip()
+    assert user == "10001"
+
+
+def test_failing_liveness_probe_is_reported_unhealthy(play: Any) -> None:
+    """podman turns the httpGet probe into `curl -f` in the container; /nope answers 404.
+
+    podman 4.3 (Debian 12) records the failures and marks the container unhealthy; it has no
+    on-failure action (restart/kill came in podman 4.6), so the container keeps running.
+    Kubernetes itself would restart it after failureThreshold failures.
+    """
+    port = free_port()
+    ctr = play(render_local(port, liveness_path="/nope"))
+    wait_ready(f"http://127.0.0.1:{port}", container=ctr)
+    for _ in range(3):  # failureThreshold
+        assert sh("podman", "healthcheck", "run", ctr, check=False).returncode != 0
+    assert health_status(ctr) == "unhealthy"
