@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chargecast import __version__
+from chargecast.argtypes import fraction, int_at_least
 from chargecast.deploy import add_deploy_parser
 
 
@@ -127,10 +128,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=Path, help="training CSV (default: $CHARGECAST_DATA or the canonical download)")
     t.add_argument("--out", type=Path, default=Path("models/current"), help="artifact directory to write")
     t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--test-size", type=_fraction, default=0.2, help="holdout fraction (default 0.2)")
-    t.add_argument("--folds", type=_int_at_least(2), default=5)
-    t.add_argument("--repeats", type=_int_at_least(1), default=3)
-    t.add_argument("--level", type=_fraction, default=0.9, help="prediction interval level (default 0.9)")
+    t.add_argument("--test-size", type=fraction, default=0.2, help="holdout fraction (default 0.2)")
+    t.add_argument("--folds", type=int_at_least(2), default=5)
+    t.add_argument("--repeats", type=int_at_least(1), default=3)
+    t.add_argument("--level", type=fraction, default=0.9, help="prediction interval level (default 0.9)")
     t.add_argument(
         "--exclude",
         action="append",
@@ -150,29 +151,6 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
     add_deploy_parser(sub)
     return p
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (exclusive)")
-    return value
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text} must be at least {low}")
-        return value
-
-    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:

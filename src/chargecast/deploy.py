@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from chargecast import __version__
+from chargecast.argtypes import int_at_least, matching
 
 APP = "chargecast"
 SELECTOR = f"app.kubernetes.io/name={APP}"
@@ -570,25 +571,6 @@ def default_tag(root: Path) -> str:
     return f"v{__version__}"
 
 
-def _matching(pattern: str, what: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if not re.fullmatch(pattern, text):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {what}")
-        return text
-
-    return parse
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def _execute(plan: Plan, dry_run: bool) -> int:
     if dry_run:
         print(format_plan(plan))
@@ -651,41 +633,41 @@ def add_deploy_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     gke.add_argument(
         "--project",
         required=True,
-        type=_matching(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", "project ID"),
+        type=matching(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", "project ID"),
         help="Google Cloud project ID",
     )
     gke.add_argument(
         "--region",
         default="us-central1",
-        type=_matching(r"[a-z]+-[a-z]+[0-9]+", "region"),
+        type=matching(r"[a-z]+-[a-z]+[0-9]+", "region"),
         help="region of the registry and of an Autopilot cluster (default: us-central1)",
     )
     gke.add_argument(
         "--cluster",
         default=APP,
-        type=_matching(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?", "cluster name"),
+        type=matching(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?", "cluster name"),
         help=f"cluster name (default: {APP})",
     )
     gke.add_argument(
         "--repository",
         default=APP,
-        type=_matching(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?", "repository name"),
+        type=matching(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?", "repository name"),
         help=f"Artifact Registry repository (default: {APP})",
     )
     gke.add_argument(
         "--tag",
-        type=_matching(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "image tag"),
+        type=matching(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "image tag"),
         help="image tag (default: the git short SHA, else the package version)",
     )
     gke.add_argument(
         "--nodes",
-        type=_positive,
+        type=int_at_least(1),
         metavar="N",
         help="create a Standard cluster of N nodes in one zone instead of an Autopilot cluster",
     )
     gke.add_argument(
         "--zone",
-        type=_matching(r"[a-z]+-[a-z]+[0-9]+-[a-z]", "zone"),
+        type=matching(r"[a-z]+-[a-z]+[0-9]+-[a-z]", "zone"),
         help="zone of the Standard cluster (default: REGION-b)",
     )
     gke.add_argument(
@@ -703,6 +685,6 @@ def add_deploy_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     status.set_defaults(func=_status)
 
     rollback = sub.add_parser("rollback", help="return to the previous version and wait until it serves")
-    rollback.add_argument("--to-revision", type=_positive, help="a revision from `kubectl rollout history`")
+    rollback.add_argument("--to-revision", type=int_at_least(1), help="a revision from `kubectl rollout history`")
     rollback.add_argument("--dry-run", action="store_true", help="print the commands and run none")
     rollback.set_defaults(func=_rollback)
