@@ -45,8 +45,10 @@ log = logging.getLogger("chargecast.app")
 JSON: Final = "application/json"
 FORM_ERROR_KEY: Final = ""  # render_page shows errors[""] as a message that belongs to no field
 INLINE_BODY: Final = 64 * 1024  # bigger JSON bodies are parsed off the event loop
+MODEL_WAIT_SECONDS = 5.0  # how long a request waits for a model that is still loading
 CSV_SLOTS: Final = 2  # concurrent CSV jobs per worker: each holds its upload in memory
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+EXPLAIN: Final = ("explain",)
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -111,6 +113,7 @@ class Service:
         self.docs_html = openapi.render_docs(self.document)
         self.csv_slots = anyio.Semaphore(CSV_SLOTS)
         self.loaded_at: float | None = None
+        self._loaded = asyncio.Event()  # set when loading ends, either way
 
     @property
     def version(self) -> str | None:
@@ -122,6 +125,18 @@ class Service:
             await asyncio.sleep(self.metrics.FLUSH_SECONDS)
             self.metrics.flush()
             self.access.flush()
+
+    async def wait_for_model(self) -> Artifact:
+        """The model, waiting up to ``MODEL_WAIT_SECONDS`` if it is still loading.
+
+        Each worker loads on its own; /readyz may already be 200 (answered by a worker that
+        is done) while this one is still loading, so a request that races the load waits
+        the few milliseconds it takes rather than getting a 503.
+        """
+        if self.model is None and self.load_error is None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._loaded.wait(), MODEL_WAIT_SECONDS)
+        return self.require_model()
 
     def require_model(self) -> Artifact:
         if self.model is None:
@@ -145,6 +160,7 @@ class Service:
             model = await anyio.to_thread.run_sync(self._load_and_warm)
         except Exception as exc:
             self.load_error = str(exc) or type(exc).__name__
+            self._loaded.set()
             log.error(
                 "model failed to load",
                 extra={"fields": {"model_dir": str(self.settings.model_dir), "error": self.load_error}},
@@ -154,6 +170,7 @@ class Service:
         self.metrics.set_model(model.version, model.predictor.kind, model.level)
         self.model = model
         self.loaded_at = time.time()
+        self._loaded.set()
         gc.collect()
         gc.freeze()  # start-up objects never die: keep them out of every later collection (tail latency)
         log.info(
@@ -226,11 +243,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # -- JSON API ------------------------------------------------------------------------
     async def api_predict(request: Request) -> Response:
         svc.authorize(request)
-        model = svc.require_model()
+        model = svc.model or await svc.wait_for_model()
         scope = request.scope
         protocol.require_json(_header(scope, b"content-type"))
+        query = scope["query_string"]
         explain = (
-            protocol.parse_flag("explain", request.query_params.get("explain")) if scope["query_string"] else False
+            protocol.parse_flag("explain", protocol.parse_query(query, EXPLAIN).get("explain")) if query else False
         )
         body = await read_body(request, max_body, json_hint)
         if len(body) <= INLINE_BODY:
@@ -249,7 +267,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def predict_api(request: Request) -> Response:
         svc.authorize(request)
-        model = svc.require_model()
+        model = svc.model or await svc.wait_for_model()
+        protocol.parse_query(request.scope["query_string"])
         protocol.require_json(_header(request.scope, b"content-type"))
         body = await read_body(request, max_body, "")
         scored = protocol.predict_bare(model, protocol.parse_json(body))
@@ -258,7 +277,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def api_predict_csv(request: Request) -> Response:
         svc.authorize(request)
-        model = svc.require_model()
+        model = svc.model or await svc.wait_for_model()
+        protocol.parse_query(request.scope["query_string"])
         content_type = _header(request.scope, b"content-type")
         kind = protocol.media_type(content_type)
         if kind != "multipart/form-data" and kind not in protocol.CSV_TYPES:
@@ -285,7 +305,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def model_route(request: Request) -> Response:
         svc.authorize(request)
-        svc.require_model()
+        if svc.model is None:
+            await svc.wait_for_model()
+        protocol.parse_query(request.scope["query_string"])
         return _json(svc.model_info)
 
     # -- the form ------------------------------------------------------------------------
@@ -305,7 +327,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def form_get(request: Request) -> Response:
         try:
-            model = svc.require_model()
+            model = svc.model or await svc.wait_for_model()
         except ApiError as exc:
             return _not_ready_page(exc)
         try:
@@ -319,7 +341,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def form_post(request: Request) -> Response:
         try:
-            model = svc.require_model()
+            model = svc.model or await svc.wait_for_model()
         except ApiError as exc:
             return _not_ready_page(exc)
         try:
@@ -337,6 +359,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         result = protocol.form_result(model, encoded)
         svc.metrics.observe_one("form", encoded, result.charges)
         return _page(model, 200, values=values, result=result)
+
+    async def form_root(request: Request) -> Response:
+        return await (form_post(request) if request.method == "POST" else form_get(request))
 
     # -- operations ----------------------------------------------------------------------
     async def healthz(request: Request) -> Response:
@@ -365,8 +390,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/v1/predict/csv", api_predict_csv, methods=["POST"]),
         Route("/api/v1/model", model_route, methods=["GET"]),
         Route("/predict_api", predict_api, methods=["POST"]),
-        Route("/", form_get, methods=["GET"]),
-        Route("/", form_post, methods=["POST"]),
+        Route("/", form_root, methods=["GET", "POST"]),  # one route, so a 405 lists both in Allow
         Route("/predict", form_post, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
