@@ -15,7 +15,7 @@ from typing import Any, Final
 import orjson
 
 import chargecast
-from chargecast.protocol import CSV_TYPES, EXAMPLE_RECORD, MAX_RECORDS, OUTPUT_COLUMNS
+from chargecast.protocol import EXAMPLE_RECORD, MAX_RECORDS, OUTPUT_COLUMNS
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
 from chargecast.settings import Settings
 
@@ -185,8 +185,8 @@ _REASONS: Final = {
     401: "No valid API key: send 'Authorization: Bearer <key>'.",
     413: "The body is over the size limit (or a CSV over the row limit).",
     415: "The Content-Type is not one this route takes.",
-    422: "The body breaks the schema; each issue names the field (with its index in a list, or its CSV row) "
-    "and the rule.",
+    422: "The body (or a query parameter) breaks the schema; each issue names the field (with its index in a "
+    "list, or its CSV row) and the rule.",
     503: "The model is not loaded yet (or failed to load); retry after the Retry-After seconds.",
 }
 _REQUEST_ID: Final = {
@@ -304,7 +304,8 @@ def build(settings: Settings) -> dict[str, Any]:
             "post": op(
                 "Forecast a CSV file",
                 "A CSV with a header row holding the six input columns (any order, other columns pass through), "
-                "as the body or as the multipart field 'file'. Answers the same rows with "
+                "as the body (text/csv; text/plain, application/csv and application/vnd.ms-excel are taken as CSV too) "
+                "or as the multipart field 'file'. Answers the same rows with "
                 f"{', '.join(OUTPUT_COLUMNS)} appended (rounded to cents), streamed. Any bad row makes one 422 "
                 f"listing row, column and rule. Limits: {settings.csv_max_rows:,} rows, "
                 f"{settings.csv_max_bytes:,} bytes.",
@@ -317,7 +318,8 @@ def build(settings: Settings) -> dict[str, Any]:
                 requestBody={
                     "required": True,
                     "content": {
-                        **{kind: {"schema": {"type": "string"}} for kind in sorted(CSV_TYPES)},
+                        # application/csv and application/vnd.ms-excel are accepted too (see the description)
+                        **{kind: {"schema": {"type": "string"}} for kind in ("text/csv", "text/plain")},
                         "multipart/form-data": {
                             "schema": {
                                 "type": "object",
@@ -335,7 +337,7 @@ def build(settings: Settings) -> dict[str, Any]:
                 "Version, metrics, input schema, interval level and training facts of the served artifact.",
                 {
                     "200": _response("The metadata.", JSON, _ref("ModelInfo")),
-                    **_errors((401, 503) if keyed else (503,)),
+                    **_errors((401, 422, 503) if keyed else (422, 503)),
                 },
                 auth=True,
                 operationId="model",

@@ -112,14 +112,26 @@ def require_json(content_type: str | None) -> None:
     )
 
 
+def parse_query(query: bytes, allowed: Sequence[str] = ()) -> dict[str, str]:
+    """Query parameters; unknown ones are a 422 (``?explian=true`` must not be silently ignored)."""
+    if not query:
+        return {}
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=16)
+    unknown = [key for key, _ in pairs if key not in allowed]
+    if unknown:
+        rule = f"is not a query parameter of this route (allowed: {', '.join(allowed) or 'none'})"
+        raise invalid([Issue(key, rule) for key in unknown], what="query")
+    return dict(pairs)
+
+
 def parse_flag(name: str, value: str | None) -> bool:
-    """Query flags such as ``?explain=true``; anything unclear is a 422, not a guess."""
+    """Query flags such as ``?explain=true``: absent, ``true`` or ``false``; anything else is a 422."""
     if value is None:
         return False
-    text = value.strip().lower()
-    if text in ("true", "1", "yes", "on"):
+    text = value.lower()
+    if text == "true":
         return True
-    if text in ("false", "0", "no", "off", ""):
+    if text == "false":
         return False
     raise invalid([Issue(name, "must be true or false", value)], what="query parameter")
 
