@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import MutableMapping
@@ -85,12 +86,36 @@ def serve(settings: Settings) -> NoReturn:
     os.execve(sys.executable, [sys.executable, "-m", "chargecast.server"], env)
 
 
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
+
+
 def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
     """Run uvicorn from the exported ``CHARGECAST_*`` values until SIGTERM or SIGINT."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from chargecast.logs import uvicorn_log_config
+
+    class _Supervisor(Multiprocess):
+        """uvicorn's supervisor, but it lets go of the listening socket as soon as it is told to stop.
+
+        The workers close their copies on SIGTERM; without this the parent's copy would keep
+        the port open and new connections would queue unanswered until the process exits,
+        instead of being refused at once (so a client or load balancer retries elsewhere).
+        """
+
+        def _release(self) -> None:
+            for sock in self.sockets:
+                sock.close()
+
+        def handle_term(self) -> None:
+            self._release()
+            super().handle_term()
+
+        def handle_int(self) -> None:
+            self._release()
+            super().handle_int()
 
     workers = int(environ["CHARGECAST_WORKERS"])
     level = environ["CHARGECAST_LOG_LEVEL"]
@@ -114,9 +139,13 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
         )
         if workers > 1:
             sock = config.bind_socket()
-            Multiprocess(config, sockets=[sock]).run()
+            _Supervisor(config, sockets=[sock]).run()
             return 0
         server = uvicorn.Server(config)
+        # uvicorn re-raises the signal that stopped it once it has shut down gracefully;
+        # turn that into a normal exit so the finally below still cleans up.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_quietly)
         server.run()
         return 0 if server.started else 1
     finally:
