@@ -334,7 +334,13 @@ def test_long_values_are_cut_in_errors(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("explain=yes", "explain"), ("explain=", "explain"), ("explain=1", "explain"), ("explian=true", "explian")],
+    [
+        ("explain=yes", "explain"),
+        ("explain=", "explain"),
+        ("explain=1", "explain"),
+        ("explian=true", "explian"),
+        ("&".join(["explain=true"] * 40), "query"),
+    ],
 )
 def test_bad_query_parameters_are_422(client: TestClient, query: str, field: str) -> None:
     error_of(client.post(f"/api/v1/predict?{query}", content=orjson.dumps(RECORD), headers=JSON_HEADERS), 422, field)

@@ -297,10 +297,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     def _score_csv(model: Artifact, body: bytearray, content_type: str | None) -> protocol.CsvScored:
         text, filename = protocol.csv_text(body, content_type)
-        scored = protocol.score_csv(model, text, settings.csv_max_rows, filename)
-        if scored.X is not None:
-            svc.metrics.observe_many("csv", scored.X, scored.charges)
-            scored.X = None
+        tally = svc.metrics.batch()
+        scored = protocol.score_csv(model, text, settings.csv_max_rows, filename, on_chunk=tally.add)
+        svc.metrics.commit("csv", tally)  # only a file that was valid throughout counts
         return scored
 
     async def model_route(request: Request) -> Response:

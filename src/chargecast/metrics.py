@@ -59,7 +59,7 @@ def new_tally(bounds: Sequence[float]) -> Tally:
 
 
 class FastHistogram:
-    """One labelled histogram child, written in bulk from local tallies or numpy arrays.
+    """One labelled histogram child, written in bulk from a tally.
 
     Reaches into the child's bucket values (stable across prometheus_client releases for
     years) to add a count per bucket in one write; if they ever move, it falls back to
@@ -91,12 +91,32 @@ class FastHistogram:
             self._sum.inc(tally[0])
         tally[0] = 0.0
 
-    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
-        if not len(values):
-            return
-        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds))
-        tally = [float(values.sum()), *counts.tolist()]
-        self.add(tally)
+
+def _bucket_into(tally: Tally, bounds: Sequence[float], values: npt.NDArray[np.float64]) -> None:
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    tally[0] += float(values.sum())
+    for i, n in enumerate(counts.tolist(), start=1):
+        tally[i] += n
+
+
+class BatchTally:
+    """A batch's bucket counts, added chunk by chunk with numpy (see :meth:`Metrics.batch`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.count = 0
+        self._charges_bounds = metrics._charges.bounds
+        self.charges = new_tally(self._charges_bounds)
+        self.numeric = [(j, bounds, new_tally(bounds)) for j, _, bounds, _ in metrics._numeric]
+        self.categories = [(j, [0] * len(children)) for j, children, _ in metrics._categories]
+
+    def add(self, X: npt.NDArray[np.float64], charges: npt.NDArray[np.float64]) -> None:
+        self.count += len(charges)
+        _bucket_into(self.charges, self._charges_bounds, charges)
+        for j, bounds, tally in self.numeric:
+            _bucket_into(tally, bounds, X[:, j])
+        for j, counts in self.categories:
+            for k, n in enumerate(np.bincount(X[:, j].astype(np.intp), minlength=len(counts)).tolist()):
+                counts[k] += n
 
 
 class Metrics:
@@ -239,16 +259,28 @@ class Metrics:
                     counts[k] = 0
 
     # -- batches (any thread) ------------------------------------------------------------
+    def batch(self) -> BatchTally:
+        """A tally for one batch, filled chunk by chunk and written with :meth:`commit`."""
+        return BatchTally(self)
+
+    def commit(self, endpoint: str, tally: BatchTally) -> None:
+        """Write a batch's tally at once: a constant number of writes whatever its size."""
+        if not tally.count:
+            return
+        self.predictions.labels(endpoint).inc(tally.count)
+        self._charges.add(tally.charges)
+        for (_, hist, _, _), (_, _, buckets) in zip(self._numeric, tally.numeric, strict=True):
+            hist.add(buckets)
+        for (_, children, _), (_, counts) in zip(self._categories, tally.categories, strict=True):
+            for k, n in enumerate(counts):
+                if n:
+                    children[k].inc(n)
+
     def observe_many(self, endpoint: str, X: npt.NDArray[np.float64], charges: npt.NDArray[np.float64]) -> None:
-        """A batch, bucketed with numpy and written at once: a constant number of writes."""
-        self.predictions.labels(endpoint).inc(len(charges))
-        self._charges.observe_many(charges)
-        for j, hist, _, _ in self._numeric:
-            hist.observe_many(X[:, j])
-        for j, children, _ in self._categories:
-            counts = np.bincount(X[:, j].astype(np.intp), minlength=len(children))
-            for k in np.flatnonzero(counts).tolist():
-                children[k].inc(int(counts[k]))
+        """A whole batch at once."""
+        tally = self.batch()
+        tally.add(X, charges)
+        self.commit(endpoint, tally)
 
     def observe(self, endpoint: str, rows: Any, charges: Any) -> None:
         """One record (from the event loop) or a batch, whichever ``protocol.Scored`` holds."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import hmac
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -38,6 +38,7 @@ from chargecast.schema import (
 Array = npt.NDArray[np.float64]
 MAX_RECORDS: Final = 10_000
 OUTPUT_COLUMNS: Final = ("charges", "charges_low", "charges_high")
+CSV_CHUNK_ROWS: Final = 32_768
 CSV_TYPES: Final = frozenset({"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"})
 MAX_SHOWN_VALUE: Final = 80
 NUMBER_NAMES: Final = tuple(f.name for f in FIELDS if isinstance(f, NumberField))
@@ -116,7 +117,10 @@ def parse_query(query: bytes, allowed: Sequence[str] = ()) -> dict[str, str]:
     """Query parameters; unknown ones are a 422 (``?explian=true`` must not be silently ignored)."""
     if not query:
         return {}
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=16)
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=16)
+    except ValueError:
+        raise invalid([Issue("query", "must have at most 16 parameters")], what="query") from None
     unknown = [key for key, _ in pairs if key not in allowed]
     if unknown:
         rule = f"is not a query parameter of this route (allowed: {', '.join(allowed) or 'none'})"
@@ -424,7 +428,6 @@ class CsvScored:
     """A validated, predicted CSV: its text (kept once, to echo rows) and the three new columns."""
 
     text: str
-    X: Array | None  # the encoded inputs, for the metrics; dropped once they are counted
     charges: Array
     low: Array
     high: Array
@@ -484,12 +487,23 @@ def csv_text(body: bytearray, content_type: str | None) -> tuple[str, str | None
     return text, filename
 
 
-def score_csv(model: Artifact, text: str, max_rows: int, filename: str | None = None) -> CsvScored:
-    """Parse column-wise with the stdlib reader, validate with the schema, predict in one go.
+def score_csv(
+    model: Artifact,
+    text: str,
+    max_rows: int,
+    filename: str | None = None,
+    on_chunk: Callable[[Array, Array], None] | None = None,
+    chunk_rows: int = CSV_CHUNK_ROWS,
+) -> CsvScored:
+    """Parse column-wise with the stdlib reader, validate with the schema, predict, chunk by chunk.
 
-    Only the six input columns are kept, as lists of (interned) strings that
-    ``schema.encode_columns`` checks vectorised; other columns pass through untouched.
-    Rows are numbered from 1 at the first data row (header and blank lines not counted).
+    Only the six input columns are collected, as lists of (interned) strings that
+    ``schema.encode_columns`` checks vectorised every ``chunk_rows`` rows; a valid chunk is
+    predicted at once and only its three result columns are kept, so memory holds the text,
+    the results and one chunk, whatever the row count. ``on_chunk(X, charges)`` sees each
+    predicted chunk (for metrics; they count only if the whole file turns out valid).
+    Other columns pass through untouched. Rows are numbered from 1 at the first data row
+    (header and blank lines not counted).
     """
     reader = csv.reader(_lines(text))
     try:
@@ -515,9 +529,32 @@ def score_csv(model: Artifact, text: str, max_rows: int, filename: str | None = 
         index = [names.index(name) for name in FEATURES]
         width = len(names)
         columns: list[list[str]] = [[] for _ in FEATURES]
-        appends = [c.append for c in columns]
         interned: list[dict[str, str]] = [{} for _ in FEATURES]
-        plan = list(zip(index, appends, [d.setdefault for d in interned], strict=True))
+        plan = list(zip(index, [c.append for c in columns], [d.setdefault for d in interned], strict=True))
+        results: list[tuple[Array, Array, Array]] = []
+        issues: list[Issue] = []
+        bad_total = 0
+        first_row = 1  # the row number of the chunk's first row
+
+        def encode_chunk() -> None:
+            nonlocal bad_total
+            if not columns[0]:
+                return
+            try:
+                X = encode_columns({name: columns[j] for j, name in enumerate(FEATURES)}, first_row=first_row)
+            except ValidationError as exc:
+                bad_total += exc.total
+                issues.extend(exc.issues[: max(0, MAX_REPORTED_ISSUES - len(issues))])
+            else:
+                if not bad_total:  # after the first bad row only validation goes on
+                    charges, low, high = model.predict(X)
+                    results.append((charges, low, high))
+                    if on_chunk is not None:
+                        on_chunk(X, charges)
+            for column, seen in zip(columns, interned, strict=True):
+                column.clear()
+                seen.clear()
+
         ragged: list[Issue] = []
         n = ragged_total = 0
         for row in reader:
@@ -531,28 +568,33 @@ def score_csv(model: Artifact, text: str, max_rows: int, filename: str | None = 
                     [Issue("body", f"must have at most {max_rows} rows")],
                 )
             if len(row) != width:
+                if not ragged_total:
+                    encode_chunk()  # rows before it are still numbered right; later ones are not read
                 ragged_total += 1
                 if len(ragged) < MAX_REPORTED_ISSUES:
                     ragged.append(Issue("(row)", f"has {len(row)} values but the header has {width}", None, n))
                 continue
+            if ragged_total:
+                continue
             for j, append, intern in plan:
                 value = row[j]
                 append(intern(value, value))
+            if len(columns[0]) >= chunk_rows:
+                encode_chunk()
+                first_row = n + 1
     except csv.Error as exc:
         raise ApiError(
             400, f"CSV cannot be parsed at line {reader.line_num}: {exc}", [Issue("body", "must be valid CSV")]
         ) from None
-    if ragged:
-        raise invalid(ragged, ragged_total, what="CSV")
+    if not ragged_total:
+        encode_chunk()
+    if ragged_total or bad_total:
+        found = sorted([*issues, *ragged], key=lambda i: i.row or 0)
+        raise invalid(found, bad_total + ragged_total, what="CSV")
     if n == 0:
         raise invalid([Issue("body", "must have at least one data row")], what="CSV")
-    try:
-        X = encode_columns({name: columns[j] for j, name in enumerate(FEATURES)})
-    except ValidationError as exc:
-        raise invalid(exc.issues, exc.total, what="CSV") from None
-    del columns, appends, interned, plan
-    charges, low, high = model.predict(X)
-    return CsvScored(text, X, charges, low, high, filename)
+    charges, low, high = (np.concatenate(part) for part in zip(*results, strict=True))
+    return CsvScored(text, charges, low, high, filename)
 
 
 def csv_chunks(scored: CsvScored, rows_per_chunk: int = 2000) -> Iterator[bytes]:
