@@ -775,3 +775,53 @@ def test_no_5xx_for_random_garbage(client: TestClient) -> None:
         response = client.post(path, content=body, headers={"Content-Type": kind})
         assert response.status_code < 500, (path, kind, body, response.text)
     assert not math.isnan(post_json(client, RECORD).json()["charges"])
+
+
+# -- protocol details (no transport) ----------------------------------------------------
+def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None:
+    lines = ["39,female,30.4,1,no,southeast"] * 25
+    lines[6] = "17,female,30.4,1,no,southeast"  # row 7, in the second chunk of 5
+    lines[22] = "39,female,30.4,1,maybe,southeast"  # row 23, in the fifth
+    text = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines) + "\n"
+    seen: list[int] = []
+    with pytest.raises(protocol.ApiError) as caught:
+        protocol.score_csv(model, text, 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
+    assert caught.value.status == 422
+    assert [(i.row, i.field) for i in caught.value.issues] == [(7, "age"), (23, "smoker")]
+    assert seen == [5]  # prediction stops at the first bad chunk; validation goes on
+    lines[6], lines[22] = lines[0], lines[0]
+    whole = protocol.score_csv(model, "age,sex,bmi,children,smoker,region\n" + "\n".join(lines), 100, chunk_rows=5)
+    one = protocol.score_csv(model, "age,sex,bmi,children,smoker,region\n" + "\n".join(lines), 100)
+    assert whole.rows == 25
+    assert whole.charges.tolist() == one.charges.tolist()
+
+
+def test_csv_ragged_rows_are_reported_with_the_bad_values_before_them(model: Artifact) -> None:
+    text = "age,sex,bmi,children,smoker,region\n17,female,30.4,1,no,southeast\n39,female\n101,male,30,1,no,x\n"
+    with pytest.raises(protocol.ApiError) as caught:
+        protocol.score_csv(model, text, 100, chunk_rows=5)
+    assert [(i.row, i.field) for i in caught.value.issues] == [(1, "age"), (2, "(row)")]
+
+
+def test_multipart_parts_are_offsets_into_the_body() -> None:
+    body = (
+        b'preamble\r\n--xyz\r\nContent-Disposition: form-data; name="a"\r\n\r\none\r\n'
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p \\"q\\".csv"\r\n'
+        b"Content-Type: text/csv\r\n\r\nage\r\n39\r\n--xyz--\r\n"
+    )
+    parts = protocol.parse_multipart(body, 'multipart/form-data; boundary="xyz"')
+    assert [(p.name, p.filename, p.content_type) for p in parts] == [
+        ("a", None, "text/plain"),
+        ("file", 'p "q".csv', "text/csv"),
+    ]
+    assert body[parts[1].start : parts[1].end] == b"age\r\n39"
+
+
+def test_bearer_check_compares_every_key() -> None:
+    keys = (b"alpha", b"beta")
+    protocol.check_bearer("Bearer beta", keys)
+    for header in (None, "Bearer", "Token beta", "Bearer gamma", "Bearer alph"):
+        with pytest.raises(protocol.ApiError) as caught:
+            protocol.check_bearer(header, keys)
+        assert caught.value.status == 401
+        assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
