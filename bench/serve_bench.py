@@ -131,8 +131,11 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    value, unit = match.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def wrk(port: int, connections: int, threads: int, seconds: int, script: Path) -> Load:
@@ -148,8 +151,10 @@ def wrk(port: int, connections: int, threads: int, seconds: int, script: Path) -
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    dist = re.search(r"Latency Distribution\s+50%\s+(\S+)\s+75%\s+\S+\s+90%\s+\S+\s+99%\s+(\S+)", out)
+    if dist is None:
+        raise RuntimeError(f"no latency distribution in wrk output:\n{out}")
+    p50, p99 = _ms(dist.group(1)), _ms(dist.group(2))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     n_errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
@@ -231,7 +236,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="model artifact directory (default: train one)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=1, help="alternate floor and chargecast this many times")
+    ap.add_argument("--rounds", type=int, default=3, help="alternate floor and chargecast this many times (medians)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         model = args.model or train_model(Path(tmp) / "model")
