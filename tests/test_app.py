@@ -825,3 +825,21 @@ def test_bearer_check_compares_every_key() -> None:
             protocol.check_bearer(header, keys)
         assert caught.value.status == 401
         assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_unexpected_error_is_a_json_500_and_logged(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    settings = Settings(model_dir=model_dir, log_level="warning")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        monkeypatch.setattr(protocol, "predict_one", broken)
+        error = error_of(post_json(c, RECORD), 500)
+        assert "request id" in error["message"]
+        assert "boom" not in error["message"]  # internals stay in the log
+        metrics = c.get("/metrics").text
+    assert 'chargecast_http_requests_total{method="POST",route="/api/v1/predict",status="500"} 1.0' in metrics
