@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit quick train bench lock clean
+.PHONY: run test lint typecheck unit quick train bench serve-bench lock clean
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Serving throughput/latency/memory/start-up against a bare Starlette floor; needs wrk (apt-get install wrk).
+serve-bench: $(STAMP)
+	$(BIN)/python bench/serve_bench.py
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -42,3 +42,11 @@ def matching(pattern: str, what: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def port(text: str) -> int:
+    """A TCP port; 0 asks the OS for a free one."""
+    value = int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
+    return value

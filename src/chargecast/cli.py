@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chargecast import __version__
-from chargecast.argtypes import fraction, int_at_least
+from chargecast.argtypes import fraction, int_at_least, port
 from chargecast.deploy import add_deploy_parser
 
 
@@ -116,7 +116,15 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    raise UserError("serve: not available yet")
+    from chargecast.server import ServeError, serve
+    from chargecast.settings import Settings
+
+    given = {"model_dir": args.model, "host": args.host, "port": args.port, "workers": args.workers}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        return serve(settings)
+    except ServeError as exc:
+        raise UserError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -147,7 +155,11 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", type=Path, help="artifact directory (default: $CHARGECAST_MODEL_DIR)")
     pr.set_defaults(func=_predict)
 
-    s = sub.add_parser("serve", help="run the web service")
+    s = sub.add_parser("serve", help="run the web service (settings also from CHARGECAST_* variables)")
+    s.add_argument("--model", type=Path, help="artifact directory (default: $CHARGECAST_MODEL_DIR or models/current)")
+    s.add_argument("--host", help="address to listen on (default: $CHARGECAST_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=port, help="port (default: $CHARGECAST_PORT or 8080)")
+    s.add_argument("--workers", type=int_at_least(1), help="worker processes (default: $CHARGECAST_WORKERS or 2)")
     s.set_defaults(func=_serve)
     add_deploy_parser(sub)
     return p

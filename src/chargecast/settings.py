@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CANONICAL_DATA_URL = "https://raw.githubusercontent.com/pycaret/datasets/main/data/common/insurance.csv"
 CANONICAL_DATA_SHA256 = "6e3894cf7d9210613f62c866684055decea694345cd4f244ecd7167041578c68"
@@ -24,6 +25,32 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: platformdirs.user_cache_path("chargecast"))
     download_timeout: float = Field(default=30.0, gt=0)
     model_dir: Path = Field(default=Path("models/current"), description="The model artifact directory to serve.")
+
+    # -- serving (``chargecast serve``) ----------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=2, ge=1, le=64, description="Worker processes; each loads the model once.")
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest JSON or form body; bigger ones get 413 (use the CSV route)."
+    )
+    csv_max_bytes: int = Field(default=64 << 20, ge=1024, description="Largest CSV upload in bytes.")
+    csv_max_rows: int = Field(default=1_000_000, ge=1, description="Most data rows in one CSV request.")
+    # Comma- or whitespace-separated, so a Kubernetes Secret can hold several keys during rotation.
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), description="When set, API routes need 'Authorization: Bearer <key>'."
+    )
+    form_requires_key: bool = Field(default=False, description="Whether the HTML form also needs an API key.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: int = Field(
+        default=8, ge=1, le=60, description="Seconds in-flight requests get after SIGTERM before being cancelled."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(k for k in value.replace(",", " ").split() if k)
+        return value
 
 
 @lru_cache(maxsize=1)

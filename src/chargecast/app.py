@@ -1,0 +1,453 @@
+"""The ASGI app: thin Starlette routes over :mod:`protocol`, :mod:`metrics` and the model.
+
+Routes only move bytes: they read the body within its limit, hand it to
+:mod:`chargecast.protocol` and send back what it made. The model loads in the background
+after start-up, so ``/healthz`` answers at once and ``/readyz`` says 503 until the model
+is loaded and a warm-up prediction succeeded. Starlette rather than FastAPI: the
+prediction itself takes microseconds, so per-request framework overhead is what matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chargecast import openapi, protocol
+from chargecast.artifact import Artifact
+from chargecast.form import render_page
+from chargecast.logs import AccessLog
+from chargecast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from chargecast.metrics import Metrics
+from chargecast.protocol import ApiError
+from chargecast.schema import Issue
+from chargecast.settings import Settings
+
+log = logging.getLogger("chargecast.app")
+JSON: Final = "application/json"
+FORM_ERROR_KEY: Final = ""  # render_page shows errors[""] as a message that belongs to no field
+INLINE_BODY: Final = 64 * 1024  # bigger JSON bodies are parsed off the event loop
+MODEL_WAIT_SECONDS = 5.0  # how long a request waits for a model that is still loading
+CSV_SLOTS: Final = 2  # concurrent CSV jobs per worker: each holds its upload in memory
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+EXPLAIN: Final = ("explain",)
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _too_large(limit: int, hint: str) -> ApiError:
+    return ApiError(
+        413,
+        f"body is larger than the limit of {limit:,} bytes{hint}",
+        [Issue("body", f"must be at most {limit} bytes")],
+        {"Connection": "close"},
+    )
+
+
+async def read_body(request: Request, limit: int, hint: str = "") -> bytes | bytearray:
+    """The whole body, refused with 413 as soon as it passes ``limit`` (declared or streamed).
+
+    A body that arrives in one message (the usual small JSON) is returned as is, uncopied.
+    """
+    declared = _header(request.scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, hint)
+    receive = request.receive
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise _too_large(limit, hint)
+    if not message.get("more_body", False):
+        return body
+    buffer = bytearray(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        buffer += message.get("body", b"")
+        if len(buffer) > limit:
+            raise _too_large(limit, hint)
+        if not message.get("more_body", False):
+            return buffer
+
+
+class Service:
+    """One worker's state: settings, the model once loaded, metrics, access log, documents."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model: Artifact | None = None
+        self.model_info: bytes = b"{}"
+        self.load_error: str | None = None
+        self.metrics = Metrics()
+        self.access = AccessLog(settings.log_level)
+        self.keys = tuple(k.get_secret_value().encode() for k in settings.api_keys)
+        self.document = openapi.build(settings)
+        self.openapi_json = openapi.to_json(self.document)
+        self.docs_html = openapi.render_docs(self.document)
+        self.csv_slots = anyio.Semaphore(CSV_SLOTS)
+        self.loaded_at: float | None = None
+        self._loaded = asyncio.Event()  # set when loading ends, either way
+
+    @property
+    def version(self) -> str | None:
+        return self.model.version if self.model is not None else None
+
+    async def flush_forever(self) -> None:
+        """Write metric tallies and pending access-log lines out a few times a second."""
+        while True:
+            await asyncio.sleep(self.metrics.FLUSH_SECONDS)
+            self.metrics.flush()
+            self.access.flush()
+
+    async def wait_for_model(self) -> Artifact:
+        """The model, waiting up to ``MODEL_WAIT_SECONDS`` if it is still loading.
+
+        Each worker loads on its own; /readyz may already be 200 (answered by a worker that
+        is done) while this one is still loading, so a request that races the load waits
+        the few milliseconds it takes rather than getting a 503.
+        """
+        if self.model is None and self.load_error is None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._loaded.wait(), MODEL_WAIT_SECONDS)
+        return self.require_model()
+
+    def require_model(self) -> Artifact:
+        if self.model is None:
+            reason = f"model failed to load: {self.load_error}" if self.load_error else "model is still loading"
+            raise ApiError(503, f"not ready: {reason}", [Issue("model", "is not loaded")], {"Retry-After": "1"})
+        return self.model
+
+    def authorize(self, request: Request) -> None:
+        if self.keys:
+            protocol.check_bearer(_header(request.scope, b"authorization"), self.keys)
+
+    def _load_and_warm(self) -> Artifact:
+        model = Artifact.load(self.settings.model_dir)
+        protocol.warm_up(model)
+        return model
+
+    async def load(self) -> None:
+        """Load and warm the model off the event loop; the service is ready only after both."""
+        start = time.perf_counter()
+        try:
+            model = await anyio.to_thread.run_sync(self._load_and_warm)
+        except Exception as exc:
+            self.load_error = str(exc) or type(exc).__name__
+            self._loaded.set()
+            log.error(
+                "model failed to load",
+                extra={"fields": {"model_dir": str(self.settings.model_dir), "error": self.load_error}},
+            )
+            return
+        self.model_info = protocol.model_info(model)
+        self.metrics.set_model(model.version, model.predictor.kind, model.level)
+        self.model = model
+        self.loaded_at = time.time()
+        self._loaded.set()
+        gc.collect()
+        gc.freeze()  # start-up objects never die: keep them out of every later collection (tail latency)
+        log.info(
+            "model loaded",
+            extra={"fields": {"model_version": model.version, "seconds": round(time.perf_counter() - start, 3)}},
+        )
+
+
+class Observe:
+    """Per request: a request id, the in-progress gauge, count and latency by route and status, the access log."""
+
+    def __init__(self, app: ASGIApp, service: Service, routes: frozenset[str]) -> None:
+        self.app = app
+        self.service = service
+        self.routes = routes
+        self._prefix = os.urandom(4).hex() + "-"
+        self._counter = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        route = path if path in self.routes else "other"
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        request_id = ""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                request_id = value.decode("ascii")
+        if not request_id:
+            request_id = f"{self._prefix}{next(self._counter):x}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode("ascii"))
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        metrics = self.service.metrics
+        metrics.started(route)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            final = status or 500
+            metrics.finished(route, method, final, elapsed)
+            self.service.access.write(request_id, method, route, final, elapsed, self.service.version)
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status, headers, JSON)
+
+
+def _error(exc: ApiError) -> Response:
+    return _json(exc.body(), exc.status, exc.headers)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the app for one process; the model loads in the background once it starts."""
+    settings = settings if settings is not None else Settings()
+    svc = Service(settings)
+    max_body = settings.max_body_bytes
+    json_hint = " (send bigger batches to /api/v1/predict/csv)"
+
+    # -- JSON API ------------------------------------------------------------------------
+    async def api_predict(request: Request) -> Response:
+        svc.authorize(request)
+        model = svc.model or await svc.wait_for_model()
+        scope = request.scope
+        protocol.require_json(_header(scope, b"content-type"))
+        query = scope["query_string"]
+        explain = (
+            protocol.parse_flag("explain", protocol.parse_query(query, EXPLAIN).get("explain")) if query else False
+        )
+        body = await read_body(request, max_body, json_hint)
+        if len(body) <= INLINE_BODY:
+            payload = protocol.parse_json(body)
+            if type(payload) is dict and not explain:  # the hot path: scalar, on the loop
+                scored = protocol.predict_one(model, payload)
+            else:
+                scored = await anyio.to_thread.run_sync(protocol.predict_payload, model, payload, explain)
+        else:
+            scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain)
+        svc.metrics.observe("api", scored.rows, scored.charges)
+        return Response(scored.body, media_type=JSON)
+
+    def _parse_and_predict(model: Artifact, body: bytes | bytearray, explain: bool) -> protocol.Scored:
+        return protocol.predict_payload(model, protocol.parse_json(body), explain)
+
+    async def predict_api(request: Request) -> Response:
+        svc.authorize(request)
+        model = svc.model or await svc.wait_for_model()
+        protocol.parse_query(request.scope["query_string"])
+        protocol.require_json(_header(request.scope, b"content-type"))
+        body = await read_body(request, max_body, "")
+        scored = protocol.predict_bare(model, protocol.parse_json(body))
+        svc.metrics.observe("predict_api", scored.rows, scored.charges)
+        return Response(scored.body, media_type=JSON)
+
+    async def api_predict_csv(request: Request) -> Response:
+        svc.authorize(request)
+        model = svc.model or await svc.wait_for_model()
+        protocol.parse_query(request.scope["query_string"])
+        content_type = _header(request.scope, b"content-type")
+        kind = protocol.media_type(content_type)
+        if kind != "multipart/form-data" and kind not in protocol.CSV_TYPES:
+            protocol.csv_text(bytearray(), content_type)  # raises the 415
+        async with svc.csv_slots:
+            body = await read_body(request, settings.csv_max_bytes, " (split the file)")
+            buffer = body if isinstance(body, bytearray) else bytearray(body)
+            del body
+            scored = await anyio.to_thread.run_sync(_score_csv, model, buffer, content_type)
+            del buffer
+        headers = {}
+        if scored.filename:
+            stem = re.sub(r"[^A-Za-z0-9._-]", "_", scored.filename.rsplit("/", 1)[-1]).removesuffix(".csv")
+            headers["Content-Disposition"] = f'attachment; filename="{stem[:100]}.scored.csv"'
+        return StreamingResponse(protocol.csv_chunks(scored), media_type="text/csv; charset=utf-8", headers=headers)
+
+    def _score_csv(model: Artifact, body: bytearray, content_type: str | None) -> protocol.CsvScored:
+        text, filename = protocol.csv_text(body, content_type)
+        tally = svc.metrics.batch()
+        scored = protocol.score_csv(model, text, settings.csv_max_rows, filename, on_chunk=tally.add)
+        svc.metrics.commit("csv", tally)  # only a file that was valid throughout counts
+        return scored
+
+    async def model_route(request: Request) -> Response:
+        svc.authorize(request)
+        if svc.model is None:
+            await svc.wait_for_model()
+        protocol.parse_query(request.scope["query_string"])
+        return _json(svc.model_info)
+
+    # -- the form ------------------------------------------------------------------------
+    def _page(model: Artifact, status: int, **kwargs: Any) -> Response:
+        kwargs.setdefault("values", {})
+        kwargs.setdefault("errors", {})
+        kwargs.setdefault("result", None)
+        return HTMLResponse(render_page(model=model, **kwargs), status)
+
+    def _not_ready_page(exc: ApiError) -> Response:
+        text = exc.message.replace("&", "&amp;").replace("<", "&lt;")
+        return HTMLResponse(
+            f'<!doctype html><html lang="en"><meta charset="utf-8"><title>chargecast</title><p>{text}</p></html>',
+            exc.status,
+            exc.headers,
+        )
+
+    async def form_get(request: Request) -> Response:
+        try:
+            model = svc.model or await svc.wait_for_model()
+        except ApiError as exc:
+            return _not_ready_page(exc)
+        try:
+            if settings.form_requires_key:
+                svc.authorize(request)
+        except ApiError as exc:
+            response = _page(model, exc.status, errors={FORM_ERROR_KEY: exc.message})
+            response.headers.update(exc.headers)
+            return response
+        return _page(model, 200)
+
+    async def form_post(request: Request) -> Response:
+        try:
+            model = svc.model or await svc.wait_for_model()
+        except ApiError as exc:
+            return _not_ready_page(exc)
+        try:
+            if settings.form_requires_key:
+                svc.authorize(request)
+            body = await read_body(request, max_body, "")
+            values = protocol.form_values(body, _header(request.scope, b"content-type"))
+        except ApiError as exc:
+            response = _page(model, exc.status, errors={FORM_ERROR_KEY: exc.message})
+            response.headers.update(exc.headers)
+            return response
+        encoded, errors = protocol.check_form(values)
+        if errors:
+            return _page(model, 422, values=values, errors=errors)
+        result = protocol.form_result(model, encoded)
+        svc.metrics.observe_one("form", encoded, result.charges)
+        return _page(model, 200, values=values, result=result)
+
+    async def form_root(request: Request) -> Response:
+        return await (form_post(request) if request.method == "POST" else form_get(request))
+
+    # -- operations ----------------------------------------------------------------------
+    async def healthz(request: Request) -> Response:
+        return _json(b'{"status":"ok"}')
+
+    async def readyz(request: Request) -> Response:
+        try:
+            model = svc.require_model()
+        except ApiError as exc:
+            return _error(exc)
+        return _json(b'{"status":"ready","model_version":' + orjson.dumps(model.version) + b"}")
+
+    async def metrics_route(request: Request) -> Response:
+        svc.metrics.flush()  # this process's own tallies are exact; other workers' lag by a flush period
+        body = await anyio.to_thread.run_sync(svc.metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    async def openapi_route(request: Request) -> Response:
+        return _json(svc.openapi_json)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(svc.docs_html)
+
+    routes = [
+        Route("/api/v1/predict", api_predict, methods=["POST"]),
+        Route("/api/v1/predict/csv", api_predict_csv, methods=["POST"]),
+        Route("/api/v1/model", model_route, methods=["GET"]),
+        Route("/predict_api", predict_api, methods=["POST"]),
+        Route("/", form_root, methods=["GET", "POST"]),  # one route, so a 405 lists both in Allow
+        Route("/predict", form_post, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/openapi.json", openapi_route, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(svc.load()), asyncio.create_task(svc.flush_forever())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            svc.metrics.process_exit()
+            svc.access.flush()
+
+    handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
+        ApiError: _on_api_error,
+        HTTPException: _on_http_exception,
+        ClientDisconnect: _on_disconnect,
+        Exception: _on_crash,
+    }
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Observe, service=svc, routes=frozenset(r.path for r in routes))],
+        exception_handlers=handlers,
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    return app
+
+
+def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc)
+
+
+def _on_http_exception(request: Request, exc: Exception) -> Response:
+    """Routing's 404 and 405, in the service's error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        issue = Issue("path", "is not a route of this service (see /docs)", request.url.path)
+    else:
+        issue = Issue("method", f"is not allowed here (allowed: {(exc.headers or {}).get('Allow', '?')})")
+    body = protocol.error_body(exc.status_code, str(exc.detail), [issue])
+    return _json(body, exc.status_code, dict(exc.headers or {}))
+
+
+def _on_disconnect(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # nobody is listening; the status is for the logs and metrics
+
+
+def _on_crash(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id, "route": request.url.path}})
+    return _json(protocol.error_body(500, "internal error; the request id is in the logs"), 500)

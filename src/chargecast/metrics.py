@@ -1,0 +1,309 @@
+"""Prometheus metrics that add up across worker processes.
+
+With several uvicorn workers each process counts on its own, so prometheus_client's
+multiprocess mode is used whenever ``PROMETHEUS_MULTIPROC_DIR`` is set (``chargecast
+serve`` points it at a fresh temporary directory before any worker starts): every process
+writes its values to memory-mapped files there and ``/metrics`` merges all of them.
+Without that variable (tests, a bare ASGI import) each app counts in its own registry.
+
+Per request only plain Python tallies change; they are written to prometheus_client every
+``Metrics.FLUSH_SECONDS`` (see :class:`Metrics`). Batches are bucketed with numpy and added
+in one write per bucket rather than observed value by value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from chargecast.schema import FIELDS, CategoryField, NumberField
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add nothing a dashboard uses (and are absent in multiprocess mode)
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS: Final = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+CHARGES_BUCKETS: Final = (1000, 2000, 3000, 5000, 7500, 10_000, 15_000, 20_000, 30_000, 40_000, 50_000, 75_000)
+INPUT_BUCKETS: Final[dict[str, tuple[float, ...]]] = {
+    "age": (20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 80, 100),
+    "bmi": (16, 18.5, 21, 23, 25, 27, 30, 32, 35, 40, 45, 50, 60, 80),
+    "children": (0, 1, 2, 3, 4, 5, 10),
+}
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+Tally = list[float]  # [sum, count in bucket 0, count in bucket 1, ...] not yet written out
+
+
+def new_tally(bounds: Sequence[float]) -> Tally:
+    return [0.0] * (len(bounds) + 1)
+
+
+class FastHistogram:
+    """One labelled histogram child, written in bulk from a tally.
+
+    Reaches into the child's bucket values (stable across prometheus_client releases for
+    years) to add a count per bucket in one write; if they ever move, it falls back to
+    the public ``observe`` (slower, same result).
+    """
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self.bounds: list[float] = list(child._upper_bounds)
+        try:
+            self._buckets: list[Any] = list(child._buckets)
+            self._sum: Any = child._sum
+            self._fast = len(self.bounds) == len(self._buckets)
+        except AttributeError:  # pragma: no cover - only if prometheus_client's internals change
+            self._fast = False
+
+    def add(self, tally: Tally) -> None:
+        """Write a tally out and zero it."""
+        for i in range(1, len(tally)):
+            count = int(tally[i])
+            if count:
+                if self._fast:
+                    self._buckets[i - 1].inc(count)
+                else:  # pragma: no cover - approximates each value by its bucket's bound
+                    for _ in range(count):
+                        self._child.observe(self.bounds[i - 1])
+                tally[i] = 0.0
+        if self._fast and tally[0]:
+            self._sum.inc(tally[0])
+        tally[0] = 0.0
+
+
+def _bucket_into(tally: Tally, bounds: Sequence[float], values: npt.NDArray[np.float64]) -> None:
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    tally[0] += float(values.sum())
+    for i, n in enumerate(counts.tolist(), start=1):
+        tally[i] += n
+
+
+class BatchTally:
+    """A batch's bucket counts, added chunk by chunk with numpy (see :meth:`Metrics.batch`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.count = 0
+        self._charges_bounds = metrics._charges.bounds
+        self.charges = new_tally(self._charges_bounds)
+        self.numeric = [(j, bounds, new_tally(bounds)) for j, _, bounds, _ in metrics._numeric]
+        self.categories = [(j, [0] * len(children)) for j, children, _ in metrics._categories]
+
+    def add(self, X: npt.NDArray[np.float64], charges: npt.NDArray[np.float64]) -> None:
+        self.count += len(charges)
+        _bucket_into(self.charges, self._charges_bounds, charges)
+        for j, bounds, tally in self.numeric:
+            _bucket_into(tally, bounds, X[:, j])
+        for j, counts in self.categories:
+            for k, n in enumerate(np.bincount(X[:, j].astype(np.intp), minlength=len(counts)).tolist()):
+                counts[k] += n
+
+
+class Metrics:
+    """The service's metrics: HTTP traffic, predictions, and inputs for drift monitoring.
+
+    The request path only adds to plain Python tallies (a few list increments); ``flush``
+    writes them to prometheus_client's values, which in multiprocess mode are memory-mapped
+    files (about a microsecond per write, and a request touches seventeen values). The app
+    flushes every ``FLUSH_SECONDS`` and before rendering /metrics, so a scrape is at most
+    that stale for the other workers. Tallies belong to the event loop's thread; batch
+    observations from worker threads go straight to prometheus_client, which locks.
+    """
+
+    FLUSH_SECONDS: Final = 0.1
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["route", "method", "status"]
+        self.requests = Counter(
+            "chargecast_http_requests", "HTTP requests answered, by route, method and status.", labels, registry=r
+        )
+        self.latency = Histogram(
+            "chargecast_http_request_duration_seconds",
+            "Time from request start to response end, by route, method and status.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            "chargecast_http_requests_in_progress",
+            "Requests being handled right now, by route.",
+            ["route"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.predictions = Counter(
+            "chargecast_predictions", "Records predicted, by endpoint.", ["endpoint"], registry=r
+        )
+        self.charges = Histogram(
+            "chargecast_predicted_charges", "Predicted charges in USD.", buckets=CHARGES_BUCKETS, registry=r
+        )
+        self.category_inputs = Counter(
+            "chargecast_input_category",
+            "Records received per value of each categorical input (for drift).",
+            ["feature", "value"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "chargecast_model_info",
+            "The model being served (value 1), by version.",
+            ["version", "predictor", "interval_level"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self._charges = FastHistogram(self.charges)
+        self._charges_tally = new_tally(self._charges.bounds)
+        self._numeric: list[tuple[int, FastHistogram, list[float], Tally]] = []
+        self._categories: list[tuple[int, list[Any], list[int]]] = []
+        for j, spec in enumerate(FIELDS):
+            if isinstance(spec, NumberField):
+                hist = FastHistogram(
+                    Histogram(
+                        f"chargecast_input_{spec.name}",
+                        f"Input {spec.name} ({spec.label.lower()}) of every record received, for drift.",
+                        buckets=INPUT_BUCKETS.get(spec.name, (spec.minimum, spec.maximum)),
+                        registry=r,
+                    )
+                )
+                self._numeric.append((j, hist, hist.bounds, new_tally(hist.bounds)))
+            elif isinstance(spec, CategoryField):
+                children = [self.category_inputs.labels(spec.name, c) for c in spec.choices]
+                self._categories.append((j, children, [0] * len(children)))
+        self._latency_bounds = [float(b) for b in LATENCY_BUCKETS] + [math.inf]
+        # (route, method, status) -> [count, tally]; route -> requests now in progress
+        self._requests: dict[tuple[str, str, int], tuple[list[int], Tally]] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, FastHistogram]] = {}
+        self._in_progress: dict[str, int] = {}
+        self._in_progress_written: dict[str, int] = {}
+        self._predicted: dict[str, int] = {}
+
+    # -- the request path (event loop thread only) ----------------------------------------
+    def started(self, route: str) -> None:
+        self._in_progress[route] = self._in_progress.get(route, 0) + 1
+
+    def finished(self, route: str, method: str, status: int, seconds: float) -> None:
+        self._in_progress[route] -= 1
+        key = (route, method, status)
+        entry = self._requests.get(key)
+        if entry is None:
+            entry = self._requests[key] = ([0], new_tally(self._latency_bounds))
+        entry[0][0] += 1
+        tally = entry[1]
+        tally[0] += seconds
+        tally[1 + bisect_left(self._latency_bounds, seconds)] += 1
+
+    def observe_one(self, endpoint: str, row: Sequence[float], charges: float) -> None:
+        """One encoded record and its prediction."""
+        self._predicted[endpoint] = self._predicted.get(endpoint, 0) + 1
+        tally = self._charges_tally
+        tally[0] += charges
+        tally[1 + bisect_left(self._charges.bounds, charges)] += 1
+        for j, _, bounds, tally in self._numeric:
+            value = row[j]
+            tally[0] += value
+            tally[1 + bisect_left(bounds, value)] += 1
+        for j, _, counts in self._categories:
+            counts[int(row[j])] += 1
+
+    def flush(self) -> None:
+        """Write the tallies out (a no-op when nothing happened since the last flush)."""
+        for key, (count, tally) in self._requests.items():
+            if count[0]:
+                written = self._request_children.get(key)
+                if written is None:
+                    route, method, status = key
+                    written = (
+                        self.requests.labels(route, method, str(status)),
+                        FastHistogram(self.latency.labels(route, method, str(status))),
+                    )
+                    self._request_children[key] = written
+                written[0].inc(count[0])
+                written[1].add(tally)
+                count[0] = 0
+        for route, now in self._in_progress.items():
+            if self._in_progress_written.get(route) != now:
+                self.in_progress.labels(route).set(now)
+                self._in_progress_written[route] = now
+        for endpoint, n in self._predicted.items():
+            if n:
+                self.predictions.labels(endpoint).inc(n)
+                self._predicted[endpoint] = 0
+        self._charges.add(self._charges_tally)
+        for _, hist, _, tally in self._numeric:
+            hist.add(tally)
+        for _, children, counts in self._categories:
+            for k, n in enumerate(counts):
+                if n:
+                    children[k].inc(n)
+                    counts[k] = 0
+
+    # -- batches (any thread) ------------------------------------------------------------
+    def batch(self) -> BatchTally:
+        """A tally for one batch, filled chunk by chunk and written with :meth:`commit`."""
+        return BatchTally(self)
+
+    def commit(self, endpoint: str, tally: BatchTally) -> None:
+        """Write a batch's tally at once: a constant number of writes whatever its size."""
+        if not tally.count:
+            return
+        self.predictions.labels(endpoint).inc(tally.count)
+        self._charges.add(tally.charges)
+        for (_, hist, _, _), (_, _, buckets) in zip(self._numeric, tally.numeric, strict=True):
+            hist.add(buckets)
+        for (_, children, _), (_, counts) in zip(self._categories, tally.categories, strict=True):
+            for k, n in enumerate(counts):
+                if n:
+                    children[k].inc(n)
+
+    def observe_many(self, endpoint: str, X: npt.NDArray[np.float64], charges: npt.NDArray[np.float64]) -> None:
+        """A whole batch at once."""
+        tally = self.batch()
+        tally.add(X, charges)
+        self.commit(endpoint, tally)
+
+    def observe(self, endpoint: str, rows: Any, charges: Any) -> None:
+        """One record (from the event loop) or a batch, whichever ``protocol.Scored`` holds."""
+        if isinstance(charges, np.ndarray):
+            self.observe_many(endpoint, rows, charges)
+        else:
+            self.observe_one(endpoint, rows, charges)
+
+    # -- life cycle ----------------------------------------------------------------------
+    def set_model(self, version: str, predictor: str, level: float) -> None:
+        self.model_info.labels(version, predictor, f"{level:g}").set(1)
+
+    def render(self) -> bytes:
+        """The text exposition: merged from every process's files in multiprocess mode."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    def process_exit(self) -> None:
+        """Write what is pending and drop this process's live gauges from the merged view."""
+        self.flush()
+        path = multiprocess_dir()
+        if self.multiprocess and path and os.path.isdir(path):
+            multiprocess.mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]

@@ -1,0 +1,513 @@
+"""The OpenAPI 3.1 document, built from the schema, and a self-contained page that shows it.
+
+The record's types, ranges and choices come from ``schema.FIELDS``, so the document cannot
+drift from what the service validates. Every route, request body, response and the one
+error shape are described; the property-based test (tests/test_openapi.py) holds the
+running app to it. ``/docs`` is rendered here, server-side, from the same dict: no
+JavaScript and nothing fetched from a CDN.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Final
+
+import orjson
+
+import chargecast
+from chargecast.protocol import EXAMPLE_RECORD, MAX_RECORDS, OUTPUT_COLUMNS
+from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
+from chargecast.settings import Settings
+
+JSON: Final = "application/json"
+HTML: Final = "text/html"
+REF: Final = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
+
+
+def record_schema(*, strict: bool = True) -> dict[str, Any]:
+    """One patient record. ``strict``: JSON (typed, no unknown fields); else a form (strings)."""
+    properties: dict[str, Any] = {}
+    for spec in FIELDS:
+        if isinstance(spec, NumberField):
+            prop: dict[str, Any] = {
+                "type": "integer" if spec.integer else "number",
+                "minimum": spec.minimum,
+                "maximum": spec.maximum,
+            }
+            rule = spec.rule
+        else:
+            assert isinstance(spec, CategoryField)
+            prop = {"type": "string", "enum": list(spec.choices)}
+            rule = spec.rule + " (matched ignoring case and surrounding spaces)"
+        prop |= {"title": spec.label, "description": f"{spec.help} Rule: {rule}.", "examples": [spec.example]}
+        properties[spec.name] = prop
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": list(FEATURES),
+        "properties": properties,
+        "examples": [EXAMPLE_RECORD],
+    }
+    if strict:
+        schema["additionalProperties"] = False
+        schema["description"] = "One patient at admission. All six fields are required; unknown fields are refused."
+    else:
+        schema["description"] = "The form's fields, sent as text; other fields (a submit button) are ignored."
+    return schema
+
+
+def components() -> dict[str, Any]:
+    number = {"type": "number"}
+    interval = {
+        "type": "object",
+        "description": "The prediction interval: charges fall in [low, high] with probability `level`.",
+        "required": ["low", "high", "level"],
+        "properties": {
+            "low": number,
+            "high": number,
+            "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "examples": [0.9]},
+        },
+        "additionalProperties": False,
+    }
+    contributions = {
+        "type": "object",
+        "description": "Per-input contributions in USD; they sum to charges minus baseline.",
+        "required": list(FEATURES),
+        "properties": {name: number for name in FEATURES},
+        "additionalProperties": False,
+    }
+    prediction_props: dict[str, Any] = {
+        "charges": {"type": "number", "description": "Expected charges in USD."},
+        "interval": _ref("Interval"),
+        "contributions": _ref("Contributions"),
+        "baseline": {"type": "number", "description": "The average prediction that contributions start from."},
+    }
+    version = {"type": "string", "description": "The model artifact's version."}
+    issue = {
+        "type": "object",
+        "required": ["field", "rule"],
+        "properties": {
+            "field": {
+                "type": "string",
+                "description": "The field ('age'), with its index in a list ('[3].age'); a CSV column name; "
+                "'body', a header name or '(row)' for problems that are not one field's.",
+            },
+            "rule": {"type": "string", "description": "The rule that was broken, in words."},
+            "value": {"description": "The offending value (long text is cut)."},
+            "row": {"type": "integer", "minimum": 1, "description": "CSV data row, counted from 1 (no header)."},
+        },
+        "additionalProperties": False,
+    }
+    error = {
+        "type": "object",
+        "description": "Every error, from every route but the HTML form (which shows errors inline).",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["status", "message", "issues"],
+                "properties": {
+                    "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                    "message": {"type": "string"},
+                    "issues": {"type": "array", "items": _ref("Issue")},
+                },
+                "additionalProperties": False,
+            }
+        },
+        "additionalProperties": False,
+    }
+    return {
+        "PatientRecord": record_schema(),
+        "PatientBatch": {
+            "type": "array",
+            "items": _ref("PatientRecord"),
+            "minItems": 1,
+            "maxItems": MAX_RECORDS,
+            "description": f"1 to {MAX_RECORDS} records; bigger batches go to /api/v1/predict/csv.",
+        },
+        "FormRecord": record_schema(strict=False),
+        "Interval": interval,
+        "Contributions": contributions,
+        "Prediction": {
+            "type": "object",
+            "required": ["charges", "interval"],
+            "properties": prediction_props,
+            "additionalProperties": False,
+        },
+        "PredictionResponse": {
+            "type": "object",
+            "description": "One record's forecast; contributions and baseline only with ?explain=true.",
+            "required": ["charges", "interval", "model_version"],
+            "properties": prediction_props | {"model_version": version},
+            "additionalProperties": False,
+        },
+        "BatchResponse": {
+            "type": "object",
+            "description": "Forecasts in the order the records were sent.",
+            "required": ["predictions", "model_version"],
+            "properties": {"predictions": {"type": "array", "items": _ref("Prediction")}, "model_version": version},
+            "additionalProperties": False,
+        },
+        "ModelInfo": {
+            "type": "object",
+            "description": "The artifact metadata: version, metrics, input schema, interval level, training facts.",
+            "required": ["version", "interval_level", "schema"],
+            "properties": {
+                "version": version,
+                "interval_level": {"type": "number"},
+                "schema": {"type": "array", "items": {"type": "object"}},
+                "metrics": {"type": "object"},
+            },
+            "additionalProperties": True,
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+            "additionalProperties": False,
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["status", "model_version"],
+            "properties": {"status": {"const": "ready"}, "model_version": version},
+            "additionalProperties": False,
+        },
+        "Issue": issue,
+        "Error": error,
+    }
+
+
+_REASONS: Final = {
+    400: "The body cannot be read: empty, not valid JSON (NaN and Infinity included), not UTF-8, malformed.",
+    401: "No valid API key: send 'Authorization: Bearer <key>'.",
+    413: "The body is over the size limit (or a CSV over the row limit).",
+    415: "The Content-Type is not one this route takes.",
+    422: "The body (or a query parameter) breaks the schema; each issue names the field (with its index in a "
+    "list, or its CSV row) and the rule.",
+    503: "The model is not loaded yet (or failed to load); retry after the Retry-After seconds.",
+}
+_REQUEST_ID: Final = {
+    "description": "The request's id (the client's X-Request-ID if it sent a valid one), also in the access log.",
+    "schema": {"type": "string"},
+}
+
+
+def _response(description: str, media: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+        "content": {media: {"schema": schema if schema is not None else {"type": "string"}}},
+    }
+
+
+def _errors(codes: tuple[int, ...], media: str = JSON) -> dict[str, Any]:
+    schema = _ref("Error") if media == JSON else {"type": "string"}
+    return {str(code): _response(_REASONS[code], media, schema) for code in codes}
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The whole document; security appears only when API keys are configured."""
+    keyed = bool(settings.api_keys)
+    api_errors = (400, 401, 413, 415, 422, 503) if keyed else (400, 413, 415, 422, 503)
+    secured: list[dict[str, list[str]]] | None = [{"bearerAuth": []}] if keyed else None
+    form_keyed = keyed and settings.form_requires_key
+    limit = f"{settings.max_body_bytes:,} bytes"
+
+    def op(summary: str, description: str, responses: dict[str, Any], *, auth: bool, **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"summary": summary, "description": description, **extra, "responses": responses}
+        if auth and secured:
+            out["security"] = secured
+        elif secured:
+            out["security"] = []
+        return out
+
+    json_record_body = {"required": True, "content": {JSON: {"schema": _ref("PatientRecord")}}}
+    form_body = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": _ref("FormRecord")},
+            "multipart/form-data": {"schema": _ref("FormRecord")},
+        },
+    }
+    form_errors = (400, 401, 413, 415, 503) if form_keyed else (400, 413, 415, 503)
+    form_post = op(
+        "Submit the form",
+        "Validates on the server; answers the page with each problem next to its field (422), or with the "
+        f"forecast, its prediction interval and the explanation (200). Bodies over {limit} get 413.",
+        {
+            "200": _response("The page with the forecast.", HTML),
+            "422": _response("The page with each problem next to its field.", HTML),
+            **_errors(form_errors, HTML),
+        },
+        auth=form_keyed,
+        requestBody=form_body,
+    )
+    explain = {
+        "name": "explain",
+        "in": "query",
+        "required": False,
+        "description": "Add each input's contribution and the baseline to every prediction.",
+        "schema": {"type": "boolean", "default": False},
+    }
+    paths: dict[str, Any] = {
+        "/": {
+            "get": op(
+                "The web form",
+                "An HTML page to forecast one patient's charges.",
+                {"200": _response("The form.", HTML), **_errors((401, 503) if form_keyed else (503,), HTML)},
+                auth=form_keyed,
+            ),
+            "post": form_post | {"operationId": "submitForm"},
+        },
+        "/predict": {
+            "post": form_post | {"operationId": "submitFormTutorial", "summary": "Submit the form (tutorial)"}
+        },
+        "/predict_api": {
+            "post": op(
+                "One record in, a bare number out (tutorial)",
+                "The tutorial's route: a JSON object with the six fields in, the expected charges out.",
+                {
+                    "200": _response("Expected charges in USD.", JSON, {"type": "number"}),
+                    **_errors(api_errors),
+                },
+                auth=True,
+                operationId="predictBare",
+                requestBody=json_record_body,
+            )
+        },
+        "/api/v1/predict": {
+            "post": op(
+                "Forecast one record or a batch",
+                f"A JSON object (one record) answers a PredictionResponse; an array of 1 to {MAX_RECORDS} records "
+                f"answers a BatchResponse in the same order. Bodies over {limit} get 413.",
+                {
+                    "200": _response(
+                        "The forecast(s).",
+                        JSON,
+                        {"oneOf": [_ref("PredictionResponse"), _ref("BatchResponse")]},
+                    ),
+                    **_errors(api_errors),
+                },
+                auth=True,
+                operationId="predict",
+                parameters=[explain],
+                requestBody={
+                    "required": True,
+                    "content": {JSON: {"schema": {"oneOf": [_ref("PatientRecord"), _ref("PatientBatch")]}}},
+                },
+            )
+        },
+        "/api/v1/predict/csv": {
+            "post": op(
+                "Forecast a CSV file",
+                "A CSV with a header row holding the six input columns (any order, other columns pass through), "
+                "as the body (text/csv; text/plain, application/csv and application/vnd.ms-excel are taken as CSV too) "
+                "or as the multipart field 'file'. Answers the same rows with "
+                f"{', '.join(OUTPUT_COLUMNS)} appended (rounded to cents), streamed. Any bad row makes one 422 "
+                f"listing row, column and rule. Limits: {settings.csv_max_rows:,} rows, "
+                f"{settings.csv_max_bytes:,} bytes.",
+                {
+                    "200": _response("The CSV with three more columns.", "text/csv", {"type": "string"}),
+                    **_errors(api_errors),
+                },
+                auth=True,
+                operationId="predictCsv",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        # application/csv and application/vnd.ms-excel are accepted too (see the description)
+                        **{kind: {"schema": {"type": "string"}} for kind in ("text/csv", "text/plain")},
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {"file": {"type": "string", "format": "binary"}},
+                            }
+                        },
+                    },
+                },
+            )
+        },
+        "/api/v1/model": {
+            "get": op(
+                "The model's metadata",
+                "Version, metrics, input schema, interval level and training facts of the served artifact.",
+                {
+                    "200": _response("The metadata.", JSON, _ref("ModelInfo")),
+                    **_errors((401, 422, 503) if keyed else (422, 503)),
+                },
+                auth=True,
+                operationId="model",
+            )
+        },
+        "/healthz": {
+            "get": op(
+                "Liveness",
+                "200 whenever the process serves; it checks nothing else.",
+                {"200": _response("Alive.", JSON, _ref("Health"))},
+                auth=False,
+                operationId="healthz",
+            )
+        },
+        "/readyz": {
+            "get": op(
+                "Readiness",
+                "200 once the model is loaded and a warm-up prediction succeeded; 503 before.",
+                {"200": _response("Ready.", JSON, _ref("Ready")), **_errors((503,))},
+                auth=False,
+                operationId="readyz",
+            )
+        },
+        "/metrics": {
+            "get": op(
+                "Prometheus metrics",
+                "Text exposition, merged across all worker processes.",
+                {"200": _response("The metrics.", "text/plain", {"type": "string"})},
+                auth=False,
+                operationId="metrics",
+            )
+        },
+        "/openapi.json": {
+            "get": op(
+                "This document",
+                "The OpenAPI description of the service.",
+                {"200": _response("OpenAPI 3.1.", JSON, {"type": "object"})},
+                auth=False,
+                operationId="openapi",
+            )
+        },
+        "/docs": {
+            "get": op(
+                "Readable API documentation",
+                "This document as an HTML page.",
+                {"200": _response("The page.", HTML)},
+                auth=False,
+                operationId="docs",
+            )
+        },
+    }
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "chargecast",
+            "version": chargecast.__version__,
+            "description": "Forecast a patient's medical charges at admission, with a calibrated interval and an "
+            "explanation. Errors always have the shape of the Error schema.",
+        },
+        "paths": paths,
+        "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},
+    }
+    if keyed:
+        document["components"]["securitySchemes"] = {
+            "bearerAuth": {"type": "http", "scheme": "bearer", "description": "One of CHARGECAST_API_KEYS."}
+        }
+    return document
+
+
+def to_json(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2)
+
+
+# -- /docs ------------------------------------------------------------------------------
+_CSS: Final = """
+body{font:15px/1.5 system-ui,sans-serif;margin:0 auto;max-width:70rem;padding:1rem 2rem;color:#1d1d1f}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;margin-top:2.5rem}code,pre{font:13px ui-monospace,monospace}
+pre{background:#f6f8fa;padding:.75rem;overflow:auto;border-radius:4px}
+.op{border:1px solid #ddd;border-radius:6px;margin:1rem 0;padding:0 1rem 1rem}
+.m{display:inline-block;min-width:4rem;font-weight:700;text-transform:uppercase}
+.get{color:#0a7d32}.post{color:#0b57d0}
+table{border-collapse:collapse;margin:.5rem 0}
+td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:top}
+nav a{margin-right:1rem}
+"""
+
+
+def _schema_text(schema: Any) -> str:
+    """A schema as indented JSON, with each $ref turned into a link to its definition."""
+    text = escape(orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode())
+    for name in _SCHEMA_NAMES:
+        text = text.replace(f"&quot;{REF}{name}&quot;", f'&quot;<a href="#schema-{name}">{REF}{name}</a>&quot;')
+    return text
+
+
+_SCHEMA_NAMES: Final = tuple(components())
+
+
+def _fields_table() -> str:
+    rows = []
+    for spec in FIELDS:
+        if isinstance(spec, NumberField):
+            kind = "integer" if spec.integer else "number"
+            allowed = f"{spec.minimum:g} to {spec.maximum:g}"
+        else:
+            assert isinstance(spec, CategoryField)
+            kind, allowed = "string", ", ".join(spec.choices)
+        rows.append(
+            f"<tr><td><code>{escape(spec.name)}</code></td><td>{escape(spec.label)}</td><td>{kind}</td>"
+            f"<td>{escape(allowed)}</td><td>{escape(spec.help)}</td></tr>"
+        )
+    return (
+        "<table><tr><th>field</th><th>label</th><th>type</th><th>allowed</th><th>meaning</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def render_docs(document: dict[str, Any]) -> str:
+    """The document as one HTML page: operations, parameters, bodies, responses, schemas."""
+    out = [
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(document['info']['title'])} API</title><style>{_CSS}</style></head><body>",
+        f"<h1>{escape(document['info']['title'])} API <small>{escape(document['info']['version'])}</small></h1>",
+        f"<p>{escape(document['info']['description'])}</p>",
+        '<nav><a href="#routes">Routes</a><a href="#record">The record</a><a href="#schemas">Schemas</a>'
+        '<a href="/openapi.json">openapi.json</a></nav>',
+    ]
+    schemes = document.get("components", {}).get("securitySchemes")
+    if schemes:
+        out.append(
+            "<p><strong>Authentication:</strong> routes marked 🔒 need <code>Authorization: Bearer "
+            "&lt;key&gt;</code>.</p>"
+        )
+    out.append('<h2 id="routes">Routes</h2>')
+    for path, methods in document["paths"].items():
+        for method, op in methods.items():
+            lock = " 🔒" if op.get("security") else ""
+            out.append(
+                f'<section class="op" id="op-{escape(op.get("operationId", method + path))}">'
+                f'<h3><span class="m {method}">{method}</span> <code>{escape(path)}</code>{lock} — '
+                f"{escape(op['summary'])}</h3><p>{escape(op['description'])}</p>"
+            )
+            if op.get("parameters"):
+                out.append("<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>schema</th><th>meaning</th></tr>")
+                for p in op["parameters"]:
+                    out.append(
+                        f"<tr><td><code>{escape(p['name'])}</code></td><td>{escape(p['in'])}</td>"
+                        f"<td><code>{escape(orjson.dumps(p['schema']).decode())}</code></td>"
+                        f"<td>{escape(p.get('description', ''))}</td></tr>"
+                    )
+                out.append("</table>")
+            if "requestBody" in op:
+                out.append("<h4>Request body</h4>")
+                for media, content in op["requestBody"]["content"].items():
+                    out.append(f"<p><code>{escape(media)}</code></p><pre>{_schema_text(content['schema'])}</pre>")
+            out.append("<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>body</th></tr>")
+            for status, response in op["responses"].items():
+                bodies = "<br>".join(
+                    f"<code>{escape(media)}</code> {_schema_text(c['schema'])}"
+                    for media, c in response.get("content", {}).items()
+                )
+                out.append(
+                    f"<tr><td>{escape(status)}</td><td>{escape(response['description'])}</td><td>{bodies}</td></tr>"
+                )
+            out.append("</table></section>")
+    out.append('<h2 id="record">The patient record</h2>' + _fields_table())
+    out.append('<h2 id="schemas">Schemas</h2>')
+    for name, schema in document["components"]["schemas"].items():
+        out.append(f'<h3 id="schema-{escape(name)}">{escape(name)}</h3><pre>{_schema_text(schema)}</pre>')
+    out.append("</body></html>")
+    return "".join(out)

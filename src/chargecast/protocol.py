@@ -1,0 +1,655 @@
+"""What requests and responses look like, apart from the transport.
+
+Everything here works on bytes, strings and the model, never on sockets or ASGI, so the
+rules (what a valid body is, which status a mistake gets, how an error reads) are tested
+without a server and the routes in :mod:`chargecast.app` stay thin. Every mistake becomes
+an :class:`ApiError` with one JSON shape:
+``{"error": {"status": int, "message": str, "issues": [{"field", "rule", "value"?, "row"?}]}}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from chargecast.artifact import Artifact
+from chargecast.form import FormResult
+from chargecast.schema import (
+    FEATURES,
+    FIELD_BY_NAME,
+    FIELDS,
+    MAX_REPORTED_ISSUES,
+    Issue,
+    NumberField,
+    ValidationError,
+    encode_columns,
+    validate_record,
+)
+
+Array = npt.NDArray[np.float64]
+MAX_RECORDS: Final = 10_000
+OUTPUT_COLUMNS: Final = ("charges", "charges_low", "charges_high")
+CSV_CHUNK_ROWS: Final = 32_768
+CSV_TYPES: Final = frozenset({"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"})
+MAX_SHOWN_VALUE: Final = 80
+NUMBER_NAMES: Final = tuple(f.name for f in FIELDS if isinstance(f, NumberField))
+EXAMPLE_RECORD: Final[dict[str, Any]] = {f.name: f.example for f in FIELDS}
+_NON_FINITE = re.compile(rb"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
+
+
+class ApiError(Exception):
+    """A request the service refuses, with the status and the body it answers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        issues: Sequence[Issue] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.issues = list(issues)
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.message, self.issues)
+
+
+def issue_dict(issue: Issue) -> dict[str, Any]:
+    """An issue as JSON; long values are cut so an error never echoes a whole upload."""
+    out = issue.as_dict()
+    value = out.get("value")
+    if isinstance(value, str) and len(value) > MAX_SHOWN_VALUE:
+        out["value"] = value[: MAX_SHOWN_VALUE - 1] + "…"
+    return out
+
+
+def error_body(status: int, message: str, issues: Sequence[Issue] = ()) -> bytes:
+    return orjson.dumps({"error": {"status": status, "message": message, "issues": [issue_dict(i) for i in issues]}})
+
+
+def invalid(issues: Sequence[Issue], total: int | None = None, what: str = "input") -> ApiError:
+    """The 422 for broken schema rules; the message lists the first few in words."""
+    total = max(total or 0, len(issues))
+    shown = issues[:MAX_REPORTED_ISSUES]
+    words = "; ".join(str(i) for i in shown[:3])
+    more = total - min(3, len(shown))
+    message = f"invalid {what}: {words}" + (f" (and {more} more)" if more > 0 else "")
+    if total > len(shown):
+        message += f"; the first {len(shown)} of {total} problems are listed"
+    return ApiError(422, message, shown)
+
+
+# -- headers ----------------------------------------------------------------------------
+def media_type(content_type: str | None) -> str:
+    """``text/csv; charset=utf-8`` -> ``text/csv``."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def require_json(content_type: str | None) -> None:
+    if content_type == "application/json":  # the usual case, checked first
+        return
+    kind = media_type(content_type)
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return
+    got = f"got {kind}" if kind else "none was sent"
+    raise ApiError(
+        415,
+        f"Content-Type must be application/json ({got})",
+        [Issue("Content-Type", "must be application/json", kind or None)],
+    )
+
+
+def parse_query(query: bytes, allowed: Sequence[str] = ()) -> dict[str, str]:
+    """Query parameters; unknown ones are a 422 (``?explian=true`` must not be silently ignored)."""
+    if not query:
+        return {}
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=16)
+    except ValueError:
+        raise invalid([Issue("query", "must have at most 16 parameters")], what="query") from None
+    unknown = [key for key, _ in pairs if key not in allowed]
+    if unknown:
+        rule = f"is not a query parameter of this route (allowed: {', '.join(allowed) or 'none'})"
+        raise invalid([Issue(key, rule) for key in unknown], what="query")
+    return dict(pairs)
+
+
+def parse_flag(name: str, value: str | None) -> bool:
+    """Query flags such as ``?explain=true``: absent, ``true`` or ``false``; anything else is a 422."""
+    if value is None:
+        return False
+    text = value.lower()
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    raise invalid([Issue(name, "must be true or false", value)], what="query parameter")
+
+
+def check_bearer(header: str | None, keys: Sequence[bytes]) -> None:
+    """Accept ``Authorization: Bearer <key>`` for any configured key, in constant time per key."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="chargecast"'}
+    if header is None:
+        raise ApiError(
+            401,
+            "missing API key: send the header 'Authorization: Bearer <key>'",
+            [Issue("Authorization", "is required")],
+            challenge,
+        )
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "malformed Authorization header: expected 'Bearer <key>'",
+            [Issue("Authorization", "must be 'Bearer <key>'")],
+            challenge,
+        )
+    presented = token.encode("utf-8", "surrogateescape")
+    ok = False
+    for key in keys:  # no early exit: every key is compared
+        ok |= hmac.compare_digest(key, presented)
+    if not ok:
+        raise ApiError(401, "invalid API key", [Issue("Authorization", "must hold a valid API key")], challenge)
+
+
+# -- JSON -------------------------------------------------------------------------------
+def parse_json(body: bytes | bytearray) -> Any:
+    """Parse a JSON body; NaN, Infinity, bad UTF-8 and nesting beyond 1024 levels are 400s."""
+    if not body:
+        raise ApiError(
+            400,
+            "body is empty: send one record as a JSON object or a list of records as an array",
+            [Issue("body", "is required")],
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if _NON_FINITE.search(body):
+            message = f"body is not valid JSON (NaN and Infinity are not allowed): {exc}"
+            rule = "must be valid JSON; NaN and Infinity are not JSON numbers"
+        else:
+            message = f"body is not valid JSON: {exc}"
+            rule = "must be valid JSON"
+        raise ApiError(400, message, [Issue("body", rule)]) from None
+
+
+def check_json_record(obj: Any, prefix: str = "") -> tuple[list[float], list[Issue]]:
+    """The schema's scalar validation, plus JSON typing: numbers must be JSON numbers.
+
+    ``schema.check_value`` accepts ``"39"`` for forms and CSV cells; in JSON a quoted
+    number is a client bug worth reporting, so it is refused here.
+    """
+    encoded, issues = validate_record(obj, field_prefix=prefix)
+    if type(obj) is dict:
+        for name in NUMBER_NAMES:
+            value = obj.get(name)
+            if type(value) is str:
+                where = prefix + name
+                issues = [i for i in issues if i.field != where]
+                issues.append(Issue(where, "must be a JSON number, not a string", value))
+    return encoded, issues
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A prediction response's body, plus what the metrics need to see (no patient data leaves)."""
+
+    body: bytes
+    rows: Sequence[float] | Array  # one encoded row, or an (n, 6) matrix
+    charges: float | Array
+    count: int
+
+
+def _contributions(model: Artifact, X: Array) -> list[dict[str, float]]:
+    return [dict(zip(FEATURES, row, strict=True)) for row in model.explain(X).tolist()]
+
+
+def predict_one(model: Artifact, obj: Any, explain: bool = False) -> Scored:
+    """One record: the scalar hot path (no numpy unless an explanation is asked for)."""
+    row, issues = check_json_record(obj)
+    if issues:
+        raise invalid(issues, what="record")
+    p = model.predict_row(row)
+    out: dict[str, Any] = {
+        "charges": p.charges,
+        "interval": {"low": p.low, "high": p.high, "level": model.level},
+        "model_version": model.version,
+    }
+    if explain:
+        out["contributions"] = _contributions(model, np.array([row], dtype=np.float64))[0]
+        out["baseline"] = model.baseline
+    return Scored(orjson.dumps(out), row, p.charges, 1)
+
+
+def predict_many(model: Artifact, items: list[Any], explain: bool = False) -> Scored:
+    """A list of 1 to 10,000 records, validated one by one (errors name ``[i].field``)."""
+    if not items:
+        raise invalid([Issue("body", f"must hold 1 to {MAX_RECORDS} records, got 0")], what="batch")
+    if len(items) > MAX_RECORDS:
+        raise invalid(
+            [Issue("body", f"must hold at most {MAX_RECORDS} records (send bigger batches to /api/v1/predict/csv)")],
+            what="batch",
+        )
+    rows: list[list[float]] = []
+    issues: list[Issue] = []
+    total = 0
+    for i, obj in enumerate(items):
+        encoded, found = check_json_record(obj, f"[{i}].")
+        if found:
+            total += len(found)
+            issues.extend(found[: max(0, MAX_REPORTED_ISSUES - len(issues))])
+        elif not total:
+            rows.append(encoded)
+    if total:
+        raise invalid(issues, total, what="records")
+    X = np.array(rows, dtype=np.float64)
+    charges, low, high = model.predict(X)
+    level = model.level
+    predictions: list[dict[str, Any]] = [
+        {"charges": c, "interval": {"low": lo, "high": hi, "level": level}}
+        for c, lo, hi in zip(charges.tolist(), low.tolist(), high.tolist(), strict=True)
+    ]
+    if explain:
+        baseline = model.baseline
+        for item, contribution in zip(predictions, _contributions(model, X), strict=True):
+            item["contributions"] = contribution
+            item["baseline"] = baseline
+    body = orjson.dumps({"predictions": predictions, "model_version": model.version})
+    return Scored(body, X, charges, len(rows))
+
+
+def predict_payload(model: Artifact, payload: Any, explain: bool = False) -> Scored:
+    """Dispatch a parsed body: an object is one record, an array a batch, anything else a 422."""
+    if type(payload) is dict:
+        return predict_one(model, payload, explain)
+    if type(payload) is list:
+        return predict_many(model, payload, explain)
+    raise invalid(
+        [Issue("body", f"must be a JSON object (one record) or an array of 1 to {MAX_RECORDS} records", payload)],
+        what="body",
+    )
+
+
+def predict_bare(model: Artifact, payload: Any) -> Scored:
+    """The tutorial's ``/predict_api``: one JSON object in, a bare number out."""
+    if type(payload) is not dict:
+        raise invalid([Issue("body", "must be a JSON object with the six fields", payload)], what="body")
+    row, issues = check_json_record(payload)
+    if issues:
+        raise invalid(issues, what="record")
+    p = model.predict_row(row)
+    return Scored(orjson.dumps(p.charges), row, p.charges, 1)
+
+
+def model_info(model: Artifact) -> bytes:
+    """``GET /api/v1/model``: the artifact's metadata without file hashes."""
+    info = model.describe()
+    info["version"] = model.version
+    info["interval_level"] = model.level
+    return orjson.dumps(info, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def warm_up(model: Artifact) -> None:
+    """Exercise every prediction path once so the first real request is not the slow one."""
+    one = predict_one(model, dict(EXAMPLE_RECORD), explain=True)
+    many = predict_many(model, [dict(EXAMPLE_RECORD)] * 2, explain=True)
+    for body in (one.body, many.body):
+        if b"NaN" in body or b"null" in body:
+            raise ValueError("warm-up prediction is not a finite number")
+
+
+# -- forms and multipart ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of a multipart body, by offsets into the body (nothing is copied)."""
+
+    name: str
+    filename: str | None
+    content_type: str
+    start: int
+    end: int
+
+
+_PARAM = re.compile(r';\s*([\w*.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+def header_params(value: str) -> dict[str, str]:
+    """Parameters of a header such as ``form-data; name="file"; filename="a.csv"``."""
+    out: dict[str, str] = {}
+    for key, raw in _PARAM.findall(value):
+        text = raw.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            text = re.sub(r"\\(.)", r"\1", text[1:-1])
+        out[key.lower()] = text
+    return out
+
+
+def parse_multipart(body: bytes | bytearray, content_type: str, max_parts: int = 64) -> list[Part]:
+    """Split a ``multipart/form-data`` body into parts without copying their contents."""
+    boundary = header_params(content_type).get("boundary", "")
+    if not boundary or len(boundary) > 200:
+        raise ApiError(400, "multipart body without a valid boundary", [Issue("Content-Type", "needs a boundary")])
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    malformed = ApiError(400, "multipart body is malformed", [Issue("body", "must be valid multipart/form-data")])
+    pos = body.find(delimiter)
+    if pos < 0:
+        raise malformed
+    parts: list[Part] = []
+    while True:
+        pos += len(delimiter)
+        if body[pos : pos + 2] == b"--":
+            return parts
+        line_end = body.find(b"\r\n", pos)
+        head_end = body.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
+        if head_end < 0 or len(parts) >= max_parts:
+            raise malformed
+        headers: dict[str, str] = {}
+        for line in bytes(body[line_end + 2 : head_end]).decode("utf-8", "replace").split("\r\n"):
+            key, sep, value = line.partition(":")
+            if sep:
+                headers[key.strip().lower()] = value.strip()
+        start = head_end + 4
+        end = body.find(b"\r\n" + delimiter, start)
+        if end < 0:
+            raise malformed
+        disposition = header_params(headers.get("content-disposition", ""))
+        parts.append(
+            Part(
+                disposition.get("name", ""),
+                disposition.get("filename"),
+                media_type(headers.get("content-type", "text/plain")),
+                start,
+                end,
+            )
+        )
+        pos = end + 2
+
+
+def form_values(body: bytes | bytearray, content_type: str | None) -> dict[str, str]:
+    """The six fields from a urlencoded or multipart form; other fields (a button) are ignored."""
+    kind = media_type(content_type)
+    pairs: list[tuple[str, str]]
+    if kind in ("application/x-www-form-urlencoded", ""):
+        try:
+            pairs = parse_qsl(bytes(body).decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=64)
+        except ValueError:
+            raise ApiError(400, "form has too many fields", [Issue("body", "must be the form's fields")]) from None
+    elif kind == "multipart/form-data":
+        pairs = [
+            (p.name, bytes(body[p.start : p.end]).decode("utf-8", "replace"))
+            for p in parse_multipart(body, content_type or "")
+        ]
+    else:
+        raise ApiError(
+            415,
+            f"a form must be sent as application/x-www-form-urlencoded or multipart/form-data (got {kind})",
+            [Issue("Content-Type", "must be a form encoding", kind)],
+        )
+    values: dict[str, str] = {}
+    for key, value in pairs:
+        if key in FIELD_BY_NAME and key not in values:
+            values[key] = value
+    return values
+
+
+def check_form(values: Mapping[str, str]) -> tuple[list[float], dict[str, str]]:
+    """Validate form strings; errors map each field to its rule, ready to show beside it."""
+    encoded, issues = validate_record(values)
+    errors: dict[str, str] = {}
+    for issue in issues:
+        errors.setdefault(issue.field, issue.rule)
+    return encoded, errors
+
+
+def form_result(model: Artifact, encoded: Sequence[float]) -> FormResult:
+    p = model.predict_row(encoded)
+    contributions = _contributions(model, np.array([encoded], dtype=np.float64))[0]
+    return FormResult(p.charges, p.low, p.high, model.level, contributions, model.baseline)
+
+
+# -- CSV --------------------------------------------------------------------------------
+@dataclass
+class CsvScored:
+    """A validated, predicted CSV: its text (kept once, to echo rows) and the three new columns."""
+
+    text: str
+    charges: Array
+    low: Array
+    high: Array
+    filename: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.charges)
+
+
+def _lines(text: str) -> Iterator[str]:
+    """Lines with their endings, sliced one at a time (no list of all lines is built)."""
+    start, size = 0, len(text)
+    while start < size:
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start : end + 1]
+        start = end + 1
+
+
+def csv_text(body: bytearray, content_type: str | None) -> tuple[str, str | None]:
+    """Decode a CSV body (raw, or the file part of a multipart upload); empties ``body``.
+
+    The raw bytes are released as soon as the text exists so the two are not both held.
+    """
+    kind = media_type(content_type)
+    start, end, filename = 0, len(body), None
+    if kind == "multipart/form-data":
+        parts = parse_multipart(body, content_type or "")
+        chosen = next((p for p in parts if p.name == "file"), None) or next(
+            (p for p in parts if p.filename is not None), None
+        )
+        if chosen is None:
+            raise ApiError(
+                422,
+                "multipart upload has no file part: send the CSV as the field 'file'",
+                [Issue("file", "is required")],
+            )
+        start, end, filename = chosen.start, chosen.end, chosen.filename
+    elif kind not in CSV_TYPES:
+        raise ApiError(
+            415,
+            f"Content-Type must be text/csv or multipart/form-data ({f'got {kind}' if kind else 'none was sent'})",
+            [Issue("Content-Type", "must be text/csv or multipart/form-data", kind or None)],
+        )
+    try:
+        with memoryview(body) as view:
+            text = str(view[start:end], "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, f"CSV is not UTF-8 text: {exc.reason} at byte {exc.start}", [Issue("body", "must be UTF-8")]
+        ) from None
+    finally:
+        body.clear()
+    return text, filename
+
+
+def score_csv(
+    model: Artifact,
+    text: str,
+    max_rows: int,
+    filename: str | None = None,
+    on_chunk: Callable[[Array, Array], None] | None = None,
+    chunk_rows: int = CSV_CHUNK_ROWS,
+) -> CsvScored:
+    """Parse column-wise with the stdlib reader, validate with the schema, predict, chunk by chunk.
+
+    Only the six input columns are collected, as lists of (interned) strings that
+    ``schema.encode_columns`` checks vectorised every ``chunk_rows`` rows; a valid chunk is
+    predicted at once and only its three result columns are kept, so memory holds the text,
+    the results and one chunk, whatever the row count. ``on_chunk(X, charges)`` sees each
+    predicted chunk (for metrics; they count only if the whole file turns out valid).
+    Other columns pass through untouched. Rows are numbered from 1 at the first data row
+    (header and blank lines not counted).
+    """
+    reader = csv.reader(_lines(text))
+    try:
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ApiError(
+                400, "CSV is empty: send a header row and data rows", [Issue("body", "is required")]
+            ) from None
+        names = [h.strip().lower() for h in header]
+        problems: list[Issue] = []
+        for name in OUTPUT_COLUMNS:
+            if name in names:
+                problems.append(Issue(name, "is a column this endpoint adds; remove or rename it"))
+        for name in FEATURES:
+            count = names.count(name)
+            if count == 0:
+                problems.append(Issue(name, "column is required"))
+            elif count > 1:
+                problems.append(Issue(name, f"column appears {count} times"))
+        if problems:
+            raise invalid(problems, what="CSV header")
+        index = [names.index(name) for name in FEATURES]
+        width = len(names)
+        columns: list[list[str]] = [[] for _ in FEATURES]
+        interned: list[dict[str, str]] = [{} for _ in FEATURES]
+        plan = list(zip(index, [c.append for c in columns], [d.setdefault for d in interned], strict=True))
+        results: list[tuple[Array, Array, Array]] = []
+        issues: list[Issue] = []
+        bad_total = 0
+        first_row = 1  # the row number of the chunk's first row
+
+        def encode_chunk() -> None:
+            nonlocal bad_total
+            if not columns[0]:
+                return
+            try:
+                X = encode_columns({name: columns[j] for j, name in enumerate(FEATURES)}, first_row=first_row)
+            except ValidationError as exc:
+                bad_total += exc.total
+                issues.extend(exc.issues[: max(0, MAX_REPORTED_ISSUES - len(issues))])
+            else:
+                if not bad_total:  # after the first bad row only validation goes on
+                    charges, low, high = model.predict(X)
+                    results.append((charges, low, high))
+                    if on_chunk is not None:
+                        on_chunk(X, charges)
+            for column, seen in zip(columns, interned, strict=True):
+                column.clear()
+                seen.clear()
+
+        ragged: list[Issue] = []
+        n = ragged_total = 0
+        for row in reader:
+            if not row:
+                continue
+            n += 1
+            if n > max_rows:
+                raise ApiError(
+                    413,
+                    f"CSV has more than {max_rows} data rows; split it into smaller files",
+                    [Issue("body", f"must have at most {max_rows} rows")],
+                )
+            if len(row) != width:
+                if not ragged_total:
+                    encode_chunk()  # rows before it are still numbered right; later ones are not read
+                ragged_total += 1
+                if len(ragged) < MAX_REPORTED_ISSUES:
+                    ragged.append(Issue("(row)", f"has {len(row)} values but the header has {width}", None, n))
+                continue
+            if ragged_total:
+                continue
+            for j, append, intern in plan:
+                value = row[j]
+                append(intern(value, value))
+            if len(columns[0]) >= chunk_rows:
+                encode_chunk()
+                first_row = n + 1
+    except csv.Error as exc:
+        raise ApiError(
+            400, f"CSV cannot be parsed at line {reader.line_num}: {exc}", [Issue("body", "must be valid CSV")]
+        ) from None
+    if not ragged_total:
+        encode_chunk()
+    if ragged_total or bad_total:
+        found = sorted([*issues, *ragged], key=lambda i: i.row or 0)
+        raise invalid(found, bad_total + ragged_total, what="CSV")
+    if n == 0:
+        raise invalid([Issue("body", "must have at least one data row")], what="CSV")
+    charges, low, high = (np.concatenate(part) for part in zip(*results, strict=True))
+    return CsvScored(text, charges, low, high, filename)
+
+
+def csv_chunks(scored: CsvScored, rows_per_chunk: int = 2000) -> Iterator[bytes]:
+    """The uploaded CSV with ``charges``, ``charges_low``, ``charges_high`` appended, in chunks.
+
+    Rows are echoed as sent when the file has no quoting (the common case); otherwise they
+    are re-written by the csv module. Amounts are rounded to cents.
+    """
+    text = scored.text
+    lines = _lines(text)
+    header = next(lines)
+    eol = "\r\n" if header.endswith("\r\n") else "\n"
+    charges, low, high = scored.charges, scored.low, scored.high
+    total = len(charges)
+    if '"' not in text:
+        yield (header.rstrip("\r\n") + "," + ",".join(OUTPUT_COLUMNS) + eol).encode()
+        done = 0
+        while done < total:
+            stop = min(done + rows_per_chunk, total)
+            values = zip(charges[done:stop].tolist(), low[done:stop].tolist(), high[done:stop].tolist(), strict=True)
+            out: list[str] = []
+            for c, lo, hi in values:
+                line = next(lines).rstrip("\r\n")
+                while not line:  # blank lines carry no row
+                    line = next(lines).rstrip("\r\n")
+                out.append(f"{line},{c:.2f},{lo:.2f},{hi:.2f}{eol}")
+            yield "".join(out).encode()
+            done = stop
+        return
+    reader = csv.reader(_lines(text))
+    buffer = _Buffer()
+    writer = csv.writer(buffer, lineterminator=eol)
+    writer.writerow([*next(reader), *OUTPUT_COLUMNS])
+    done = 0
+    for row in reader:
+        if not row:
+            continue
+        writer.writerow([*row, f"{charges[done]:.2f}", f"{low[done]:.2f}", f"{high[done]:.2f}"])
+        done += 1
+        if done % rows_per_chunk == 0:
+            yield buffer.take()
+    yield buffer.take()
+
+
+class _Buffer:
+    """A write-only text sink for csv.writer that hands out its content as UTF-8 chunks."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        return len(text)
+
+    def take(self) -> bytes:
+        out = "".join(self._parts).encode()
+        self._parts.clear()
+        return out

@@ -1,0 +1,845 @@
+"""Every route of the ASGI app and every error it promises, in process (Starlette TestClient).
+
+Bad input must never give a 5xx, and every error must have the one JSON shape (HTML for
+the form) naming the field and the rule. Servers with real workers are in test_server.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from chargecast import app as app_module
+from chargecast import openapi, protocol
+from chargecast.app import create_app
+from chargecast.artifact import Artifact
+from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, encode_records
+from chargecast.settings import Settings
+
+RECORD: dict[str, Any] = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
+SMOKER = {"age": 52, "sex": "male", "bmi": 34.1, "children": 3, "smoker": "yes", "region": "northwest"}
+JSON_HEADERS = {"Content-Type": "application/json"}
+KEY, OTHER_KEY = "k3y-one-0123456789", "k3y-two-9876543210"
+
+
+@contextmanager
+def ready_client(settings: Settings) -> Iterator[TestClient]:
+    """A client whose app has loaded its model (it loads in the background after start-up)."""
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            time.sleep(0.01)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with ready_client(Settings(model_dir=model_dir, log_level="warning")) as c:
+        yield c
+
+
+def error_of(response: Any, status: int, field: str | None = None, rule: str | None = None) -> dict[str, Any]:
+    """Assert the one error shape; optionally that an issue names ``field`` with ``rule`` in its text."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"status", "message", "issues"}
+    assert error["status"] == status
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    for issue in error["issues"]:
+        assert {"field", "rule"} <= set(issue) <= {"field", "rule", "value", "row"}
+        assert isinstance(issue["field"], str)
+        assert isinstance(issue["rule"], str)
+    if field is not None:
+        named = [i for i in error["issues"] if i["field"] == field]
+        assert named, f"no issue names {field!r}: {error['issues']}"
+        if rule is not None:
+            assert any(rule in i["rule"] for i in named), named
+    return error  # type: ignore[no-any-return]
+
+
+def post_json(client: TestClient, body: Any, path: str = "/api/v1/predict", **kwargs: Any) -> Any:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()  # json: big ints too
+    return client.post(path, content=content, headers=kwargs.pop("headers", JSON_HEADERS), **kwargs)
+
+
+# -- health and readiness ---------------------------------------------------------------
+def test_healthz_is_cheap_and_always_ok(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_names_the_model(client: TestClient, model: Artifact) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "model_version": model.version}
+
+
+def test_readiness_is_503_until_the_model_is_loaded_and_warm(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real_load = Artifact.load
+
+    def slow_load(path: Path | str) -> Artifact:
+        assert release.wait(10)
+        return real_load(path)
+
+    monkeypatch.setattr(Artifact, "load", staticmethod(slow_load))
+    monkeypatch.setattr(app_module, "MODEL_WAIT_SECONDS", 0.05)
+    with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as client:
+        assert client.get("/healthz").status_code == 200
+        not_ready = client.get("/readyz")
+        error_of(not_ready, 503, "model", "is not loaded")
+        assert not_ready.headers["retry-after"] == "1"
+        error_of(post_json(client, RECORD), 503)
+        error_of(post_json(client, RECORD, "/predict_api"), 503)
+        error_of(client.get("/api/v1/model"), 503)
+        assert client.get("/").status_code == 503
+        release.set()
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert post_json(client, RECORD).status_code == 200
+
+
+def test_a_request_that_races_the_load_waits_for_it(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real_load = Artifact.load
+
+    def slow_load(path: Path | str) -> Artifact:
+        assert release.wait(10)
+        return real_load(path)
+
+    monkeypatch.setattr(Artifact, "load", staticmethod(slow_load))
+    with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as client:
+        assert client.get("/readyz").status_code == 503
+        threading.Timer(0.2, release.set).start()
+        response = post_json(client, RECORD)  # sent while loading: answered once the model is in
+        assert response.status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_model_that_fails_to_load_keeps_the_service_unready(tmp_path: Path) -> None:
+    with TestClient(create_app(Settings(model_dir=tmp_path / "missing", log_level="error"))) as client:
+        deadline = time.monotonic() + 10
+        while "failed to load" not in (response := client.get("/readyz")).text:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        error = error_of(response, 503)
+        assert "metadata.json: not found" in error["message"]
+        assert client.get("/healthz").status_code == 200
+        assert "failed to load" in error_of(post_json(client, RECORD), 503)["message"]
+
+
+# -- POST /api/v1/predict ---------------------------------------------------------------
+def test_one_record(client: TestClient, model: Artifact) -> None:
+    response = post_json(client, RECORD)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    expected = model.predict_record(RECORD)
+    assert body == {
+        "charges": pytest.approx(expected.charges),
+        "interval": {"low": pytest.approx(expected.low), "high": pytest.approx(expected.high), "level": 0.9},
+        "model_version": model.version,
+    }
+    assert body["interval"]["low"] <= body["charges"] <= body["interval"]["high"]
+
+
+def test_one_record_explained(client: TestClient, model: Artifact) -> None:
+    body = post_json(client, RECORD, params={"explain": "true"}).json()
+    assert set(body["contributions"]) == set(FEATURES)
+    assert body["baseline"] == pytest.approx(model.baseline)
+    assert sum(body["contributions"].values()) + body["baseline"] == pytest.approx(body["charges"], rel=1e-9)
+    assert "contributions" not in post_json(client, RECORD, params={"explain": "false"}).json()
+
+
+def test_a_list_of_records_keeps_their_order(client: TestClient, model: Artifact) -> None:
+    records = [RECORD, SMOKER, {**RECORD, "age": 64}]
+    body = post_json(client, records).json()
+    assert set(body) == {"predictions", "model_version"}
+    assert body["model_version"] == model.version
+    charges, low, high = model.predict(encode_records(records))
+    assert [p["charges"] for p in body["predictions"]] == pytest.approx(charges.tolist())
+    assert [p["interval"]["low"] for p in body["predictions"]] == pytest.approx(low.tolist())
+    assert [p["interval"]["high"] for p in body["predictions"]] == pytest.approx(high.tolist())
+    for p in body["predictions"]:
+        assert set(p) == {"charges", "interval"}
+        assert p["interval"]["level"] == 0.9
+    single = post_json(client, SMOKER).json()
+    assert body["predictions"][1]["charges"] == pytest.approx(single["charges"])
+
+
+def test_a_list_explained(client: TestClient) -> None:
+    body = post_json(client, [RECORD, SMOKER], params={"explain": "TRUE"}).json()
+    for p in body["predictions"]:
+        assert sum(p["contributions"].values()) + p["baseline"] == pytest.approx(p["charges"], rel=1e-9)
+
+
+def test_the_largest_batch_is_accepted(client: TestClient) -> None:
+    body = post_json(client, [RECORD] * protocol.MAX_RECORDS).json()
+    assert len(body["predictions"]) == protocol.MAX_RECORDS
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sex": " Female "},
+        {"smoker": "NO", "region": "SouthEast"},
+        {"age": 39.0, "children": 1.0},
+        {"age": 18, "bmi": 10, "children": 0},
+        {"age": 100, "bmi": 80.0, "children": 10},
+    ],
+    ids=["spaces-and-case", "upper-case", "whole-floats", "lowest", "highest"],
+)
+def test_accepted_variants(client: TestClient, change: dict[str, Any]) -> None:
+    assert post_json(client, {**RECORD, **change}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "rule"),
+    [
+        ({**RECORD, "age": "39"}, "age", "must be a JSON number, not a string"),
+        ({**RECORD, "bmi": "abc"}, "bmi", "must be a JSON number, not a string"),
+        ({**RECORD, "age": True}, "age", "whole number"),
+        ({**RECORD, "sex": 1}, "sex", "must be one of female, male"),
+        ({**RECORD, "bmi": [30]}, "bmi", "number from 10 to 80"),
+        ({**RECORD, "region": {"name": "south"}}, "region", "must be one of"),
+        ({**RECORD, "region": None}, "region", "is required"),
+        ({k: v for k, v in RECORD.items() if k != "smoker"}, "smoker", "is required"),
+        ({**RECORD, "smoking": "no"}, "smoking", "is not a known field"),
+        ({**RECORD, "age": 17}, "age", "from 18 to 100"),
+        ({**RECORD, "age": 101}, "age", "from 18 to 100"),
+        ({**RECORD, "age": 39.5}, "age", "whole number"),
+        ({**RECORD, "bmi": 9.99}, "bmi", "from 10 to 80"),
+        ({**RECORD, "children": 11}, "children", "from 0 to 10"),
+        ({**RECORD, "children": -1}, "children", "from 0 to 10"),
+        ({**RECORD, "sex": "x"}, "sex", "must be one of female, male"),
+        ({**RECORD, "region": "south"}, "region", "northeast, northwest, southeast, southwest"),
+        ({**RECORD, "sex": ""}, "sex", "is required"),
+        ({**RECORD, "age": 10**30}, "age", "from 18 to 100"),
+        ({**RECORD, "age": -(2**63)}, "age", "from 18 to 100"),
+        ({**RECORD, "bmi": 1e308}, "bmi", "from 10 to 80"),
+        ({}, "age", "is required"),
+        ("a string", "body", "must be a JSON object"),
+        (42, "body", "must be a JSON object"),
+        (None, "body", "must be a JSON object"),
+        (True, "body", "must be a JSON object"),
+        ([], "body", "must hold 1 to 10000 records"),
+        ([RECORD] * (protocol.MAX_RECORDS + 1), "body", "at most 10000 records"),
+        ([RECORD, "x"], "[1]", "must be an object"),
+        ([RECORD, {**RECORD, "age": 17}], "[1].age", "from 18 to 100"),
+        ([RECORD, [RECORD]], "[1]", "must be an object"),
+        ([[[[[[RECORD]]]]]], "[0]", "must be an object"),
+        ({**RECORD, "age": [[[[[[[[1]]]]]]]]}, "age", "whole number"),
+    ],
+    ids=lambda v: str(v)[:40] if not isinstance(v, dict | list) else None,
+)
+def test_bad_records_are_422_naming_field_and_rule(client: TestClient, body: Any, field: str, rule: str) -> None:
+    error_of(post_json(client, body), 422, field, rule)
+
+
+@pytest.mark.parametrize(
+    ("body", "rule"),
+    [
+        (b"", "is required"),
+        (b"hello", "must be valid JSON"),
+        (b'{"age": 39', "must be valid JSON"),
+        (b'{"age": NaN}', "NaN and Infinity are not JSON numbers"),
+        (b'{"age": 39, "bmi": Infinity}', "NaN and Infinity"),
+        (b'[{"bmi": -Infinity}]', "NaN and Infinity"),
+        (b'{"bmi": 1e400}', "must be valid JSON"),
+        (b'{"age": "\xff"}', "must be valid JSON"),
+        (b"\xef\xbb\xbf{}", "must be valid JSON"),
+        (b"[" * 5000 + b"]" * 5000, "must be valid JSON"),
+        (b"{'age': 39}", "must be valid JSON"),
+    ],
+    ids=["empty", "text", "cut", "nan", "infinity", "minus-inf", "overflow", "bad-utf8", "bom", "deep", "python"],
+)
+def test_unreadable_bodies_are_400(client: TestClient, body: bytes, rule: str) -> None:
+    error = error_of(post_json(client, body), 400, "body", rule)
+    if b"NaN" in body or b"Infinity" in body:
+        assert error["message"].startswith("body is not valid JSON (NaN and Infinity are not allowed): ")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"],
+)
+def test_wrong_content_type_is_415(client: TestClient, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path in ("/api/v1/predict", "/predict_api"):
+        response = client.post(path, content=orjson.dumps(RECORD), headers=headers)
+        error_of(response, 415, "Content-Type", "application/json")
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON", "application/x+json"])
+def test_json_content_type_variants(client: TestClient, content_type: str) -> None:
+    assert post_json(client, RECORD, headers={"Content-Type": content_type}).status_code == 200
+
+
+def test_bodies_over_the_limit_are_413(client: TestClient) -> None:
+    big = b"[" + b",".join([orjson.dumps(RECORD)] * 15_000) + b"]"  # ~1.4 MB
+    assert len(big) > Settings().max_body_bytes
+    response = post_json(client, big)
+    error_of(response, 413, "body", "at most 1048576 bytes")
+    assert "/api/v1/predict/csv" in response.json()["error"]["message"]
+    assert response.headers["connection"] == "close"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = client.post("/api/v1/predict", content=chunks(), headers=JSON_HEADERS)
+    error_of(streamed, 413)
+
+
+def test_small_limit_is_configurable(model_dir: Path) -> None:
+    with ready_client(Settings(model_dir=model_dir, max_body_bytes=1024, log_level="warning")) as small:
+        assert post_json(small, RECORD).status_code == 200
+        error_of(post_json(small, [RECORD] * 30), 413)
+
+
+def test_issues_are_capped_and_counted(client: TestClient) -> None:
+    bad = [{**RECORD, "age": 17, "bmi": 5}] * 60
+    error = error_of(post_json(client, bad), 422, "[0].age")
+    assert len(error["issues"]) == MAX_REPORTED_ISSUES
+    assert "the first 20 of 120 problems are listed" in error["message"]
+
+
+def test_long_values_are_cut_in_errors(client: TestClient) -> None:
+    error = error_of(post_json(client, {**RECORD, "sex": "x" * 10_000}), 422, "sex")
+    assert len(error["issues"][0]["value"]) == protocol.MAX_SHOWN_VALUE
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("explain=yes", "explain"),
+        ("explain=", "explain"),
+        ("explain=1", "explain"),
+        ("explian=true", "explian"),
+        ("&".join(["explain=true"] * 40), "query"),
+    ],
+)
+def test_bad_query_parameters_are_422(client: TestClient, query: str, field: str) -> None:
+    error_of(client.post(f"/api/v1/predict?{query}", content=orjson.dumps(RECORD), headers=JSON_HEADERS), 422, field)
+
+
+# -- the tutorial's JSON route ----------------------------------------------------------
+def test_predict_api_answers_a_bare_number(client: TestClient, model: Artifact) -> None:
+    response = post_json(client, RECORD, "/predict_api")
+    assert response.status_code == 200
+    assert response.json() == pytest.approx(model.predict_record(RECORD).charges)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [([RECORD], 422, "body"), ({**RECORD, "age": 17}, 422, "age"), (b"{", 400, "body"), (b"NaN", 400, "body")],
+)
+def test_predict_api_errors(client: TestClient, body: Any, status: int, field: str) -> None:
+    error_of(post_json(client, body, "/predict_api"), status, field)
+
+
+# -- POST /api/v1/predict/csv -----------------------------------------------------------
+def _csv(rows: list[dict[str, Any]], header: list[str] | None = None, eol: str = "\n") -> str:
+    header = header or list(FEATURES)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator=eol)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row.get(h, "") for h in header])
+    return out.getvalue()
+
+
+def _read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_csv_in_the_same_csv_out(client: TestClient, insurance_csv: Path, model: Artifact) -> None:
+    text = insurance_csv.read_text().replace("charges", "actual")  # the data set, with its target renamed
+    response = client.post("/api/v1/predict/csv", content=text, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    sent, got = text.splitlines(), response.text.splitlines()
+    assert got[0] == sent[0] + ",charges,charges_low,charges_high"
+    assert len(got) == len(sent)
+    assert all(g.startswith(s + ",") for s, g in zip(sent[1:], got[1:], strict=True))
+    rows = _read_csv(response.text)
+    X = encode_records([{k: r[k] for k in FEATURES} for r in rows])
+    charges, low, high = model.predict(X)
+    assert [float(r["charges"]) for r in rows] == pytest.approx(np.round(charges, 2).tolist(), abs=0.006)
+    assert [float(r["charges_low"]) for r in rows] == pytest.approx(np.round(low, 2).tolist(), abs=0.006)
+    assert [float(r["charges_high"]) for r in rows] == pytest.approx(np.round(high, 2).tolist(), abs=0.006)
+
+
+def test_csv_as_a_multipart_upload(client: TestClient) -> None:
+    text = _csv([RECORD, SMOKER])
+    response = client.post("/api/v1/predict/csv", files={"file": ("patients.csv", text.encode(), "text/csv")})
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == 'attachment; filename="patients.scored.csv"'
+    assert [r["age"] for r in _read_csv(response.text)] == ["39", "52"]
+
+
+def test_csv_columns_in_any_order_with_extras_quoted_crlf_bom_and_blank_lines(client: TestClient) -> None:
+    header = ["id", "Region", "SMOKER", "children", "bmi", "sex", "age", "note"]
+    rows = [
+        {**RECORD, "Region": "southeast", "SMOKER": "no", "id": 1, "note": 'says "hi", twice'},
+        {**SMOKER, "Region": "northwest", "SMOKER": "yes", "id": 2, "note": "line\nbreak"},
+    ]
+    text = "\ufeff" + _csv(rows, header, eol="\r\n") + "\r\n"
+    single = post_json(client, SMOKER).json()
+    response = client.post("/api/v1/predict/csv", content=text.encode(), headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200
+    assert "\r\n" in response.text
+    out = _read_csv(response.text)
+    assert [r["id"] for r in out] == ["1", "2"]
+    assert out[0]["note"] == 'says "hi", twice'
+    assert out[1]["note"] == "line\nbreak"
+    assert float(out[1]["charges"]) == pytest.approx(single["charges"], abs=0.006)
+    blank = "age,sex,bmi,children,smoker,region\n\n39,female,30.4,1,no,southeast\n\n52,male,34.1,3,yes,northwest"
+    response = client.post("/api/v1/predict/csv", content=blank, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200
+    assert len(response.text.strip().splitlines()) == 3
+
+
+def test_bad_csv_rows_get_one_422_with_row_column_and_rule(client: TestClient) -> None:
+    rows = [RECORD, {**RECORD, "age": 17}, {**RECORD, "sex": "x", "bmi": ""}, RECORD, {**RECORD, "children": "two"}]
+    response = client.post("/api/v1/predict/csv", content=_csv(rows), headers={"Content-Type": "text/csv"})
+    error = error_of(response, 422)
+    found = {(i["row"], i["field"], i["rule"]) for i in error["issues"]}
+    assert found == {
+        (2, "age", "must be a whole number from 18 to 100"),
+        (3, "sex", "must be one of female, male"),
+        (3, "bmi", "is required"),
+        (5, "children", "must be a whole number from 0 to 10"),
+    }
+    assert {i["value"] for i in error["issues"] if "value" in i} == {"17", "x", "two"}  # as sent: CSV is text
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "field", "rule"),
+    [
+        ("", 400, "body", "is required"),
+        ("age,sex,bmi,children,smoker,region\n", 422, "body", "at least one data row"),
+        ("age,sex,bmi,children,region\n39,female,30.4,1,southeast\n", 422, "smoker", "column is required"),
+        ("age,sex,bmi,children,smoker,region,charges\n39,female,30.4,1,no,southeast,1\n", 422, "charges", "adds"),
+        ("age,age,sex,bmi,children,smoker,region\n", 422, "age", "appears 2 times"),
+        ("age,sex,bmi,children,smoker,region\n39,female,30.4\n", 422, "(row)", "has 3 values but the header has 6"),
+        ("age,sex,bmi,children,smoker,region\n39,female,30.4,1,no,south\x00east\n", 422, "region", "one of"),
+        ("age,sex,bmi,children,smoker,region\r39,female,30.4,1,no,southeast\r", 400, "body", "valid CSV"),
+        ("a" * 200_000, 400, "body", "valid CSV"),
+    ],
+    ids=["empty", "header-only", "missing-column", "output-column", "duplicate", "ragged", "nul", "cr-only", "huge"],
+)
+def test_bad_csv_files(client: TestClient, text: str, status: int, field: str, rule: str) -> None:
+    response = client.post("/api/v1/predict/csv", content=text.encode(), headers={"Content-Type": "text/csv"})
+    error_of(response, status, field, rule)
+
+
+def test_csv_that_is_not_utf8_is_400(client: TestClient) -> None:
+    body = "age,sex,bmi,children,smoker,region\n39,fémale,30.4,1,no,southeast\n".encode("latin-1")
+    error_of(client.post("/api/v1/predict/csv", content=body, headers={"Content-Type": "text/csv"}), 400, "body")
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "image/png"])
+def test_csv_wrong_content_type_is_415(client: TestClient, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/v1/predict/csv", content=_csv([RECORD]).encode(), headers=headers)
+    error_of(response, 415, "Content-Type")
+
+
+def test_csv_multipart_without_a_file_part_is_422(client: TestClient) -> None:
+    response = client.post("/api/v1/predict/csv", data={"age": "39"}, files={"other": ("", b"", "text/plain")})
+    assert response.status_code in (200, 422)  # a nameless file part is taken as the upload when it is the only one
+    response = client.post(
+        "/api/v1/predict/csv",
+        content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b--\r\n',
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    error_of(response, 422, "file", "is required")
+    response = client.post(
+        "/api/v1/predict/csv", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    error_of(response, 400, "body", "multipart")
+    response = client.post("/api/v1/predict/csv", content=b"x", headers={"Content-Type": "multipart/form-data"})
+    error_of(response, 400, "Content-Type", "boundary")
+
+
+def test_csv_limits_are_configurable(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, csv_max_rows=10, csv_max_bytes=4096, log_level="warning")
+    with ready_client(settings) as limited:
+        ok = limited.post("/api/v1/predict/csv", content=_csv([RECORD] * 10), headers={"Content-Type": "text/csv"})
+        assert ok.status_code == 200
+        rows = limited.post("/api/v1/predict/csv", content=_csv([RECORD] * 11), headers={"Content-Type": "text/csv"})
+        error_of(rows, 413, "body", "at most 10 rows")
+        big = _csv([RECORD] * 10) + "x" * 5000
+        error_of(limited.post("/api/v1/predict/csv", content=big, headers={"Content-Type": "text/csv"}), 413)
+
+
+def test_csv_takes_100k_rows(client: TestClient) -> None:
+    line = "39,female,30.4,1,no,southeast\n52,male,34.1,3,yes,northwest\n"
+    text = "age,sex,bmi,children,smoker,region\n" + line * 50_000
+    response = client.post("/api/v1/predict/csv", content=text, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert len(lines) == 100_001
+    assert lines[1].split(",")[:6] == ["39", "female", "30.4", "1", "no", "southeast"]
+    assert lines[-1].startswith("52,male,34.1,3,yes,northwest,")
+
+
+# -- GET /api/v1/model ------------------------------------------------------------------
+def test_model_metadata(client: TestClient, model: Artifact) -> None:
+    response = client.get("/api/v1/model")
+    assert response.status_code == 200
+    info = response.json()
+    assert info["version"] == model.version
+    assert info["interval_level"] == 0.9
+    assert [f["name"] for f in info["schema"]] == list(FEATURES)
+    assert "holdout" in info["metrics"]
+    assert "files" not in info
+    error_of(client.get("/api/v1/model?x=1"), 422, "x")
+
+
+# -- the form ---------------------------------------------------------------------------
+def test_form_page(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    for name in FEATURES:
+        assert f'name="{name}"' in response.text
+
+
+@pytest.mark.parametrize("path", ["/", "/predict"])
+def test_form_prediction(client: TestClient, model: Artifact, path: str) -> None:
+    form = {k: str(v) for k, v in RECORD.items()} | {"submit": "Forecast"}
+    response = client.post(path, data=form)
+    assert response.status_code == 200
+    expected = model.predict_record(RECORD)
+    assert f"${expected.charges:,.0f}" in response.text
+    assert f"${expected.low:,.0f}" in response.text
+    assert f"${expected.high:,.0f}" in response.text
+    assert "90%" in response.text
+
+
+def test_form_as_multipart(client: TestClient) -> None:
+    form = {k: (None, str(v)) for k, v in RECORD.items()}
+    assert client.post("/predict", files=form).status_code == 200
+
+
+def test_form_errors_are_inline_and_escaped(client: TestClient) -> None:
+    form = {**{k: str(v) for k, v in RECORD.items()}, "age": "17", "sex": "<script>alert(1)</script>", "bmi": ""}
+    response = client.post("/predict", data=form)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "must be a whole number from 18 to 100" in response.text
+    assert "must be one of female, male" in response.text
+    assert "is required" in response.text
+    assert "<script>" not in response.text
+    assert 'value="17"' in response.text  # what the person typed stays in the field
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status"),
+    [
+        (b"age=39", {"Content-Type": "application/json"}, 415),
+        (b"x" * (2 << 20), {"Content-Type": "application/x-www-form-urlencoded"}, 413),
+        (b"--b\r\nbroken", {"Content-Type": "multipart/form-data; boundary=b"}, 400),
+    ],
+    ids=["json", "too-big", "bad-multipart"],
+)
+def test_form_transport_errors_are_pages(
+    client: TestClient, content: bytes, headers: dict[str, str], status: int
+) -> None:
+    response = client.post("/predict", content=content, headers=headers)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<form" in response.text
+
+
+# -- metrics ----------------------------------------------------------------------------
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_count_requests_predictions_and_inputs(model_dir: Path, model: Artifact) -> None:
+    with ready_client(Settings(model_dir=model_dir, log_level="warning")) as fresh:
+        for _ in range(3):
+            assert post_json(fresh, RECORD).status_code == 200
+        assert post_json(fresh, [RECORD, SMOKER]).status_code == 200
+        assert post_json(fresh, {**RECORD, "age": 1}).status_code == 422
+        csv_text = _csv([RECORD, SMOKER, SMOKER])
+        assert fresh.post("/api/v1/predict/csv", content=csv_text, headers={"Content-Type": "text/csv"}).is_success
+        response = fresh.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    s = _samples(response.text)
+    route = 'method="POST",route="/api/v1/predict"'
+    assert s[f'chargecast_http_requests_total{{{route},status="200"}}'] == 4
+    assert s[f'chargecast_http_requests_total{{{route},status="422"}}'] == 1
+    assert s[f'chargecast_http_request_duration_seconds_count{{{route},status="200"}}'] == 4
+    assert s[f'chargecast_http_request_duration_seconds_bucket{{le="+Inf",{route},status="200"}}'] == 4
+    assert s['chargecast_predictions_total{endpoint="api"}'] == 5
+    assert s['chargecast_predictions_total{endpoint="csv"}'] == 3
+    assert s["chargecast_predicted_charges_count"] == 8
+    assert s["chargecast_input_age_count"] == 8
+    assert s["chargecast_input_age_sum"] == 5 * 39 + 3 * 52
+    assert s['chargecast_input_category_total{feature="smoker",value="yes"}'] == 3
+    assert s['chargecast_input_category_total{feature="region",value="southeast"}'] == 5
+    labels = f'interval_level="{model.level:g}",predictor="{model.predictor.kind}",version="{model.version}"'
+    assert s[f"chargecast_model_info{{{labels}}}"] == 1
+    assert s['chargecast_http_requests_in_progress{route="/metrics"}'] == 1
+
+
+# -- routing, ids, logs -----------------------------------------------------------------
+def test_unknown_path_and_wrong_method_are_json_errors(client: TestClient) -> None:
+    error_of(client.get("/nope"), 404, "path")
+    response = client.get("/api/v1/predict")
+    error_of(response, 405, "method")
+    assert response.headers["allow"] == "POST"
+    assert set(client.delete("/").headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+
+
+def test_request_ids(client: TestClient) -> None:
+    generated = client.get("/healthz").headers["x-request-id"]
+    assert generated
+    assert generated != client.get("/healthz").headers["x-request-id"]
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    replaced = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"]
+    assert replaced != "bad id\twith spaces"
+
+
+def test_one_json_access_line_per_request_without_patient_data(
+    model_dir: Path, model: Artifact, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with ready_client(Settings(model_dir=model_dir, log_level="info")) as logged:
+        logged.app.state.service.access.flush()  # type: ignore[attr-defined]  # the readiness polls
+        capfd.readouterr()
+        post_json(logged, RECORD, headers={**JSON_HEADERS, "X-Request-ID": "trace-me"})
+        post_json(logged, {**RECORD, "region": "atlantis"})
+        logged.app.state.service.access.flush()  # type: ignore[attr-defined]
+        out = capfd.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if '"event":"request"' in line]
+    assert len(lines) == 2
+    first, second = lines
+    assert first["request_id"] == "trace-me"
+    assert first["route"] == "/api/v1/predict"
+    assert first["method"] == "POST"
+    assert first["status"] == 200
+    assert first["model_version"] == model.version
+    assert first["level"] == "info"
+    assert first["ts"].endswith("Z")
+    assert 0 < first["duration_ms"] < 10_000
+    assert second["status"] == 422
+    assert "southeast" not in out
+    assert "atlantis" not in out
+    assert "30.4" not in out
+
+
+# -- API keys ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keyed(model_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(model_dir=model_dir, api_keys=f"{KEY}, {OTHER_KEY}", log_level="warning")  # type: ignore[arg-type]
+    with ready_client(settings) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/v1/predict", RECORD),
+        ("POST", "/predict_api", RECORD),
+        ("POST", "/api/v1/predict/csv", None),
+        ("GET", "/api/v1/model", None),
+    ],
+)
+def test_api_routes_need_a_key(keyed: TestClient, method: str, path: str, body: Any) -> None:
+    content = orjson.dumps(body) if body else _csv([RECORD]).encode()
+    content_type = "application/json" if body else "text/csv"
+
+    def call(auth: str | None) -> Any:
+        headers = {"Content-Type": content_type} | ({"Authorization": auth} if auth else {})
+        return keyed.request(method, path, content=content if method == "POST" else None, headers=headers)
+
+    missing = call(None)
+    error_of(missing, 401, "Authorization", "is required")
+    assert missing.headers["www-authenticate"] == 'Bearer realm="chargecast"'
+    assert "Authorization: Bearer <key>" in missing.json()["error"]["message"]
+    error_of(call("Bearer nope"), 401, "Authorization", "valid API key")
+    error_of(call(f"Basic {KEY}"), 401, "Authorization", "Bearer <key>")
+    error_of(call("Bearer"), 401, "Authorization")
+    error_of(call(f"Bearer {KEY}x"), 401)
+    assert call(f"Bearer {KEY}").status_code == 200
+    assert call(f"bearer  {OTHER_KEY} ").status_code == 200
+
+
+def test_health_metrics_docs_and_form_stay_open(keyed: TestClient) -> None:
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"):
+        assert keyed.get(path).status_code == 200, path
+    assert keyed.post("/predict", data={k: str(v) for k, v in RECORD.items()}).status_code == 200
+
+
+def test_the_form_can_require_a_key(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, api_keys=KEY, form_requires_key=True, log_level="warning")  # type: ignore[arg-type]
+    with ready_client(settings) as c:
+        assert c.get("/").status_code == 401
+        assert c.post("/predict", data=RECORD).status_code == 401
+        assert c.get("/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert c.post("/predict", data=RECORD, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_without_keys_nothing_asks_for_one(client: TestClient) -> None:
+    assert post_json(client, RECORD, headers={**JSON_HEADERS, "Authorization": "Bearer whatever"}).status_code == 200
+    assert "securitySchemes" not in client.get("/openapi.json").json()["components"]
+
+
+# -- OpenAPI and docs -------------------------------------------------------------------
+def test_openapi_document_covers_every_route(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    routes = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops}
+    app: Starlette = client.app  # type: ignore[assignment]
+    app_routes = {(m, r.path) for r in app.routes if isinstance(r, Route) for m in (r.methods or set()) - {"HEAD"}}
+    assert routes == app_routes
+    schemas = document["components"]["schemas"]
+    record = schemas["PatientRecord"]
+    assert record["required"] == list(FEATURES)
+    assert record["additionalProperties"] is False
+    age = record["properties"]["age"]
+    assert (age["type"], age["minimum"], age["maximum"]) == ("integer", 18, 100)
+    assert record["properties"]["region"]["enum"] == ["northeast", "northwest", "southeast", "southwest"]
+    assert schemas["PatientBatch"]["maxItems"] == 10_000
+    assert set(schemas["Error"]["properties"]["error"]["required"]) == {"status", "message", "issues"}
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    for path, ops in document["paths"].items():
+        for op in ops.values():
+            for status, response in op["responses"].items():
+                if status.startswith(("4", "5")) and "application/json" in response["content"]:
+                    assert response["content"]["application/json"]["schema"] == error_ref, path
+
+
+def test_keyed_document_declares_bearer_auth_on_api_routes_only(keyed: TestClient) -> None:
+    document = keyed.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    secured = {p for p, ops in document["paths"].items() for op in ops.values() if op.get("security")}
+    assert secured == {"/api/v1/predict", "/api/v1/predict/csv", "/api/v1/model", "/predict_api"}
+    assert document == openapi.build(keyed.app.state.service.settings)  # type: ignore[attr-defined]
+
+
+def test_docs_page_is_self_contained(client: TestClient) -> None:
+    response = client.get("/docs")
+    assert response.status_code == 200
+    page = response.text
+    for path in ("/api/v1/predict", "/api/v1/predict/csv", "/predict_api", "/healthz", "/metrics"):
+        assert f"<code>{path}</code>" in page
+    assert "PatientRecord" in page
+    assert "southeast" in page
+    assert "<script" not in page
+    assert "http://" not in page
+    assert "https://" not in page
+
+
+def test_no_5xx_for_random_garbage(client: TestClient) -> None:
+    rng = np.random.default_rng(3)
+    paths = ["/api/v1/predict", "/predict_api", "/api/v1/predict/csv", "/predict", "/"]
+    kinds = ["application/json", "text/csv", "application/x-www-form-urlencoded", "multipart/form-data; boundary=z"]
+    for _ in range(200):
+        body = rng.bytes(int(rng.integers(0, 300)))
+        path = paths[int(rng.integers(len(paths)))]
+        kind = kinds[int(rng.integers(len(kinds)))]
+        response = client.post(path, content=body, headers={"Content-Type": kind})
+        assert response.status_code < 500, (path, kind, body, response.text)
+    assert not math.isnan(post_json(client, RECORD).json()["charges"])
+
+
+# -- protocol details (no transport) ----------------------------------------------------
+def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None:
+    lines = ["39,female,30.4,1,no,southeast"] * 25
+    lines[6] = "17,female,30.4,1,no,southeast"  # row 7, in the second chunk of 5
+    lines[22] = "39,female,30.4,1,maybe,southeast"  # row 23, in the fifth
+    text = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines) + "\n"
+    seen: list[int] = []
+    with pytest.raises(protocol.ApiError) as caught:
+        protocol.score_csv(model, text, 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
+    assert caught.value.status == 422
+    assert [(i.row, i.field) for i in caught.value.issues] == [(7, "age"), (23, "smoker")]
+    assert seen == [5]  # prediction stops at the first bad chunk; validation goes on
+    lines[6], lines[22] = lines[0], lines[0]
+    whole = protocol.score_csv(model, "age,sex,bmi,children,smoker,region\n" + "\n".join(lines), 100, chunk_rows=5)
+    one = protocol.score_csv(model, "age,sex,bmi,children,smoker,region\n" + "\n".join(lines), 100)
+    assert whole.rows == 25
+    assert whole.charges.tolist() == one.charges.tolist()
+
+
+def test_csv_ragged_rows_are_reported_with_the_bad_values_before_them(model: Artifact) -> None:
+    text = "age,sex,bmi,children,smoker,region\n17,female,30.4,1,no,southeast\n39,female\n101,male,30,1,no,x\n"
+    with pytest.raises(protocol.ApiError) as caught:
+        protocol.score_csv(model, text, 100, chunk_rows=5)
+    assert [(i.row, i.field) for i in caught.value.issues] == [(1, "age"), (2, "(row)")]
+
+
+def test_multipart_parts_are_offsets_into_the_body() -> None:
+    body = (
+        b'preamble\r\n--xyz\r\nContent-Disposition: form-data; name="a"\r\n\r\none\r\n'
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p \\"q\\".csv"\r\n'
+        b"Content-Type: text/csv\r\n\r\nage\r\n39\r\n--xyz--\r\n"
+    )
+    parts = protocol.parse_multipart(body, 'multipart/form-data; boundary="xyz"')
+    assert [(p.name, p.filename, p.content_type) for p in parts] == [
+        ("a", None, "text/plain"),
+        ("file", 'p "q".csv', "text/csv"),
+    ]
+    assert body[parts[1].start : parts[1].end] == b"age\r\n39"
+
+
+def test_bearer_check_compares_every_key() -> None:
+    keys = (b"alpha", b"beta")
+    protocol.check_bearer("Bearer beta", keys)
+    for header in (None, "Bearer", "Token beta", "Bearer gamma", "Bearer alph"):
+        with pytest.raises(protocol.ApiError) as caught:
+            protocol.check_bearer(header, keys)
+        assert caught.value.status == 401
+        assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_unexpected_error_is_a_json_500_and_logged(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    settings = Settings(model_dir=model_dir, log_level="warning")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        monkeypatch.setattr(protocol, "predict_one", broken)
+        error = error_of(post_json(c, RECORD), 500)
+        assert "request id" in error["message"]
+        assert "boom" not in error["message"]  # internals stay in the log
+        metrics = c.get("/metrics").text
+    assert 'chargecast_http_requests_total{method="POST",route="/api/v1/predict",status="500"} 1.0' in metrics
