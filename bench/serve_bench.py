@@ -206,10 +206,13 @@ def load(port: int, connections: int, threads: int, seconds: int, script: Path) 
     return asyncio.run(_py_load(port, connections, seconds))
 
 
-def measure(name: str, cmd: list[str], seconds: int, script: Path) -> dict[str, object]:
+def measure(name: str, cmd: list[str], seconds: int, script: Path, settle: float) -> dict[str, object]:
     port = free_port()
     cmd = [c.replace("{port}", str(port)) for c in cmd]
     with started(cmd, port) as (proc, start_s):
+        # The first prediction needs only one worker; wrk's keep-alive connections, opened at
+        # once, would all stay with it if the other were still starting, halving the figure.
+        time.sleep(settle)
         many = load(port, 16, 2, seconds, script)
         one = load(port, 1, 1, seconds, script)
         rss, pss = memory_mb(proc.pid)
@@ -236,6 +239,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="model artifact directory (default: train one)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds between start-up and load (all workers up)")
     ap.add_argument("--rounds", type=int, default=3, help="alternate floor and chargecast this many times (medians)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -255,8 +259,8 @@ def main() -> None:
         print(f"targets: {TARGETS}")
         floors, ours = [], []
         for _ in range(args.rounds):
-            floors.append(measure("floor", floor_cmd, args.seconds, script))
-            ours.append(measure("chargecast", ours_cmd, args.seconds, script))
+            floors.append(measure("floor", floor_cmd, args.seconds, script, args.settle))
+            ours.append(measure("chargecast", ours_cmd, args.seconds, script, args.settle))
 
     def med(runs: list[dict[str, object]], key: str, attr: str | None = None) -> float:
         values = [float(getattr(r[key], attr) if attr else r[key]) for r in runs]  # type: ignore[arg-type]

@@ -64,6 +64,15 @@ def keyed_app(model_dir: Path) -> Starlette:
     return app
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [OPEN, KEYED, Settings(api_keys=KEY, form_requires_key=True)],  # type: ignore[arg-type]
+    ids=["open", "keyed", "keyed-form"],
+)
+def test_the_document_is_valid_openapi_31(settings: Settings) -> None:
+    schemathesis.openapi.from_dict(openapi.build(settings)).validate()  # against the OpenAPI 3.1 meta-schema
+
+
 def _excluded(case: Case[Any]) -> list[Callable[..., Any]]:
     if case.operation.path == "/api/v1/predict/csv":
         # A CSV body is documented as a string: JSON Schema cannot say "CSV with these columns",

@@ -112,7 +112,6 @@ class Service:
         self.openapi_json = openapi.to_json(self.document)
         self.docs_html = openapi.render_docs(self.document)
         self.csv_slots = anyio.Semaphore(CSV_SLOTS)
-        self.loaded_at: float | None = None
         self._loaded = asyncio.Event()  # set when loading ends, either way
 
     @property
@@ -169,7 +168,6 @@ class Service:
         self.model_info = protocol.model_info(model)
         self.metrics.set_model(model.version, model.predictor.kind, model.level)
         self.model = model
-        self.loaded_at = time.time()
         self._loaded.set()
         gc.collect()
         gc.freeze()  # start-up objects never die: keep them out of every later collection (tail latency)
@@ -280,9 +278,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         model = svc.model or await svc.wait_for_model()
         protocol.parse_query(request.scope["query_string"])
         content_type = _header(request.scope, b"content-type")
-        kind = protocol.media_type(content_type)
-        if kind != "multipart/form-data" and kind not in protocol.CSV_TYPES:
-            protocol.csv_text(bytearray(), content_type)  # raises the 415
+        protocol.require_csv(content_type)
         async with svc.csv_slots:
             body = await read_body(request, settings.csv_max_bytes, " (split the file)")
             buffer = body if isinstance(body, bytearray) else bytearray(body)

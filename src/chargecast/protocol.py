@@ -450,6 +450,17 @@ def _lines(text: str) -> Iterator[str]:
         start = end + 1
 
 
+def require_csv(content_type: str | None) -> None:
+    """A CSV body or a multipart upload; checked before the (possibly large) body is read."""
+    kind = media_type(content_type)
+    if kind != "multipart/form-data" and kind not in CSV_TYPES:
+        raise ApiError(
+            415,
+            f"Content-Type must be text/csv or multipart/form-data ({f'got {kind}' if kind else 'none was sent'})",
+            [Issue("Content-Type", "must be text/csv or multipart/form-data", kind or None)],
+        )
+
+
 def csv_text(body: bytearray, content_type: str | None) -> tuple[str, str | None]:
     """Decode a CSV body (raw, or the file part of a multipart upload); empties ``body``.
 
@@ -469,12 +480,8 @@ def csv_text(body: bytearray, content_type: str | None) -> tuple[str, str | None
                 [Issue("file", "is required")],
             )
         start, end, filename = chosen.start, chosen.end, chosen.filename
-    elif kind not in CSV_TYPES:
-        raise ApiError(
-            415,
-            f"Content-Type must be text/csv or multipart/form-data ({f'got {kind}' if kind else 'none was sent'})",
-            [Issue("Content-Type", "must be text/csv or multipart/form-data", kind or None)],
-        )
+    else:
+        require_csv(content_type)
     try:
         with memoryview(body) as view:
             text = str(view[start:end], "utf-8-sig")
