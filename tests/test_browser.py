@@ -1,9 +1,7 @@
 """The form in a real browser: type, submit, read the answer, see the errors, on desktop and phone.
 
-Until the real web routes land, a minimal Starlette app in this file stands in for them:
-it does exactly what the page's contract needs (GET renders, POST validates with the
-schema, predicts and explains). Set ``CHARGECAST_BASE_URL`` to drive a running service
-instead. Screenshots go to ``test-artifacts/`` for people to look at.
+The real app runs in a thread under uvicorn; set ``CHARGECAST_BASE_URL`` to drive a
+running service instead. Screenshots go to ``test-artifacts/`` for people to look at.
 """
 
 from __future__ import annotations
@@ -14,20 +12,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs
 
-import numpy as np
+import httpx
 import pytest
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse
-from starlette.routing import Route
 
 from browser import CHROMIUM, Browser
 from chargecast import schema
+from chargecast.app import create_app
 from chargecast.artifact import Artifact
-from chargecast.form import FormResult, dollars, render_page
+from chargecast.form import dollars
+from chargecast.settings import Settings
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,52 +37,22 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 PATIENT = {"age": "52", "sex": "male", "bmi": "34.1", "children": "2", "smoker": "yes", "region": "northwest"}
 
 
-def make_app(model: Artifact) -> Starlette:
-    """The routes the form expects, and nothing else."""
-
-    async def page(request: Request) -> HTMLResponse:
-        if request.method == "GET":
-            return HTMLResponse(render_page(values={}, errors={}, result=None, model=model))
-        # request.form() needs python-multipart even for urlencoded bodies; parse_qs does not.
-        body = (await request.body()).decode("utf-8", errors="replace")
-        values = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
-        encoded, issues = schema.validate_record(values)
-        if issues:
-            errors: dict[str, str] = {}
-            for issue in issues:
-                spec = schema.FIELD_BY_NAME.get(issue.field)
-                errors.setdefault(issue.field, f"{spec.label if spec else issue.field} {issue.rule}")
-            return HTMLResponse(render_page(values=values, errors=errors, result=None, model=model), 422)
-        prediction = model.predict_record(values)
-        contributions = model.explain(np.array([encoded]))[0]
-        result = FormResult(
-            charges=prediction.charges,
-            low=prediction.low,
-            high=prediction.high,
-            level=model.level,
-            contributions={name: float(c) for name, c in zip(schema.FEATURES, contributions, strict=True)},
-            baseline=model.baseline,
-        )
-        return HTMLResponse(render_page(values=values, errors={}, result=result, model=model))
-
-    return Starlette(routes=[Route("/", page, methods=["GET", "POST"])])
-
-
 @pytest.fixture(scope="module")
-def base_url(model: Artifact) -> Iterator[str]:
-    """The stand-in app served by uvicorn on a free local port, in a thread."""
+def base_url(model_dir: Path) -> Iterator[str]:
+    """The real app (``create_app``) served by uvicorn on a free local port, in a thread."""
     if url := os.environ.get("CHARGECAST_BASE_URL"):
         yield url.rstrip("/")
         return
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(model), log_level="warning", lifespan="off"))
+    app = create_app(Settings(model_dir=model_dir))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 15
-        while not server.started:
+        while not server.started or httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
             if not thread.is_alive() or time.monotonic() > deadline:
                 pytest.fail("the test server did not start")
             time.sleep(0.02)

@@ -408,11 +408,13 @@ def form_values(body: bytes | bytearray, content_type: str | None) -> dict[str, 
 
 
 def check_form(values: Mapping[str, str]) -> tuple[list[float], dict[str, str]]:
-    """Validate form strings; errors map each field to its rule, ready to show beside it."""
+    """Validate form strings; errors map each field to a sentence naming it, shown beside it
+    and in the error summary ("Age must be a whole number from 18 to 100")."""
     encoded, issues = validate_record(values)
     errors: dict[str, str] = {}
     for issue in issues:
-        errors.setdefault(issue.field, issue.rule)
+        spec = FIELD_BY_NAME.get(issue.field)
+        errors.setdefault(issue.field, f"{spec.label} {issue.rule}" if spec else issue.rule)
     return encoded, errors
 
 
