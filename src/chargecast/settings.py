@@ -34,7 +34,9 @@ class Settings(BaseSettings):
         default=1 << 20, ge=1024, description="Largest JSON or form body; bigger ones get 413 (use the CSV route)."
     )
     csv_max_bytes: int = Field(default=64 << 20, ge=1024, description="Largest CSV upload in bytes.")
-    csv_max_rows: int = Field(default=1_000_000, ge=1, description="Most data rows in one CSV request.")
+    csv_max_rows: int = Field(
+        default=250_000, ge=1, description="Most data rows in one CSV request (~40 MB of worker memory)."
+    )
     # Comma- or whitespace-separated, so a Kubernetes Secret can hold several keys during rotation.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(), description="When set, API routes need 'Authorization: Bearer <key>'."
