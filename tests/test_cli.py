@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,4 +63,20 @@ def test_user_errors_never_show_a_traceback(args: list[str], message: str, insur
     proc = run(*[a.replace("{data}", str(insurance_csv)) for a in args], cwd=tmp_path)
     assert proc.returncode == 2
     assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_setting_is_named_by_its_environment_variable(tmp_path: Path) -> None:
+    env = os.environ | {"CHARGECAST_PORT": "abc"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "chargecast.cli", "serve"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "setting CHARGECAST_PORT: Input should be a valid integer" in proc.stderr
     assert "Traceback" not in proc.stderr

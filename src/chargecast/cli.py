@@ -198,10 +198,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  ... {exc.total - len(exc.issues)} more problems", file=sys.stderr)
         return 2
     except known as exc:
-        print(f"chargecast {args.command}: {exc}", file=sys.stderr)
+        print(f"chargecast {args.command}: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _describe(exc: Exception) -> str:
+    """One line; a bad setting is named by the environment variable a user would fix."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__module__.startswith("pydantic") and callable(errors):
+        parts = []
+        for error in errors():
+            name = "CHARGECAST_" + "_".join(str(p) for p in error["loc"]).upper()
+            parts.append(f"setting {name}: {error['msg']} (got {error.get('input')!r})")
+        return "; ".join(parts)
+    return str(exc)
 
 
 if __name__ == "__main__":
