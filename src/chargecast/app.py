@@ -320,7 +320,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             exc.headers,
         )
 
-    async def form_get(request: Request) -> Response:
+    async def form_page(request: Request, submitted: bool) -> Response:
         try:
             model = svc.model or await svc.wait_for_model()
         except ApiError as exc:
@@ -328,20 +328,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             if settings.form_requires_key:
                 svc.authorize(request)
-        except ApiError as exc:
-            response = _page(model, exc.status, errors={FORM_ERROR_KEY: exc.message})
-            response.headers.update(exc.headers)
-            return response
-        return _page(model, 200)
-
-    async def form_post(request: Request) -> Response:
-        try:
-            model = svc.model or await svc.wait_for_model()
-        except ApiError as exc:
-            return _not_ready_page(exc)
-        try:
-            if settings.form_requires_key:
-                svc.authorize(request)
+            if not submitted:
+                return _page(model, 200)
             body = await read_body(request, max_body, "")
             values = protocol.form_values(body, _header(request.scope, b"content-type"))
         except ApiError as exc:
@@ -355,8 +343,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         svc.metrics.observe_one("form", encoded, result.charges)
         return _page(model, 200, values=values, result=result)
 
+    async def form_post(request: Request) -> Response:
+        return await form_page(request, submitted=True)
+
     async def form_root(request: Request) -> Response:
-        return await (form_post(request) if request.method == "POST" else form_get(request))
+        return await form_page(request, submitted=request.method == "POST")
 
     # -- operations ----------------------------------------------------------------------
     async def healthz(request: Request) -> Response:
