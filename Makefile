@@ -36,6 +36,7 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/batch_bench.py
 
 # Serving throughput/latency/memory/start-up against a bare Starlette floor; needs wrk (apt-get install wrk).
 serve-bench: $(STAMP)
