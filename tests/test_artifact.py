@@ -139,3 +139,65 @@ def test_rewrite_replaces_atomically(copy: Path, trained: TrainResult) -> None:
     meta = artifact.write(copy, trained.predictor, trained.bands, {"model": "again"})
     assert Artifact.load(copy).metadata["version"] == meta["version"]
     assert [p.name for p in copy.parent.iterdir()] == ["model"]
+
+
+def rehash(path: Path) -> None:
+    """Re-sign the file hashes after an edit: what a careless (not malicious) tool would do."""
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["files"] = {rel: artifact.sha256_file(path / rel) for rel in meta["files"]}
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"files": ["model.json"]}, "'files' must map"),
+        ({"files": None}, "'files' must map"),
+        ({"version": None}, "'version' must be a string"),
+    ],
+)
+def test_malformed_metadata_is_an_artifact_error(copy: Path, changes: dict[str, Any], message: str) -> None:
+    edit_metadata(copy, **changes)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.load(copy)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda spec: spec["interval"].update(lo=spec["interval"]["lo"][:1]), "windows"),
+        (lambda spec: spec["interval"].update(groups=["a", "b", "c"]), "unknown interval groups"),
+        (lambda spec: spec["predictor"].update(coef=spec["predictor"]["coef"][:-1]), "differ in length"),
+        (lambda spec: spec.update(predictor="linear"), "cannot build the model"),
+    ],
+)
+def test_structurally_broken_models_are_refused_at_load(copy: Path, edit: Any, message: str) -> None:
+    spec = json.loads((copy / "model.json").read_text())
+    edit(spec)
+    (copy / "model.json").write_text(json.dumps(spec))
+    rehash(copy)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.load(copy)
+
+
+def test_rewording_labels_keeps_the_artifact_loadable_but_ranges_do_not(copy: Path) -> None:
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["schema"][1]["help"] = "Reworded help text."
+    meta["schema"][1]["label"] = "Gender"
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    assert Artifact.load(copy).version == meta["version"]
+    meta["schema"][0]["maximum"] = 120
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="different patient record schema"):
+        Artifact.load(copy)
+
+
+def test_the_committed_model_loads_and_meets_the_targets() -> None:
+    """What `make run` and the image serve: it must load with this code and be the good one."""
+    committed = Artifact.load(Path(__file__).resolve().parents[1] / "models" / "current")
+    holdout = committed.metadata["metrics"]["holdout"]
+    assert holdout["r2"] >= 0.88
+    assert holdout["mae"] <= 2350
+    assert 0.86 <= holdout["coverage"] <= 0.94
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert committed.version in readme

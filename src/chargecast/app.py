@@ -47,6 +47,7 @@ FORM_ERROR_KEY: Final = ""  # render_page shows errors[""] as a message that bel
 INLINE_BODY: Final = 64 * 1024  # bigger JSON bodies are parsed off the event loop
 MODEL_WAIT_SECONDS = 5.0  # how long a request waits for a model that is still loading
 CSV_SLOTS: Final = 2  # concurrent CSV jobs per worker: each holds its upload in memory
+CSV_SLOT_WAIT: Final = 10.0  # seconds a CSV request may wait for a slot before a 503
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 EXPLAIN: Final = ("explain",)
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
@@ -279,12 +280,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
         protocol.parse_query(request.scope["query_string"])
         content_type = _header(request.scope, b"content-type")
         protocol.require_csv(content_type)
-        async with svc.csv_slots:
-            body = await read_body(request, settings.csv_max_bytes, " (split the file)")
+        # A bounded wait for a slot and a deadline for the upload: slow or idle clients must
+        # not hold every slot and hang the route for everyone else.
+        with anyio.move_on_after(CSV_SLOT_WAIT) as waited:
+            await svc.csv_slots.acquire()
+        if waited.cancelled_caught:
+            raise ApiError(503, "busy scoring other CSV files; retry shortly", headers={"Retry-After": "5"})
+        try:
+            with anyio.move_on_after(settings.csv_upload_timeout) as upload:
+                body = await read_body(request, settings.csv_max_bytes, " (split the file)")
+            if upload.cancelled_caught:
+                raise ApiError(
+                    408,
+                    f"the CSV upload did not finish within {settings.csv_upload_timeout:g} s",
+                    [Issue("body", f"must arrive within {settings.csv_upload_timeout:g} s")],
+                    {"Connection": "close"},
+                )
             buffer = body if isinstance(body, bytearray) else bytearray(body)
             del body
             scored = await anyio.to_thread.run_sync(_score_csv, model, buffer, content_type)
             del buffer
+        finally:
+            svc.csv_slots.release()
         headers = {}
         if scored.filename:
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", scored.filename.rsplit("/", 1)[-1]).removesuffix(".csv")

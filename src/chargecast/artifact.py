@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import platform
@@ -58,6 +59,15 @@ def _major(version: str) -> str:
     return version.split(".", 1)[0]
 
 
+def _semantic(fields: Any) -> Any:
+    """What a model depends on in a schema: names, order, types, ranges and categories.
+    Labels, help texts and examples may be reworded without retraining."""
+    if not isinstance(fields, list):
+        return fields
+    keep = ("name", "kind", "type", "minimum", "maximum", "enum")
+    return [{k: f.get(k) for k in keep} if isinstance(f, dict) else f for f in fields]
+
+
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "chargecast": chargecast.__version__, "numpy": np.__version__}
     for name in ("scikit-learn",):
@@ -89,30 +99,54 @@ class Artifact:
             raise ArtifactError(f"{meta_path}: not found (is {root} a chargecast model directory?)")
         try:
             metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-            files: dict[str, str] = metadata["files"]
-        except (ValueError, KeyError, TypeError) as exc:
+            files = metadata["files"]
+            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+                raise TypeError("'files' must map paths to sha256 strings")
+            if not isinstance(metadata.get("version"), str):
+                raise TypeError("'version' must be a string")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"{meta_path}: unreadable metadata ({exc})") from None
         for rel in (MODEL_FILE, ARRAYS_FILE):
             if rel not in files:
                 raise ArtifactError(f"{meta_path}: 'files' does not list {rel}")
+        contents: dict[str, bytes] = {}
         for rel, expected in files.items():
             file = (root / rel).resolve()
             if root.resolve() not in file.parents:
                 raise ArtifactError(f"{rel}: path escapes the artifact directory")
             if not file.is_file():
                 raise ArtifactError(f"{rel}: listed in metadata.json but missing")
-            if sha256_file(file) != expected:
+            # Hash the very bytes that are parsed below: no window to swap the file between.
+            contents[rel] = file.read_bytes()
+            if hashlib.sha256(contents[rel]).hexdigest() != expected:
                 raise ArtifactError(f"{rel}: sha256 does not match metadata.json (file changed or corrupt)")
         cls._check_compatible(metadata)
         try:
-            spec = json.loads((root / MODEL_FILE).read_text(encoding="utf-8"))
-            with np.load(root / ARRAYS_FILE, allow_pickle=False) as npz:
+            spec = json.loads(contents[MODEL_FILE].decode("utf-8"))
+            with np.load(io.BytesIO(contents[ARRAYS_FILE]), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             predictor = from_spec(spec["predictor"], arrays)
             bands = ConformalBands.from_json(spec["interval"])
-        except (ValueError, KeyError, TypeError, OSError) as exc:
+            artifact = cls(metadata, predictor, bands, root)
+            artifact._self_check()
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
             raise ArtifactError(f"{MODEL_FILE}: cannot build the model ({exc})") from None
-        return cls(metadata, predictor, bands, root)
+        return artifact
+
+    def _self_check(self) -> None:
+        """Predict one patient of every interval group, scalar and batch paths alike: a
+        structurally broken model fails here, at load, not on some later request."""
+        rows = np.array([[40, 0, 25, 1, 0, 2], [40, 1, 25, 1, 1, 0], [40, 1, 35, 1, 1, 3]], dtype=np.float64)
+        charges, low, high = self.predict(rows)
+        self.explain(rows)
+        for i, row in enumerate(rows.tolist()):
+            one = self.predict_row(row)
+            if not np.isfinite([one.charges, one.low, one.high]).all() or abs(one.charges - charges[i]) > 1e-6 * max(
+                1.0, abs(charges[i])
+            ):
+                raise ValueError(f"self-check failed on {schema.decode(row)}")
+        if not (np.isfinite(charges).all() and (low <= high).all()):
+            raise ValueError("self-check produced non-finite forecasts or inverted intervals")
 
     @staticmethod
     def _check_compatible(metadata: Mapping[str, Any]) -> None:
@@ -131,7 +165,7 @@ class Artifact:
                 f"artifact was written by chargecast {libs.get('chargecast')}, "
                 f"incompatible with chargecast {chargecast.__version__}"
             )
-        if metadata.get("schema") != schema.describe():
+        if _semantic(metadata.get("schema")) != _semantic(schema.describe()):
             raise ArtifactError("artifact was trained for a different patient record schema")
 
     # -- prediction ----------------------------------------------------------------------

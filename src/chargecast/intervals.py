@@ -121,6 +121,12 @@ class ConformalBands:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConformalBands:
+        groups = list(data["groups"])
+        if len(data["lo"]) != len(groups) or len(data["hi"]) != len(groups):
+            raise ValueError(f"interval has {len(groups)} groups but {len(data['lo'])}/{len(data['hi'])} windows")
+        known = [group_names(ex) for ex in ((), ("smoker",), ("bmi",), ("smoker", "bmi"))]
+        if groups not in known:
+            raise ValueError(f"unknown interval groups {groups}")
         return cls(
             float(data["level"]),
             list(data["groups"]),

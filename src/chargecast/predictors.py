@@ -52,6 +52,10 @@ class LinearTerms:
     ) -> None:
         self.terms = list(terms)
         self.coef = np.asarray(coef, dtype=np.float64)
+        if not len(self.terms) == len(self.coef) == len(term_means) == len(part_means):
+            raise ValueError("linear model: terms, coefficients and background means differ in length")
+        if not np.isfinite(self.coef).all() or not np.isfinite(intercept):
+            raise ValueError("linear model: coefficients must be finite")
         self.intercept = float(intercept)
         # Background means: of each term, and of each term's per-input part (two-input terms).
         self.term_means = np.asarray(term_means, dtype=np.float64)

@@ -8,6 +8,7 @@ row (for tables), the field, the offending value and the rule it broke.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -141,7 +142,7 @@ class Issue:
         if self.row is not None:
             out["row"] = self.row
         if self.value is not None:
-            value = self.value if _jsonable(self.value) else repr(self.value)
+            value = self.value if _jsonable(self.value) else _REPR.repr(self.value)
             out["value"] = value[:80] + "…" if isinstance(value, str) and len(value) > 80 else value
         return out
 
@@ -169,9 +170,21 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 36, 36, 4, 4
+MAX_NAME_CHARS: Final = 80
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A short repr; bounded in depth too, so a deeply nested value cannot recurse."""
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _name(key: Any) -> str:
+    """A field name as errors show it: unknown names can be arbitrarily long."""
+    text = str(key) if isinstance(key, str) else _REPR.repr(key)
+    return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "…"
 
 
 def _jsonable(value: Any) -> bool:
@@ -231,7 +244,7 @@ def validate_record(obj: Any, *, row: int | None = None, field_prefix: str = "")
             encoded.append(result)
     for key in obj:
         if key not in FIELD_BY_NAME:
-            issues.append(Issue(field_prefix + str(key), "is not a known field", None, row))
+            issues.append(Issue(field_prefix + _name(key), "is not a known field", None, row))
     return encoded, issues
 
 

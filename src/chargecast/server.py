@@ -38,6 +38,7 @@ _EXPORTED = (
     "max_body_bytes",
     "csv_max_bytes",
     "csv_max_rows",
+    "csv_upload_timeout",
     "form_requires_key",
     "log_level",
     "shutdown_timeout",

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest JSON or form body; bigger ones get 413 (use the CSV route)."
     )
-    csv_max_bytes: int = Field(default=64 << 20, ge=1024, description="Largest CSV upload in bytes.")
+    # Two jobs per worker and two workers must fit the pod's 512 Mi limit with room to spare.
+    csv_max_bytes: int = Field(default=16 << 20, ge=1024, description="Largest CSV upload in bytes.")
+    csv_upload_timeout: float = Field(default=60.0, gt=0, description="Seconds a CSV upload may take to arrive.")
     csv_max_rows: int = Field(
         default=250_000, ge=1, description="Most data rows in one CSV request (~40 MB of worker memory)."
     )
