@@ -199,7 +199,7 @@ def big_csv(rows: int) -> bytes:
 
 def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: tuple[str, str]) -> None:
     name, url = container
-    rows = 100_000
+    rows = 200_000
     body = big_csv(rows)
     result: dict[str, Any] = {}
 
@@ -212,7 +212,12 @@ def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: t
 
     worker = threading.Thread(target=post)
     worker.start()
-    time.sleep(0.3)  # the request is under way: its body is still being sent or scored
+    series = 'chargecast_http_requests_in_progress{route="/api/v1/predict/csv"}'
+    deadline = time.monotonic() + 20
+    while in_progress(httpx.get(f"{url}/metrics", timeout=5).text, series) < 1:  # the request is in a worker
+        assert time.monotonic() < deadline, "the upload never reached a worker"
+        assert worker.is_alive(), f"the request finished before SIGTERM could be sent: {result}"
+        time.sleep(0.02)
     start = time.monotonic()
     sh("podman", "kill", "--signal", "TERM", name)
     sh("podman", "wait", name, timeout=20)
@@ -222,6 +227,14 @@ def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: t
     assert result["status"] == 200
     assert result["lines"] >= rows  # header + every row came back
     assert exited_after < 10
+
+
+def in_progress(text: str, series: str) -> float:
+    """The value of one Prometheus series in a /metrics page (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def render_local(port: int, liveness_path: str = "/healthz") -> str:

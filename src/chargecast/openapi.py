@@ -180,14 +180,17 @@ def components() -> dict[str, Any]:
     }
 
 
-_REASONS: Final = {
+_REASONS: Final[dict[int | str, str]] = {
     400: "The body cannot be read: empty, not valid JSON (NaN and Infinity included), not UTF-8, malformed.",
     401: "No valid API key: send 'Authorization: Bearer <key>'.",
     413: "The body is over the size limit (or a CSV over the row limit).",
     415: "The Content-Type is not one this route takes.",
     422: "The body (or a query parameter) breaks the schema; each issue names the field (with its index in a "
     "list, or its CSV row) and the rule.",
-    503: "The model is not loaded yet (or failed to load); retry after the Retry-After seconds.",
+    408: "The CSV upload did not arrive within the upload deadline.",
+    503: "The model is not loaded yet (or failed to load), or every CSV slot is busy; retry after the "
+    "Retry-After seconds.",
+    "default": "Any other error (404 unknown route, 405 wrong method, 500 a bug) in the same Error shape.",
 }
 _REQUEST_ID: Final = {
     "description": "The request's id (the client's X-Request-ID if it sent a valid one), also in the access log.",
@@ -205,7 +208,8 @@ def _response(description: str, media: str, schema: dict[str, Any] | None = None
 
 def _errors(codes: tuple[int, ...], media: str = JSON) -> dict[str, Any]:
     schema = _ref("Error") if media == JSON else {"type": "string"}
-    return {str(code): _response(_REASONS[code], media, schema) for code in codes}
+    keys: tuple[int | str, ...] = (*codes, "default")
+    return {str(code): _response(_REASONS[code], media, schema) for code in keys}
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -311,7 +315,7 @@ def build(settings: Settings) -> dict[str, Any]:
                 f"{settings.csv_max_bytes:,} bytes.",
                 {
                     "200": _response("The CSV with three more columns.", "text/csv", {"type": "string"}),
-                    **_errors(api_errors),
+                    **_errors((*api_errors, 408)),
                 },
                 auth=True,
                 operationId="predictCsv",

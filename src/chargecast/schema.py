@@ -64,7 +64,7 @@ Field = NumberField | CategoryField
 
 # Ranges: the training data spans age 18-64, bmi 15.96-53.13, children 0-5. The API accepts
 # the wider, physically plausible ranges below (adults only: the data has no minors), and
-# the artifact reports when a value lies outside what the model was trained on.
+# the artifact's metadata records the training ranges; the form warns beyond them.
 FIELDS: Final[tuple[Field, ...]] = (
     NumberField(
         "age",
