@@ -235,7 +235,7 @@ def test_dry_run_prints_every_command_in_order_and_runs_none(
     out = capsys.readouterr().out
     # Without --tag the tag is the git short SHA (the fake git says abc1234).
     assert listed(out) == expected(tag or "abc1234", nodes)
-    assert "Nothing was run" in out
+    assert "None of them was run" in out
     assert "not even the tool and login checks" in out
     assert "digest: ${DIGEST}" in out
     assert "chargecast is serving at http://${EXTERNAL_IP}/" in out

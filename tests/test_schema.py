@@ -148,3 +148,15 @@ def test_one_huge_cell_does_not_blow_up_memory() -> None:
     assert (issue.row, issue.field) == (8, "region")
     assert len(issue.as_dict()["value"]) <= 81
     assert len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize("text", ["5_2", "٥٢", "0x20", "nan", "4O"])
+def test_only_plain_ascii_decimals_count_as_numbers(text: str) -> None:
+    """float() accepts "5_2" and Arabic-Indic digits; a record and a table must not."""
+    with pytest.raises(ValidationError):
+        encode_record(GOOD | {"age": text})
+    cols = {k: np.array([str(GOOD[k])] * 2) for k in FEATURES}
+    cols["age"] = np.array(["40", text])
+    with pytest.raises(ValidationError) as err:
+        encode_columns(cols, first_row=2)
+    assert [(i.row, i.field) for i in err.value.issues] == [(3, "age")]

@@ -395,8 +395,9 @@ def show_command(argv: Sequence[str]) -> str:
 def format_plan(plan: Plan) -> str:
     """The dry-run listing: every command in order, with why it is there."""
     lines = [
-        f"chargecast {plan.command} --dry-run: these steps would run in this order. Nothing was run,",
-        "not even the tool and login checks. ${NAME} stands for a value an earlier step produces.",
+        f"chargecast {plan.command} --dry-run: these steps would run in this order. None of them was run,",
+        "not even the tool and login checks (only git, to name the default tag). ${NAME} stands for a",
+        "value an earlier step produces.",
     ]
     for number, step in enumerate(plan.steps, 1):
         head = f"{number:2d}. {step.name}: "

@@ -8,6 +8,7 @@ row (for tables), the field, the offending value and the rule it broke.
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,7 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 36, 36, 4, 4
 MAX_NAME_CHARS: Final = 80
@@ -208,10 +210,10 @@ def check_value(spec: Field, value: Any) -> float | Issue:
     if isinstance(value, bool):
         return Issue(spec.name, spec.rule, value)
     if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
+        # Plain ASCII decimals only: float() would also take "5_2", "٥٢" or "nan".
+        if not _NUMBER.fullmatch(value.strip()):
             return Issue(spec.name, spec.rule, value)
+        number = float(value.strip())
     elif isinstance(value, (int, float)):
         number = float(value)
     else:
@@ -370,15 +372,24 @@ def _missing_mask(raw: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
 
 
 def _to_float(raw: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    try:
-        return raw.astype(np.float64)
-    except (ValueError, TypeError):
-        return np.array([_float_or_nan(v) for v in raw], dtype=np.float64)
+    """Parse a text column like check_value does: ASCII decimals only, vectorised when it can."""
+    if raw.dtype.kind in "US":
+        try:
+            text = raw.astype(np.bytes_)  # non-ASCII digits such as "٥٢" stop here
+            values = text.astype(np.float64)
+        except (ValueError, TypeError, UnicodeEncodeError):
+            pass
+        else:
+            values[np.char.find(text, b"_") >= 0] = np.nan  # float() would read "5_2" as 52
+            return values
+    return np.array([_float_or_nan(v) for v in raw], dtype=np.float64)
 
 
 def _float_or_nan(value: Any) -> float:
     if isinstance(value, bool) or value is None:
         return math.nan
+    if isinstance(value, str):
+        return float(value) if _NUMBER.fullmatch(value.strip()) else math.nan
     try:
         return float(value)
     except (ValueError, TypeError):
