@@ -201,3 +201,18 @@ def test_the_committed_model_loads_and_meets_the_targets() -> None:
     assert 0.86 <= holdout["coverage"] <= 0.94
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert committed.version in readme
+
+
+def test_a_tree_grid_model_round_trips_through_npz(dataset: Any, trained: TrainResult, tmp_path: Path) -> None:
+    """Boosting never wins on this data, but when it does its grid must save and load exactly."""
+    from chargecast.train import BoostingCandidate
+
+    candidate = BoostingCandidate()
+    grid = candidate.compile(candidate.fit(dataset.X, dataset.y, [], seed=0), dataset.X)
+    artifact.write(tmp_path / "grid", grid, trained.bands, {"model": "gradient_boosting"})
+    loaded = Artifact.load(tmp_path / "grid")
+    assert loaded.predictor.kind == "grid"
+    np.testing.assert_array_equal(loaded.predict(trained.X_test)[0], grid.predict(trained.X_test))
+    np.testing.assert_allclose(
+        loaded.explain(trained.X_test[:5]).sum(axis=1) + loaded.baseline, grid.predict(trained.X_test[:5]), rtol=1e-9
+    )
