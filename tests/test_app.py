@@ -843,3 +843,14 @@ def test_an_unexpected_error_is_a_json_500_and_logged(model_dir: Path, monkeypat
         assert "boom" not in error["message"]  # internals stay in the log
         metrics = c.get("/metrics").text
     assert 'chargecast_http_requests_total{method="POST",route="/api/v1/predict",status="500"} 1.0' in metrics
+
+
+def test_inputs_beyond_the_training_data_are_flagged(client: TestClient, model: Artifact) -> None:
+    ranges = model.metadata["training_ranges"]
+    old = RECORD | {"age": int(ranges["age"]["max"]) + 6, "children": int(ranges["children"]["max"]) + 1}
+    one = client.post("/api/v1/predict", json=old).json()
+    assert one["extrapolated"] == ["age", "children"]
+    assert "extrapolated" not in client.post("/api/v1/predict", json=RECORD).json()
+    many = client.post("/api/v1/predict", json=[RECORD, old]).json()["predictions"]
+    assert "extrapolated" not in many[0]
+    assert many[1]["extrapolated"] == ["age", "children"]

@@ -88,6 +88,13 @@ class Artifact:
         self.path = path
         self.version: str = metadata["version"]
         self.level = bands.level
+        ranges = metadata.get("training_ranges") or {}
+        # (column, name, min, max) of every numeric input the training data bounds
+        self._ranges = [
+            (j, name, float(ranges[name]["min"]), float(ranges[name]["max"]))
+            for j, name in enumerate(schema.FEATURES)
+            if isinstance(ranges.get(name), dict) and {"min", "max"} <= set(ranges[name])
+        ]
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
@@ -184,6 +191,19 @@ class Artifact:
         charges = self.predictor.predict(X)
         low, high = self.bands.apply(charges, X)
         return charges, low, high
+
+    def extrapolated(self, row: Sequence[float]) -> list[str]:
+        """Inputs of one encoded row outside the training data's range: the interval's
+        coverage was only measured inside it, so callers should know."""
+        return [name for j, name, lo, hi in self._ranges if not lo <= row[j] <= hi]
+
+    def extrapolated_rows(self, X: Array) -> list[list[str]]:
+        """:meth:`extrapolated` for every row of an encoded matrix, vectorised."""
+        out: list[list[str]] = [[] for _ in range(len(X))]
+        for j, name, lo, hi in self._ranges:
+            for i in np.flatnonzero((X[:, j] < lo) | (X[:, j] > hi)).tolist():
+                out[i].append(name)
+        return out
 
     def explain(self, X: Array) -> Array:
         """Per-input contributions; each row sums to prediction minus :attr:`baseline`."""

@@ -84,6 +84,13 @@ def components() -> dict[str, Any]:
         "interval": _ref("Interval"),
         "contributions": _ref("Contributions"),
         "baseline": {"type": "number", "description": "The average prediction that contributions start from."},
+        "extrapolated": {
+            "type": "array",
+            "items": {"type": "string", "enum": [f.name for f in FIELDS if isinstance(f, NumberField)]},
+            "minItems": 1,
+            "description": "Present only when inputs lie outside the training data's range (see training_ranges "
+            "in /api/v1/model): the forecast extrapolates and the interval's coverage was not measured there.",
+        },
     }
     version = {"type": "string", "description": "The model artifact's version."}
     issue = {

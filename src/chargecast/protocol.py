@@ -233,6 +233,8 @@ def predict_one(model: Artifact, obj: Any, explain: bool = False) -> Scored:
     if explain:
         out["contributions"] = _contributions(model, np.array([row], dtype=np.float64))[0]
         out["baseline"] = model.baseline
+    if outside := model.extrapolated(row):
+        out["extrapolated"] = outside
     return Scored(orjson.dumps(out), row, p.charges, 1)
 
 
@@ -269,6 +271,9 @@ def predict_many(model: Artifact, items: list[Any], explain: bool = False) -> Sc
         for item, contribution in zip(predictions, _contributions(model, X), strict=True):
             item["contributions"] = contribution
             item["baseline"] = baseline
+    for item, outside in zip(predictions, model.extrapolated_rows(X), strict=True):
+        if outside:
+            item["extrapolated"] = outside
     body = orjson.dumps({"predictions": predictions, "model_version": model.version})
     return Scored(body, X, charges, len(rows))
 
