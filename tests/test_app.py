@@ -95,7 +95,9 @@ def test_readyz_names_the_model(client: TestClient, model: Artifact) -> None:
     assert response.json() == {"status": "ready", "model_version": model.version}
 
 
-def test_readiness_is_503_until_the_model_is_loaded_and_warm(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def held_load(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Model loading blocks until the returned event is set."""
     release = threading.Event()
     real_load = Artifact.load
 
@@ -104,6 +106,13 @@ def test_readiness_is_503_until_the_model_is_loaded_and_warm(model_dir: Path, mo
         return real_load(path)
 
     monkeypatch.setattr(Artifact, "load", staticmethod(slow_load))
+    return release
+
+
+def test_readiness_is_503_until_the_model_is_loaded_and_warm(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, held_load: threading.Event
+) -> None:
+    release = held_load
     monkeypatch.setattr(app_module, "MODEL_WAIT_SECONDS", 0.05)
     with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as client:
         assert client.get("/healthz").status_code == 200
@@ -122,15 +131,8 @@ def test_readiness_is_503_until_the_model_is_loaded_and_warm(model_dir: Path, mo
         assert post_json(client, RECORD).status_code == 200
 
 
-def test_a_request_that_races_the_load_waits_for_it(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    release = threading.Event()
-    real_load = Artifact.load
-
-    def slow_load(path: Path | str) -> Artifact:
-        assert release.wait(10)
-        return real_load(path)
-
-    monkeypatch.setattr(Artifact, "load", staticmethod(slow_load))
+def test_a_request_that_races_the_load_waits_for_it(model_dir: Path, held_load: threading.Event) -> None:
+    release = held_load
     with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as client:
         assert client.get("/readyz").status_code == 503
         threading.Timer(0.2, release.set).start()

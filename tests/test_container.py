@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_SCRIPT = ROOT.parent / "shared" / "tools" / "container-env.sh"
@@ -47,11 +48,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def kubectl() -> str:
-    local = Path(sys.executable).parent / "kubectl"
-    return str(local) if local.exists() else shutil.which("kubectl") or "kubectl"
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +235,7 @@ def in_progress(text: str, series: str) -> float:
 
 def render_local(port: int, liveness_path: str = "/healthz") -> str:
     """The local overlay as podman will play it, on a free host port (and an optional broken probe)."""
-    rendered = sh(kubectl(), "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / "local")).stdout
+    rendered = sh(dev_tool("kubectl"), "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / "local")).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     for doc in docs:
         if doc["kind"] == "Deployment":

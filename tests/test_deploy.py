@@ -8,9 +8,6 @@ happy path renders the repository's own gke overlay with the pushed digest.
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from chargecast.deploy import (
     run_plan,
     show_command,
 )
+from tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "ab" * 32
@@ -111,22 +109,10 @@ class Fakes:
         (self.bin / tool).unlink()
 
 
-def real_kubectl() -> str:
-    """The dev lock's kubectl renders for real; missing, a skip locally and a failure in CI."""
-    beside = Path(sys.executable).parent / "kubectl"
-    found = str(beside) if beside.is_file() else shutil.which("kubectl")
-    if found is None:
-        message = f"kubectl not found beside {sys.executable} or on PATH (it comes with the dev lock)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
 @pytest.fixture
 def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
     """PATH holds only the fakes, so no real cloud tool can be reached whatever this machine has."""
-    kubectl = real_kubectl()
+    kubectl = dev_tool("kubectl")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("gcloud", "kubectl", "docker", "git", "gke-gcloud-auth-plugin"):

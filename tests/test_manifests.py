@@ -8,11 +8,8 @@ Google custom resource without a schema in kubernetes-validate, so its fields ar
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]  # stubs (types-PyYAML) are optional here
 
 from chargecast.deploy import GKE_IMAGE_PLACEHOLDER
+from tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -30,24 +28,9 @@ NAME = {"app.kubernetes.io/name": "chargecast"}
 Obj = dict[str, Any]
 
 
-def tool(name: str) -> str:
-    """The virtualenv's copy first (the dev lock installs it), else PATH.
-
-    Missing, it is a skip on a developer's machine and a failure in CI, which installs the lock.
-    """
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if found is None:
-        message = f"{name} not found beside {sys.executable} or on PATH (it comes with the dev lock)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
 def render_text(target: str) -> str:
     proc = subprocess.run(
-        [tool("kubectl"), "kustomize", str(K8S / target)], capture_output=True, text=True, check=False
+        [dev_tool("kubectl"), "kustomize", str(K8S / target)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -108,7 +91,7 @@ def test_each_overlay_renders_the_expected_objects(gke: list[Obj], local: list[O
 def test_strict_schema_validation_for_every_gke_version(overlay: str, tmp_path: Path) -> None:
     rendered = tmp_path / f"{overlay}.yaml"
     rendered.write_text(render_text(f"overlays/{overlay}"))
-    args = [tool("kubernetes-validate"), "--strict"]
+    args = [dev_tool("kubernetes-validate"), "--strict"]
     for version in GKE_VERSIONS:
         args += ["-k", version]
     proc = subprocess.run([*args, str(rendered)], capture_output=True, text=True, check=False)
@@ -131,7 +114,7 @@ def test_the_validator_rejects_what_a_cluster_would_reject(gke: list[Obj], tmp_p
     typo["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/readyz", "port": 8080}}
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump(typo))
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(deployment))
-    validate = [tool("kubernetes-validate"), "--strict", "--quiet"]
+    validate = [dev_tool("kubernetes-validate"), "--strict", "--quiet"]
     proc = subprocess.run(
         [*validate, "-k", "1.33.0", str(tmp_path / "typo.yaml")], capture_output=True, text=True, check=False
     )
