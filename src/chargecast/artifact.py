@@ -28,11 +28,11 @@ import numpy.typing as npt
 
 import chargecast
 from chargecast import schema
-from chargecast.intervals import ConformalBands
+from chargecast.intervals import ResidualDistribution
 from chargecast.predictors import Predictor, from_spec
 
 Array = npt.NDArray[np.float64]
-FORMAT = 1
+FORMAT = 2  # 2: the interval is a per-group residual quantile grid
 MODEL_FILE, ARRAYS_FILE, METADATA_FILE = "model.json", "arrays.npz", "metadata.json"
 
 
@@ -80,14 +80,18 @@ class Artifact:
     """A loaded, verified model: predicts, explains and describes itself."""
 
     def __init__(
-        self, metadata: dict[str, Any], predictor: Predictor, bands: ConformalBands, path: Path | None = None
+        self,
+        metadata: dict[str, Any],
+        predictor: Predictor,
+        distribution: ResidualDistribution,
+        path: Path | None = None,
     ) -> None:
         self.metadata = metadata
         self.predictor = predictor
-        self.bands = bands
+        self.distribution = distribution
         self.path = path
         self.version: str = metadata["version"]
-        self.level = bands.level
+        self.level = distribution.level
         ranges = metadata.get("training_ranges") or {}
         # (column, name, min, max) of every numeric input the training data bounds
         self._ranges = [
@@ -133,8 +137,8 @@ class Artifact:
             with np.load(io.BytesIO(contents[ARRAYS_FILE]), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             predictor = from_spec(spec["predictor"], arrays)
-            bands = ConformalBands.from_json(spec["interval"])
-            artifact = cls(metadata, predictor, bands, root)
+            distribution = ResidualDistribution.from_json(spec["interval"])
+            artifact = cls(metadata, predictor, distribution, root)
             artifact._self_check()
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
             raise ArtifactError(f"{MODEL_FILE}: cannot build the model ({exc})") from None
@@ -143,7 +147,10 @@ class Artifact:
     def _self_check(self) -> None:
         """Predict one patient of every interval group, scalar and batch paths alike: a
         structurally broken model fails here, at load, not on some later request."""
-        rows = np.array([[40, 0, 25, 1, 0, 2], [40, 1, 25, 1, 1, 0], [40, 1, 35, 1, 1, 3]], dtype=np.float64)
+        rows = np.array(
+            [[25, 0, 25, 1, 0, 2], [40, 1, 31, 0, 0, 1], [55, 0, 22, 2, 0, 0], [40, 1, 25, 1, 1, 0], [40, 1, 35, 1, 1, 3]],
+            dtype=np.float64,
+        )
         charges, low, high = self.predict(rows)
         self.explain(rows)
         for i, row in enumerate(rows.tolist()):
@@ -183,13 +190,25 @@ class Artifact:
 
     def predict_row(self, row: Sequence[float]) -> Prediction:
         charges = self.predictor.predict_row(row)
-        low, high = self.bands.apply_row(charges, row)
+        low, high = self.distribution.apply_row(charges, row)
         return Prediction(charges, low, high)
+
+    def quantiles_row(self, charges: float, row: Sequence[float], levels: Sequence[float]) -> list[float]:
+        """Forecast quantiles of one encoded row at ``levels`` (each in (0, 1))."""
+        return self.distribution.quantiles_row(charges, row, levels)
+
+    def quantiles(self, charges: Array, X: Array, levels: Sequence[float]) -> Array:
+        """(n, len(levels)) forecast quantiles; ``charges`` from :meth:`predict`."""
+        return self.distribution.quantiles(charges, X, levels)
+
+    def total(self, charges: Array, X: Array) -> Prediction:
+        """The book's total: sum of forecasts and an interval for the sum of actual charges."""
+        return Prediction(*self.distribution.total(charges, X))
 
     def predict(self, X: Array) -> tuple[Array, Array, Array]:
         """Point predictions and interval bounds for an encoded (n, 6) matrix."""
         charges = self.predictor.predict(X)
-        low, high = self.bands.apply(charges, X)
+        low, high = self.distribution.apply(charges, X)
         return charges, low, high
 
     def extrapolated(self, row: Sequence[float]) -> list[str]:
@@ -221,7 +240,7 @@ class Artifact:
 def write(
     out_dir: Path,
     predictor: Predictor,
-    bands: ConformalBands,
+    distribution: ResidualDistribution,
     metadata: dict[str, Any],
     extra_files: Callable[[dict[str, Any]], Mapping[str, bytes]] | None = None,
 ) -> dict[str, Any]:
@@ -236,7 +255,7 @@ def write(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; a non-root server must read it
-        spec = {"predictor": predictor.to_json(), "interval": bands.to_json()}
+        spec = {"predictor": predictor.to_json(), "interval": distribution.to_json()}
         (tmp / MODEL_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
         arrays = predictor.arrays() or {"empty": np.zeros(0)}
         with (tmp / ARRAYS_FILE).open("wb") as fh:

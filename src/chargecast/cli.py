@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
         def render(final: dict[str, Any]) -> dict[str, bytes]:
             return report.render(result, final)
 
-    final = artifact.write(args.out, result.predictor, result.bands, meta, render)
+    final = artifact.write(args.out, result.predictor, result.distribution, meta, render)
     out.print(f"model {final['version']} written to {args.out} in {result.seconds:.1f} s")
     return 0
 

@@ -1,12 +1,16 @@
-"""Prediction intervals calibrated by group-wise (Mondrian) conformal prediction.
+"""Predictive distributions: per-group residual quantiles, central intervals and book totals.
 
-Residuals here are far from symmetric: most patients sit in a tight band below the mean,
-and a minority carry large unexplained extra charges. A symmetric band around the mean
-wastes width on both sides, so each group gets the narrowest of a few conformal windows
-that hold ceil((n + 1) * level) of its calibration residuals. Groups are the
-data's distinct risk regimes (non-smokers, smokers, obese smokers); coverage is then
-calibrated per group, not just on average (approximately: the window is picked on the
-same residuals; CV measures the real coverage fold by fold).
+Charges are skewed: most patients sit in a tight band just below the mean forecast and
+about one in ten carries large extra charges that no input predicts. So the forecast is
+the conditional *mean* (what to budget, and what totals add up), and the uncertainty is a
+whole distribution of ``actual - forecast`` per group, stored as a quantile grid. Every
+interval is equal-tailed: at level L it runs from the (1-L)/2 to the (1+L)/2 quantile, so
+misses fall on both sides in equal shares, and the width grows smoothly with the level.
+
+Groups are the data's risk regimes: non-smokers by age band (their extra-charge tail and
+base level shift with age), smokers by obesity. Training fills the grid from jackknife
+residuals of the refit model (see :mod:`chargecast.calibration`); this module is what
+serving needs, numpy only, with scalar twins for the one-record hot path.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -23,114 +28,222 @@ from chargecast.features import OBESE_BMI
 from chargecast.schema import FEATURES
 
 Array = npt.NDArray[np.float64]
-SMOKER_COL, BMI_COL = FEATURES.index("smoker"), FEATURES.index("bmi")
-MIN_GROUP = 30  # below this many calibration residuals a group borrows the pooled window
+SMOKER_COL, BMI_COL, AGE_COL = FEATURES.index("smoker"), FEATURES.index("bmi"), FEATURES.index("age")
+AGE_BANDS = (30.0, 45.0)  # non-smokers: 18-29, 30-44, 45+
+MIN_GROUP = 30  # below this many calibration residuals a group borrows the pooled distribution
+GRID_STEP = 0.001
+GRID = np.round(np.arange(1, 1000) * GRID_STEP, 3)  # levels 0.001 ... 0.999 where quantiles are stored
+MONTE_CARLO_BOOK = 64  # books up to this size get a simulated total; larger ones Cornish-Fisher
+MONTE_CARLO_DRAWS = 4000
+_NORMAL = NormalDist()
 
 
 def group_names(excluded: Sequence[str] = ()) -> list[str]:
     """Group labels, using only the inputs the model may use."""
+    ages = ["age 18-29", "age 30-44", "age 45+"] if "age" not in excluded else []
+    obesity = ["bmi < 30", "bmi >= 30"] if "bmi" not in excluded else []
     if "smoker" in excluded:
-        return ["all"] if "bmi" in excluded else ["bmi < 30", "bmi >= 30"]
-    if "bmi" in excluded:
-        return ["non-smoker", "smoker"]
-    return ["non-smoker", "smoker, bmi < 30", "smoker, bmi >= 30"]
+        return ages or ["all"]
+    non = [f"non-smoker, {a}" for a in ages] or ["non-smoker"]
+    smo = [f"smoker, {b}" for b in obesity] or ["smoker"]
+    return non + smo
+
+
+def _layout(names: Sequence[str]) -> tuple[int, int, bool]:
+    """(age bands among non-smokers, smoker groups, whether smoking splits at all)."""
+    if names and not names[0].startswith("non-smoker"):
+        return (len(names) if len(names) == 3 else 1), 0, False
+    n_non = sum(1 for n in names if n.startswith("non-smoker"))
+    return n_non, len(names) - n_non, True
 
 
 def assign_groups(X: Array, names: Sequence[str]) -> npt.NDArray[np.intp]:
     """Index into ``names`` for every encoded row."""
-    smoker = X[:, SMOKER_COL] == 1.0
-    obese = X[:, BMI_COL] >= OBESE_BMI
-    if len(names) == 3:
-        groups: npt.NDArray[np.intp] = np.where(smoker, 1 + obese, 0).astype(np.intp)
-        return groups
-    if len(names) == 2:
-        two: npt.NDArray[np.intp] = (smoker if names[1] == "smoker" else obese).astype(np.intp)
-        return two
-    return np.zeros(X.shape[0], dtype=np.intp)
+    n_non, n_smo, split = _layout(names)
+    age_band = np.searchsorted(np.asarray(AGE_BANDS), X[:, AGE_COL], side="right") if n_non == 3 else 0
+    if not split:
+        return np.broadcast_to(np.asarray(age_band, dtype=np.intp), (X.shape[0],)).copy()
+    obese = (X[:, BMI_COL] >= OBESE_BMI).astype(np.intp) if n_smo == 2 else 0
+    groups: npt.NDArray[np.intp] = np.where(X[:, SMOKER_COL] == 1.0, n_non + obese, age_band).astype(np.intp)
+    return groups
 
 
 def assign_group_row(row: Sequence[float], names: Sequence[str]) -> int:
     """Scalar twin of :func:`assign_groups` for the one-record hot path."""
-    smoker, obese = row[SMOKER_COL] == 1.0, row[BMI_COL] >= OBESE_BMI
-    if len(names) == 3:
-        return (1 + int(obese)) if smoker else 0
-    if len(names) == 2:
-        return int(smoker) if names[1] == "smoker" else int(obese)
-    return 0
+    n_non, n_smo, split = _layout(names)
+    band = (0 if row[AGE_COL] < AGE_BANDS[0] else 1 if row[AGE_COL] < AGE_BANDS[1] else 2) if n_non == 3 else 0
+    if split and row[SMOKER_COL] == 1.0:
+        return n_non + (int(row[BMI_COL] >= OBESE_BMI) if n_smo == 2 else 0)
+    return band
 
 
-def shortest_window(residuals: Array, level: float, steps: int = 11) -> tuple[float, float]:
-    """The narrowest conformal window [q(a), q(a + level)] over a coarse grid of tails a.
-
-    Ranks follow split conformal (lower floor((n+1)a), upper ceil((n+1)(a+level))). Only a
-    few tail splits are tried: picking the single narrowest of all n windows would fit the
-    calibration sample's quirks and under-cover new patients. The mean forecast can sit
-    above most outcomes (a few patients cost far more), so windows are stretched to hold it.
-    """
-    r = np.sort(np.asarray(residuals, dtype=np.float64))
-    n = len(r)
-    need = math.ceil((n + 1) * level)
-    if need > n:
-        return -math.inf, math.inf
-    q = float(np.sort(np.abs(r))[need - 1])
-    best: tuple[float, float] = (-q, q)  # the classic symmetric band is always a candidate
-    for a in np.linspace(0.0, 1.0 - level, steps):
-        lo_rank = max(math.floor((n + 1) * a), 1)
-        hi_rank = max(math.ceil((n + 1) * (a + level)), lo_rank + need - 1)
-        if hi_rank > n:
-            continue
-        # Stretched to hold 0 so the interval always contains the point forecast.
-        window = (min(float(r[lo_rank - 1]), 0.0), max(float(r[hi_rank - 1]), 0.0))
-        if window[1] - window[0] < best[1] - best[0]:
-            best = window
-    return best
+def check_levels(levels: Sequence[float]) -> None:
+    for q in levels:
+        if not (isinstance(q, float | int) and 0.0 < q < 1.0):
+            raise ValueError(f"quantile level {q!r} must be a number strictly between 0 and 1")
 
 
 @dataclass(frozen=True)
-class ConformalBands:
-    """Per-group residual windows: interval = [pred + lo, pred + hi], floored at zero."""
+class ResidualDistribution:
+    """Per-group quantiles (and moments) of ``actual - forecast``.
+
+    ``grid[k][j]`` is group k's residual quantile at level ``GRID[j]``; levels between grid
+    points are interpolated linearly and levels beyond 0.001/0.999 take the end values (the
+    data cannot say more about the far tails). Forecast quantiles are ``pred + grid``,
+    floored at zero because charges are never negative.
+    """
 
     level: float
     groups: list[str]
-    lo: list[float]
-    hi: list[float]
+    grid: list[list[float]]
+    mean: list[float]
+    var: list[float]
+    third: list[float]  # third central moment: the skew that a book's total inherits
+    counts: list[int]
 
-    @classmethod
-    def fit(cls, residuals: Array, X: Array, level: float, excluded: Sequence[str] = ()) -> ConformalBands:
-        names = group_names(excluded)
-        g = assign_groups(X, names)
-        pooled = shortest_window(residuals, level)
-        lo, hi = [], []
-        for k in range(len(names)):
-            r = residuals[g == k]
-            window = shortest_window(r, level) if len(r) >= MIN_GROUP else pooled
-            lo.append(window[0])
-            hi.append(window[1])
-        return cls(level, names, lo, hi)
+    def __post_init__(self) -> None:
+        k = len(self.groups)
+        if not (len(self.grid) == len(self.mean) == len(self.var) == len(self.third) == len(self.counts) == k):
+            raise ValueError(f"interval has {k} groups but per-group fields of other lengths")
+        for g in self.grid:
+            if len(g) != len(GRID) or not all(math.isfinite(v) for v in g):
+                raise ValueError(f"each group's quantile grid needs {len(GRID)} finite values")
+            if any(b < a for a, b in zip(g, g[1:], strict=False)):
+                raise ValueError("a group's quantile grid must not decrease")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"interval level {self.level} must lie strictly between 0 and 1")
+        # The default interval's offsets, precomputed for the hot path.
+        tails = ((1 - self.level) / 2, (1 + self.level) / 2)
+        object.__setattr__(self, "_default", [tuple(self._offset(k, t) for t in tails) for k in range(k)])
 
-    def apply(self, pred: Array, X: Array) -> tuple[Array, Array]:
-        g = assign_groups(X, self.groups)
-        lo, hi = np.asarray(self.lo)[g], np.asarray(self.hi)[g]
-        return np.maximum(pred + lo, 0.0), np.maximum(pred + hi, 0.0)
+    # -- quantile function -----------------------------------------------------------
+    def _offset(self, k: int, q: float) -> float:
+        pos = (q - GRID_STEP) / GRID_STEP
+        g = self.grid[k]
+        if pos <= 0:
+            return g[0]
+        if pos >= len(g) - 1:
+            return g[-1]
+        i = int(pos)
+        frac = pos - i
+        return g[i] + frac * (g[i + 1] - g[i])
 
-    def apply_row(self, pred: float, row: Sequence[float]) -> tuple[float, float]:
+    def offsets(self, k: int, levels: Sequence[float]) -> list[float]:
+        return [self._offset(k, q) for q in levels]
+
+    def quantiles_row(self, pred: float, row: Sequence[float], levels: Sequence[float]) -> list[float]:
         k = assign_group_row(row, self.groups)
-        return max(pred + self.lo[k], 0.0), max(pred + self.hi[k], 0.0)
+        return [max(pred + self._offset(k, q), 0.0) for q in levels]
 
+    def quantiles(self, pred: Array, X: Array, levels: Sequence[float]) -> Array:
+        """(n, len(levels)) forecast quantiles."""
+        g = assign_groups(X, self.groups)
+        table = np.array([[self._offset(k, q) for q in levels] for k in range(len(self.groups))])
+        return np.maximum(pred[:, None] + table[g], 0.0)
+
+    # -- central intervals -------------------------------------------------------------
+    def _tails(self, level: float | None) -> tuple[float, float]:
+        level = self.level if level is None else level
+        return (1 - level) / 2, (1 + level) / 2
+
+    def apply_row(self, pred: float, row: Sequence[float], level: float | None = None) -> tuple[float, float]:
+        k = assign_group_row(row, self.groups)
+        if level is None:
+            lo, hi = self._default[k]  # type: ignore[attr-defined]
+        else:
+            lo, hi = (self._offset(k, t) for t in self._tails(level))
+        return max(pred + lo, 0.0), max(pred + hi, 0.0)
+
+    def apply(self, pred: Array, X: Array, level: float | None = None) -> tuple[Array, Array]:
+        q = self.quantiles(pred, X, self._tails(level))
+        return q[:, 0], q[:, 1]
+
+    # -- a book's total ------------------------------------------------------------------
+    def total(self, pred: Array, X: Array, level: float | None = None) -> tuple[float, float, float]:
+        """Sum of forecasts and a central interval for the sum of actual charges.
+
+        Patients' deviations are independent draws from their groups' distributions; the
+        model's own error is a shared shift of each group's level, with variance
+        ``var_g / n_g`` (what estimating that group's mean from its calibration rows
+        costs). Small books are simulated from the quantile grids (their sum is still
+        skewed); large ones use the cumulants with a Cornish-Fisher skew correction.
+        """
+        charges = float(np.sum(pred))
+        if len(pred) == 0:
+            return 0.0, 0.0, 0.0
+        lo_q, hi_q = self._tails(level)
+        g = assign_groups(X, self.groups)
+        counts = np.bincount(g, minlength=len(self.groups)).astype(np.float64)
+        var = np.asarray(self.var)
+        model_var = float(np.sum(counts**2 * var / np.maximum(np.asarray(self.counts, dtype=np.float64), 1.0)))
+        if len(pred) <= MONTE_CARLO_BOOK:
+            low, high = self._simulated_total(g, model_var, (lo_q, hi_q))
+        else:
+            mean = float(counts @ np.asarray(self.mean))
+            k2 = float(counts @ var) + model_var
+            skew = float(counts @ np.asarray(self.third)) / k2**1.5 if k2 > 0 else 0.0
+            sd = math.sqrt(k2)
+            low, high = (mean + sd * _cornish_fisher(q, skew) for q in (lo_q, hi_q))
+        return charges, max(charges + low, 0.0), max(charges + high, 0.0)
+
+    def _simulated_total(
+        self, g: npt.NDArray[np.intp], model_var: float, tails: tuple[float, float]
+    ) -> tuple[float, float]:
+        rng = np.random.default_rng(20240601)  # fixed: the same book always gets the same answer
+        grid = np.asarray(self.grid)
+        u = rng.uniform(GRID[0], GRID[-1], size=(MONTE_CARLO_DRAWS, len(g)))
+        pos = (u - GRID_STEP) / GRID_STEP
+        i = np.minimum(pos.astype(np.intp), len(GRID) - 2)
+        frac = pos - i
+        rows = grid[g]  # (n, grid)
+        cols = np.arange(len(g))
+        draws = rows[cols, i] + frac * (rows[cols, i + 1] - rows[cols, i])
+        sums = draws.sum(axis=1) + rng.normal(0.0, math.sqrt(model_var), MONTE_CARLO_DRAWS)
+        low, high = np.quantile(sums, tails)
+        return float(low), float(high)
+
+    # -- serialisation -------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"level": self.level, "groups": self.groups, "lo": self.lo, "hi": self.hi}
+        return {
+            "kind": "residual_quantiles",
+            "level": self.level,
+            "groups": self.groups,
+            "grid_levels": [float(GRID[0]), float(GRID[-1]), GRID_STEP],
+            "grid": self.grid,
+            "mean": self.mean,
+            "var": self.var,
+            "third": self.third,
+            "counts": self.counts,
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ConformalBands:
+    def from_json(cls, data: dict[str, Any]) -> ResidualDistribution:
+        if data.get("kind") != "residual_quantiles":
+            raise ValueError(f"unknown interval kind {data.get('kind')!r}")
+        if data.get("grid_levels") != [float(GRID[0]), float(GRID[-1]), GRID_STEP]:
+            raise ValueError("interval quantile grid is not the one this chargecast reads")
         groups = list(data["groups"])
-        if len(data["lo"]) != len(groups) or len(data["hi"]) != len(groups):
-            raise ValueError(f"interval has {len(groups)} groups but {len(data['lo'])}/{len(data['hi'])} windows")
-        known = [group_names(ex) for ex in ((), ("smoker",), ("bmi",), ("smoker", "bmi"))]
+        known = [group_names(ex) for ex in _EXCLUSIONS]
         if groups not in known:
             raise ValueError(f"unknown interval groups {groups}")
         return cls(
             float(data["level"]),
-            list(data["groups"]),
-            list(map(float, data["lo"])),
-            list(map(float, data["hi"])),
+            groups,
+            [list(map(float, g)) for g in data["grid"]],
+            list(map(float, data["mean"])),
+            list(map(float, data["var"])),
+            list(map(float, data["third"])),
+            list(map(int, data["counts"])),
         )
+
+
+_EXCLUSIONS = [
+    tuple(f for f, keep in zip(("smoker", "age", "bmi"), bits, strict=True) if not keep)
+    for bits in ((a, b, c) for a in (True, False) for b in (True, False) for c in (True, False))
+]
+
+
+def _cornish_fisher(q: float, skew: float) -> float:
+    """Standardised quantile of a mildly skewed sum (first-order Cornish-Fisher)."""
+    z = _NORMAL.inv_cdf(q)
+    return z + (z * z - 1.0) * skew / 6.0

@@ -221,7 +221,7 @@ def _leaderboard(result: TrainResult) -> str:
 
 
 def _interval_section(result: TrainResult) -> list[str]:
-    h, level = result.metrics["holdout"], result.bands.level
+    h, level = result.metrics["holdout"], result.distribution.level
     rows = [
         [
             str(g["group"]),
@@ -405,7 +405,7 @@ def _model_card(result: TrainResult, metadata: Mapping[str, Any]) -> str:
         ),
         "## Intervals",
         f"{c.level:.0%} split-conformal intervals calibrated on out-of-fold residuals, separately for "
-        f"each group ({'; '.join(f'`{g}`' for g in result.bands.groups)}). Coverage holds on average "
+        f"each group ({'; '.join(f'`{g}`' for g in result.distribution.groups)}). Coverage holds on average "
         "over patients like those in the training data, within each group; it is not a guarantee for "
         "any single patient and does not carry over to patients unlike the training data. " + _forecast_inside(result),
         "## Explanations",
@@ -487,8 +487,8 @@ def _png(fig: Figure) -> bytes:
 
 
 def _plots(result: TrainResult, mean_abs: Array) -> dict[str, bytes]:
-    groups = assign_groups(result.X_test, result.bands.groups)
-    names = list(result.bands.groups)
+    groups = assign_groups(result.X_test, result.distribution.groups)
+    names = list(result.distribution.groups)
     colours = [GROUP_COLOURS[k % len(GROUP_COLOURS)] for k in range(len(names))]
     y, pred, low, high = result.y_test, result.pred_test, result.low_test, result.high_test
     out: dict[str, bytes] = {}
@@ -501,7 +501,7 @@ def _plots(result: TrainResult, mean_abs: Array) -> dict[str, bytes]:
             ax.scatter(pred[m], y[m], s=10, color=colours[k], label=f"{name} ({int(m.sum())})")
         ax.plot([0, top], [0, top], color="black", linestyle="--", linewidth=1, label="actual = predicted")
         ax.set(xlim=(0, top), ylim=(0, top), xlabel="predicted charges", ylabel="actual charges")
-        ax.set_title(f"Holdout: predicted vs actual, with {result.bands.level:.0%} intervals", fontsize=10)
+        ax.set_title(f"Holdout: predicted vs actual, with {result.distribution.level:.0%} intervals", fontsize=10)
         ax.legend(fontsize=8, loc="upper left")
         out[PLOTS["predicted_vs_actual"]] = _png(fig)
 
@@ -525,11 +525,11 @@ def _plots(result: TrainResult, mean_abs: Array) -> dict[str, bytes]:
         bars = ax_cov.bar(pos, np.nan_to_num(cov), color=bar_colours)
         ax_cov.bar_label(bars, labels=[_pct(v) for v in cov], fontsize=7)
         ax_cov.axhline(
-            result.bands.level,
+            result.distribution.level,
             color="black",
             linestyle="--",
             linewidth=1,
-            label=f"nominal {result.bands.level:.0%}",
+            label=f"nominal {result.distribution.level:.0%}",
         )
         ax_cov.set(ylim=(0, 1.1), ylabel="holdout coverage")
         ax_cov.set_title("Coverage by group", fontsize=10)
