@@ -57,6 +57,20 @@ def test_one_record_matches_the_batch_path(model: Artifact) -> None:
     assert one.low <= one.charges <= one.high
 
 
+def test_quantiles_and_totals_agree_with_the_interval(model: Artifact, trained: TrainResult) -> None:
+    X = trained.X_test
+    charges, low, high = model.predict(X)
+    q = model.quantiles(charges, X, [0.05, 0.5, 0.95])
+    np.testing.assert_allclose(q[:, [0, 2]], np.column_stack([low, high]))
+    for i in range(0, len(X), 29):
+        p = model.predict_row(X[i].tolist())
+        assert model.quantiles_row(p.charges, X[i].tolist(), [0.05, 0.5, 0.95]) == pytest.approx(q[i].tolist())
+    total = model.total(charges, X)
+    assert total.charges == pytest.approx(charges.sum())
+    assert total.low < trained.y_test.sum() < total.high
+    assert total.high - total.low < 0.2 * float(np.sum(high - low))
+
+
 def test_bad_record_raises_validation_error(model: Artifact) -> None:
     with pytest.raises(ValidationError, match="age"):
         model.predict_record(RECORD | {"age": 12})
@@ -130,13 +144,13 @@ def test_failed_write_leaves_the_old_artifact_untouched(copy: Path, trained: Tra
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        artifact.write(copy, Broken(), trained.bands, {})  # type: ignore[arg-type]
+        artifact.write(copy, Broken(), trained.distribution, {})  # type: ignore[arg-type]
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
     assert [p.name for p in copy.parent.iterdir()] == ["model"]
 
 
 def test_rewrite_replaces_atomically(copy: Path, trained: TrainResult) -> None:
-    meta = artifact.write(copy, trained.predictor, trained.bands, {"model": "again"})
+    meta = artifact.write(copy, trained.predictor, trained.distribution, {"model": "again"})
     assert Artifact.load(copy).metadata["version"] == meta["version"]
     assert [p.name for p in copy.parent.iterdir()] == ["model"]
 
@@ -165,8 +179,9 @@ def test_malformed_metadata_is_an_artifact_error(copy: Path, changes: dict[str, 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda spec: spec["interval"].update(lo=spec["interval"]["lo"][:1]), "windows"),
+        (lambda spec: spec["interval"].update(var=spec["interval"]["var"][:1]), "per-group fields"),
         (lambda spec: spec["interval"].update(groups=["a", "b", "c"]), "unknown interval groups"),
+        (lambda spec: spec["interval"].update(grid=[g[::-1] for g in spec["interval"]["grid"]]), "must not decrease"),
         (lambda spec: spec["predictor"].update(coef=spec["predictor"]["coef"][:-1]), "differ in length"),
         (lambda spec: spec.update(predictor="linear"), "cannot build the model"),
     ],
@@ -209,7 +224,7 @@ def test_a_tree_grid_model_round_trips_through_npz(dataset: Any, trained: TrainR
 
     candidate = BoostingCandidate()
     grid = candidate.compile(candidate.fit(dataset.X, dataset.y, [], seed=0), dataset.X)
-    artifact.write(tmp_path / "grid", grid, trained.bands, {"model": "gradient_boosting"})
+    artifact.write(tmp_path / "grid", grid, trained.distribution, {"model": "gradient_boosting"})
     loaded = Artifact.load(tmp_path / "grid")
     assert loaded.predictor.kind == "grid"
     np.testing.assert_array_equal(loaded.predict(trained.X_test)[0], grid.predict(trained.X_test))

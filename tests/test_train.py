@@ -79,8 +79,26 @@ def test_cv_interval_coverage_is_near_the_level(trained: TrainResult) -> None:
         assert 0.85 <= row["coverage"] <= 0.95, row
 
 
-def test_adaptive_interval_beats_a_constant_band(trained: TrainResult) -> None:
-    assert trained.metrics["holdout"]["mean_interval_width"] < trained.constant_band["mean_interval_width"]
+def interval_score(y: np.ndarray, low: np.ndarray, high: np.ndarray, alpha: float = 0.1) -> float:
+    """Winkler score: width plus 2/alpha times the distance outside; lower is better."""
+    return float(np.mean(high - low + (2 / alpha) * (np.maximum(low - y, 0) + np.maximum(y - high, 0))))
+
+
+def test_interval_beats_a_constant_band_by_the_interval_score(trained: TrainResult) -> None:
+    """Width alone rewarded an interval that dropped the upper tail; the proper score does not."""
+    y, pred, q = trained.y_test, trained.pred_test, trained.constant_band["half_width"]
+    ours = interval_score(y, trained.low_test, trained.high_test)
+    constant = interval_score(y, np.maximum(pred - q, 0), pred + q)
+    assert ours < 0.9 * constant
+
+
+def test_holdout_misses_fall_in_both_tails(trained: TrainResult) -> None:
+    y = trained.y_test
+    below, above = np.mean(y < trained.low_test), np.mean(y > trained.high_test)
+    assert 0.015 <= below <= 0.09
+    assert 0.015 <= above <= 0.09
+    for row in trained.by_group:
+        assert row["below"] + row["above"] == pytest.approx(1 - row["coverage"])
 
 
 def test_excluding_sex_makes_predictions_blind_to_it(dataset: Dataset) -> None:
@@ -168,3 +186,26 @@ def test_predictions_stay_sane_over_the_whole_accepted_range(trained: TrainResul
     assert pred.max() < 10 * trained.y_test.max()
     ages = [s for s in FIELDS if isinstance(s, NumberField) and s.name == "age"]
     assert ages[0].maximum == 100
+
+
+def test_linear_jackknife_residuals_equal_refits_without_the_row(dataset: Dataset) -> None:
+    """The closed form e_i / (1 - h_ii) is what leaving row i out and refitting gives."""
+    linear = next(c for c in CANDIDATES if c.name == "linear_domain")
+    X, y = dataset.X[:300], dataset.y[:300]
+    model = linear.fit(X, y, [], 0)
+    fast = linear.jackknife_residuals(model, X, y, [], 0)
+    for i in (0, 17, 123, 299):
+        keep = np.arange(len(y)) != i
+        refit = linear.fit(X[keep], y[keep], [], 0)
+        assert fast[i] == pytest.approx(y[i] - linear.predict(refit, X[i : i + 1])[0], rel=1e-6)
+
+
+def test_other_models_calibrate_on_many_fold_residuals(dataset: Dataset) -> None:
+    """Every row gets a residual from a model that never saw it (20-fold for non-linear models)."""
+    boosting = BoostingCandidate()
+    X, y = dataset.X[:400], dataset.y[:400]
+    model = boosting.fit(X, y, [], 0)
+    res = boosting.jackknife_residuals(model, X, y, [], 0)
+    in_sample = y - boosting.predict(model, X)
+    assert np.all(np.isfinite(res))
+    assert np.mean(np.abs(res)) > np.mean(np.abs(in_sample))  # honest: worse than in-sample

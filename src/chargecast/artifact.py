@@ -148,7 +148,13 @@ class Artifact:
         """Predict one patient of every interval group, scalar and batch paths alike: a
         structurally broken model fails here, at load, not on some later request."""
         rows = np.array(
-            [[25, 0, 25, 1, 0, 2], [40, 1, 31, 0, 0, 1], [55, 0, 22, 2, 0, 0], [40, 1, 25, 1, 1, 0], [40, 1, 35, 1, 1, 3]],
+            [
+                [25, 0, 25, 1, 0, 2],  # one patient of every interval group
+                [40, 1, 31, 0, 0, 1],
+                [55, 0, 22, 2, 0, 0],
+                [40, 1, 25, 1, 1, 0],
+                [40, 1, 35, 1, 1, 3],
+            ],
             dtype=np.float64,
         )
         charges, low, high = self.predict(rows)

@@ -56,9 +56,7 @@ def _own_or_pooled(residuals: Array, mask: npt.NDArray[np.bool_]) -> Array:
     return own if len(own) >= MIN_GROUP else residuals
 
 
-def fit_distribution(
-    residuals: Array, X: Array, level: float, excluded: Sequence[str] = ()
-) -> ResidualDistribution:
+def fit_distribution(residuals: Array, X: Array, level: float, excluded: Sequence[str] = ()) -> ResidualDistribution:
     """Per-group residual quantiles on the grid, plus the moments a book's total needs."""
     names = group_names(excluded)
     g = assign_groups(X, names)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from statistics import NormalDist
 from typing import Any
 
@@ -108,7 +109,7 @@ class ResidualDistribution:
         for g in self.grid:
             if len(g) != len(GRID) or not all(math.isfinite(v) for v in g):
                 raise ValueError(f"each group's quantile grid needs {len(GRID)} finite values")
-            if any(b < a for a, b in zip(g, g[1:], strict=False)):
+            if any(b < a for a, b in pairwise(g)):
                 raise ValueError("a group's quantile grid must not decrease")
         if not 0.0 < self.level < 1.0:
             raise ValueError(f"interval level {self.level} must lie strictly between 0 and 1")
@@ -139,7 +140,8 @@ class ResidualDistribution:
         """(n, len(levels)) forecast quantiles."""
         g = assign_groups(X, self.groups)
         table = np.array([[self._offset(k, q) for q in levels] for k in range(len(self.groups))])
-        return np.maximum(pred[:, None] + table[g], 0.0)
+        out: Array = np.maximum(pred[:, None] + table[g], 0.0)
+        return out
 
     # -- central intervals -------------------------------------------------------------
     def _tails(self, level: float | None) -> tuple[float, float]:

@@ -1,8 +1,9 @@
 """Honest model selection: hold out the test split first, pick by repeated K-fold CV.
 
 The held-out rows are scored exactly once, after the choice is made and the winner is
-refit on the whole training part. Interval widths are calibrated on out-of-fold
-residuals, so no rows are spent on a separate calibration split.
+refit on the whole training part. The predictive distribution is calibrated on the
+refit's jackknife residuals (see :mod:`chargecast.calibration`), so no rows are spent
+on a separate calibration split.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold, RepeatedKFold, train_test_split
 
+from chargecast.calibration import central_offsets, fit_distribution
 from chargecast.data import Dataset
 from chargecast.features import design, domain_terms, drop_features, tutorial_terms
-from chargecast.calibration import central_offsets, fit_distribution
 from chargecast.intervals import ResidualDistribution, assign_groups
 from chargecast.predictors import LinearTerms, Predictor, TreeGrid
 from chargecast.schema import FEATURES
@@ -378,9 +379,7 @@ def train(
     )
 
 
-def interval_by_group(
-    dist: ResidualDistribution, X: Array, y: Array, low: Array, high: Array
-) -> list[dict[str, Any]]:
+def interval_by_group(dist: ResidualDistribution, X: Array, y: Array, low: Array, high: Array) -> list[dict[str, Any]]:
     """Coverage, misses per tail and width of the interval in each calibration group."""
     groups = assign_groups(X, dist.groups)
     out = []
