@@ -469,8 +469,9 @@ def check_range_chart(doc: Node, result: FormResult) -> None:
         FormResult(9100.0, 2900.0, 31000.0, 6400.0, 0.9, {}, 13000.0),  # wide and skewed
         FormResult(41000.0, 37500.0, 47800.0, 40100.0, 0.95, {}, 13000.0),  # narrow, far from zero
         FormResult(1500.0, 0.0, 4200.0, 900.0, 0.8, {}, 13000.0),  # floored at zero
+        FormResult(94938.0, 93544.0, 103808.0, 93896.0, 0.9, {}, 13000.0),  # six-figure tick labels
     ],
-    ids=["example", "skewed", "narrow", "zero"],
+    ids=["example", "skewed", "narrow", "zero", "six-figures"],
 )
 def test_range_chart_draws_range_median_and_mean_on_one_axis(model: Artifact, result: FormResult) -> None:
     check_range_chart(render(model, values=EXAMPLES, result=result), result)

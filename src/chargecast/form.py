@@ -334,11 +334,12 @@ def _cautions(values: Mapping[str, str], model: Artifact) -> str:
     )
 
 
-def _ticks(lo: float, hi: float, most: int = 3) -> list[float]:
-    """Round dollar ticks whose first and last are the axis ends and that cover [lo, hi].
+TICK_CHARS: Final = 28
 
-    At most ``most`` gaps (four labels), so "$40,000"-wide labels fit a 360 px phone.
-    """
+
+def _ticks(lo: float, hi: float, most: int) -> list[float]:
+    """Round dollar ticks whose first and last are the axis ends and that cover [lo, hi],
+    with at most ``most`` gaps between them."""
     span = max(hi - lo, 1.0)
     magnitude = 10 ** math.floor(math.log10(span / most))
     for m in (1, 2, 2.5, 5, 10, 20):
@@ -365,7 +366,13 @@ def _range_chart(result: FormResult) -> str:
     values = (result.low, result.high, result.median, result.charges)
     if not all(math.isfinite(v) for v in values):
         return ""
-    ticks = _ticks(min(values), max(values))
+    # About 28 characters of tick labels fit a 360 px phone (four of "$40,000"); longer
+    # labels ("$100,000") get fewer ticks rather than overprinting each other.
+    most = 3
+    ticks = _ticks(min(values), max(values), most)
+    while most > 1 and len(ticks) * max(len(dollars(t)) for t in ticks) > TICK_CHARS:
+        most -= 1
+        ticks = _ticks(min(values), max(values), most)
     lo, hi = ticks[0], ticks[-1]
 
     def pct(v: float) -> float:
