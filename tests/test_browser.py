@@ -6,6 +6,7 @@ running service instead. Screenshots go to ``test-artifacts/`` for people to loo
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -18,10 +19,10 @@ import pytest
 import uvicorn
 
 from browser import CHROMIUM, Browser
-from chargecast import schema
+from chargecast import protocol, schema
 from chargecast.app import create_app
 from chargecast.artifact import Artifact
-from chargecast.form import dollars
+from chargecast.form import REFERENCE, dollars
 from chargecast.settings import Settings
 
 pytestmark = [
@@ -80,24 +81,84 @@ def submit(browser: Browser, base_url: str, record: dict[str, str]) -> None:
     browser.wait_for_load()
 
 
-def test_empty_form_shows_the_example_patient(browser: Browser, base_url: str) -> None:
+def test_empty_form_starts_blank_with_nothing_chosen(browser: Browser, base_url: str) -> None:
     browser.open(base_url + "/")
     assert browser.text("h1") == "Estimate a patient's medical charges"
     for spec in schema.FIELDS:
-        shown = browser.evaluate(f"document.getElementById('{spec.name}').value")
-        example = spec.example if isinstance(spec, schema.CategoryField) else f"{spec.example:g}"
-        assert shown == example, spec.name
+        assert browser.evaluate(f"document.getElementById('{spec.name}').value") == "", spec.name
+    # no real option is selected, by default or otherwise, and no radio is checked
+    chosen = browser.evaluate(
+        "[...document.querySelectorAll('option')].filter(o => (o.selected || o.defaultSelected) && o.value)"
+        ".map(o => o.parentElement.id + '=' + o.value)"
+    )
+    assert chosen == []
+    assert browser.count("input[type=radio]:checked, input[type=checkbox]:checked") == 0
     assert browser.count("#result") == 0
 
 
-def test_submitting_shows_charges_interval_and_explanation(browser: Browser, base_url: str, model: Artifact) -> None:
+def test_submitting_the_empty_form_names_every_missing_field(browser: Browser, base_url: str) -> None:
+    browser.open(base_url + "/")
+    browser.click("button[type=submit]")
+    browser.wait_for_load()
+    summary = browser.evaluate("[...document.querySelectorAll('[role=alert] li')].map(li => li.textContent.trim())")
+    assert summary == [f"{spec.label} is required" for spec in schema.FIELDS]
+    assert browser.text("#smoker-error") == "Error: Smoker is required"
+    assert browser.count("[aria-invalid=true]") == len(schema.FIELDS)
+    assert browser.count("#result") == 0
+    assert browser.count("#charges") == 0  # nothing predicted from defaults
+    browser.screenshot(ARTIFACTS / "form-empty-errors.png")
+
+
+def _visible(browser: Browser, selector: str) -> bool:
+    return bool(
+        browser.evaluate(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+            " return r.width > 0 && r.height > 0; })()"
+        )
+    )
+
+
+def _range_labels_inside(browser: Browser) -> bool:
+    """Every label of the range chart lies within the chart's width (none cut off at an edge)."""
+    return bool(
+        browser.evaluate(
+            "(() => { const box = document.getElementById('range').getBoundingClientRect();"
+            " return [...document.querySelectorAll('#range text')].every(t => {"
+            " const r = t.getBoundingClientRect(); return r.left >= box.left - 1 && r.right <= box.right + 1; }); })()"
+        )
+    )
+
+
+def _range_labels_apart(browser: Browser) -> bool:
+    """No two labels of the range chart overlap."""
+    return bool(
+        browser.evaluate(
+            "(() => { const rs = [...document.querySelectorAll('#range text')].map(t => t.getBoundingClientRect());"
+            " return rs.every((a, i) => rs.every((b, j) => j <= i || a.right <= b.left || b.right <= a.left"
+            " || a.bottom <= b.top || b.bottom <= a.top)); })()"
+        )
+    )
+
+
+def test_submitting_explains_the_forecast_in_words(browser: Browser, base_url: str, model: Artifact) -> None:
     submit(browser, base_url, PATIENT)
-    expected = model.predict_record(PATIENT)
-    assert browser.text("#charges") == dollars(expected.charges)
-    assert browser.text("#interval") == f"90% interval: {dollars(expected.low)} – {dollars(expected.high)}"
-    assert browser.text("#baseline") == f"A typical patient: {dollars(model.baseline)}"
+    result = protocol.form_result(model, schema.encode_record(PATIENT))
+    assert browser.text("#charges") == dollars(result.charges)
+    assert browser.text("#expected") == f"Expected cost (what to budget): {dollars(result.charges)}"
+    assert browser.text("#interval") == (
+        f"9 in 10 patients like this cost between {dollars(result.low)} and {dollars(result.high)}; "
+        f"half cost less than {dollars(result.median)}."
+    )
+    assert browser.text("#baseline").startswith(f"Compared with {REFERENCE} (expected cost {dollars(model.baseline)})")
+    assert "typical" not in browser.text("#result").lower()
+    assert _visible(browser, "#range")
+    assert browser.count("#range rect.band") == browser.count("#range line.median") == 1
+    assert browser.count("#range circle.mean") == 1
+    assert _range_labels_inside(browser)
+    assert _range_labels_apart(browser)
     assert browser.count("svg.chart rect.bar") == len(schema.FIELDS)
     assert browser.count("svg.chart rect.bar.positive[data-feature=smoker]") == 1  # smoking raises charges
+    assert "Smoker: yes" in browser.text("svg.chart g[data-feature=smoker]")
     for name, value in PATIENT.items():  # the form keeps what was typed
         assert browser.evaluate(f"document.getElementById('{name}').value") == value
     # the result sits beside the form on a desktop screen
@@ -144,6 +205,9 @@ def test_phone_layout_is_one_column_with_large_targets(
         submit(browser, base_url, PATIENT)
         assert browser.text("#charges") == dollars(model.predict_record(PATIENT).charges)
         assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "sideways scrolling"
+        assert _visible(browser, "#range")
+        assert _range_labels_inside(browser)
+        assert _range_labels_apart(browser)
         assert browser.evaluate("window.innerWidth") == width  # <meta name=viewport> took effect
         # one column, answer first: the result is above the form, not beside it
         assert browser.evaluate(
@@ -154,7 +218,28 @@ def test_phone_layout_is_one_column_with_large_targets(
             "[...document.querySelectorAll('input, select, button')].map(e => e.getBoundingClientRect().height)"
         )
         assert min(heights) >= 44, heights  # WCAG 2.5.5 / platform guidance: 44 px touch targets
-        if width == 390:
-            browser.screenshot(ARTIFACTS / "form-mobile.png")
+        browser.screenshot(ARTIFACTS / f"form-mobile-{width}.png")
+    finally:
+        browser.reset_viewport()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"age": "100", "sex": "male", "bmi": "80", "children": "10", "smoker": "yes", "region": "southeast"},
+        {"age": "23", "sex": "female", "bmi": "24.5", "children": "0", "smoker": "no", "region": "southwest"},
+    ],
+    ids=["six-figures", "young-non-smoker"],
+)
+def test_range_chart_reads_on_a_phone_at_the_extremes(browser: Browser, base_url: str, record: dict[str, str]) -> None:
+    """Six-figure tick labels, and markers bunched at the axis's left end, still fit at 360 px."""
+    browser.set_viewport(360, 800, mobile=True, scale=2)
+    try:
+        submit(browser, base_url, record)
+        assert _visible(browser, "#range")
+        assert _range_labels_inside(browser)
+        assert _range_labels_apart(browser)
+        assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "sideways scrolling"
+        browser.screenshot(ARTIFACTS / f"form-range-360-{record['age']}.png")
     finally:
         browser.reset_viewport()

@@ -7,16 +7,32 @@ what a browser would see: which element carries which attribute and text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
-from chargecast import schema
+from chargecast import protocol, schema
+from chargecast.app import create_app
 from chargecast.artifact import Artifact
-from chargecast.form import PALETTE, TEXT_PAIRS, FormResult, dollars, render_page, sign_class, signed_dollars
+from chargecast.form import (
+    PALETTE,
+    REFERENCE,
+    TEXT_PAIRS,
+    FormResult,
+    dollars,
+    render_page,
+    share_of_patients,
+    sign_class,
+    signed_dollars,
+)
 from chargecast.schema import FIELDS, CategoryField, NumberField
+from chargecast.settings import Settings
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -29,8 +45,11 @@ class Node:
     children: list[Node | str] = field(default_factory=list)
 
     def text(self) -> str:
-        parts = [c if isinstance(c, str) else c.text() for c in self.children]
-        return " ".join(" ".join(parts).split())
+        """Like the DOM's textContent, whitespace collapsed: "$5</span>;" reads "$5;"."""
+        return " ".join(self._raw().split())
+
+    def _raw(self) -> str:
+        return "".join(c if isinstance(c, str) else c._raw() for c in self.children)
 
     def walk(self) -> list[Node]:
         out: list[Node] = [self]
@@ -114,6 +133,7 @@ RESULT = FormResult(
     charges=12345.4,
     low=10000.6,
     high=15000.0,
+    median=11000.2,
     level=0.9,
     contributions={"age": 2400.0, "sex": -150.0, "bmi": 1800.0, "children": 300.0, "smoker": -4000.0, "region": 0.0},
     baseline=11995.4,
@@ -151,16 +171,17 @@ def test_each_field_is_generated_from_the_schema(model: Artifact, spec: schema.F
         assert control.attrs["max"] == num(spec.maximum)
         assert control.attrs["step"] == ("1" if spec.integer else "any")
         assert control.attrs["inputmode"] == ("numeric" if spec.integer else "decimal")
-        assert num(spec.example) in control.attrs["placeholder"]
-        assert control.attrs["value"] == num(spec.example)  # empty form: the example patient
+        assert num(spec.example) in control.attrs["placeholder"]  # a hint, not a value
+        assert control.attrs["value"] == ""  # nothing pre-filled
         assert f"From {num(spec.minimum)} to {num(spec.maximum)}" in help_text
     else:
         assert isinstance(spec, CategoryField)
         assert control.tag == "select"
         options = control.find_all("option")
-        assert [o.attrs["value"] for o in options] == list(spec.choices)
-        assert [o.text() for o in options] == list(spec.labels())
-        assert [o.attrs["value"] for o in options if "selected" in o.attrs] == [spec.example]
+        assert [o.attrs["value"] for o in options] == ["", *spec.choices]
+        assert [o.text() for o in options] == ["Choose…", *spec.labels()]
+        # nothing pre-chosen: only the empty placeholder is selected
+        assert [o.attrs["value"] for o in options if "selected" in o.attrs] == [""]
 
 
 def test_form_posts_urlencoded_to_root_with_one_control_per_field(model: Artifact) -> None:
@@ -185,12 +206,66 @@ def test_submitted_values_are_refilled_and_escaped(model: Artifact) -> None:
     # an unknown choice selects nothing real: the placeholder option asks again
     region = [o for o in doc.by_id("region").find_all("option") if "selected" in o.attrs]
     assert [(o.attrs["value"], o.text()) for o in region] == [("", "Choose…")]
+    smoker = [o.attrs["value"] for o in doc.by_id("smoker").find_all("option") if "selected" in o.attrs]
+    assert smoker == ["no"]  # a real choice replaces the placeholder's selection
 
 
 def test_blank_submission_stays_blank(model: Artifact) -> None:
     doc = render(model, values={"age": "", "sex": "female"}, errors={"age": "Age is required"})
     assert doc.by_id("age").attrs["value"] == ""
     assert doc.by_id("bmi").attrs["value"] == ""  # not silently refilled with the example
+
+
+def test_every_missing_field_is_an_error_naming_it(model: Artifact) -> None:
+    # what a browser sends for the untouched empty form: every field, all blank
+    values = {spec.name: "" for spec in FIELDS}
+    _, errors = protocol.check_form(values)
+    assert errors == {spec.name: f"{spec.label} is required" for spec in FIELDS}
+    doc = render(model, values=values, errors=errors)
+    (summary,) = doc.find_all(role="alert")
+    assert [li.text() for li in summary.find_all("li")] == [f"{spec.label} is required" for spec in FIELDS]
+    assert doc.by_id("smoker-error").text() == "Error: Smoker is required"
+    assert not doc.find_all(id="result")
+
+
+@pytest.mark.parametrize("missing", ["smoker", "sex", "region", "age"])
+def test_one_missing_field_is_not_defaulted(model: Artifact, missing: str) -> None:
+    spec = schema.FIELD_BY_NAME[missing]
+    for values in (EXAMPLES | {missing: ""}, {k: v for k, v in EXAMPLES.items() if k != missing}):
+        _, errors = protocol.check_form(values)
+        assert errors == {missing: f"{spec.label} is required"}
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            time.sleep(0.01)
+        yield c
+
+
+def test_app_serves_an_empty_form_and_predicts_nothing_from_blanks(client: TestClient) -> None:
+    fresh = parse(client.get("/").text)
+    for spec in FIELDS:
+        control = fresh.by_id(spec.name)
+        if control.tag == "select":
+            assert [o.attrs["value"] for o in control.find_all("option") if "selected" in o.attrs] == [""]
+        else:
+            assert control.attrs["value"] == ""
+    response = client.post("/", data={spec.name: "" for spec in FIELDS} | {"submit": ""})
+    assert response.status_code == 422
+    doc = parse(response.text)
+    assert not doc.find_all(id="result")
+    assert not doc.find_all(id="charges")
+    assert doc.by_id("smoker-error").text() == "Error: Smoker is required"
+    missing_smoker = {k: v for k, v in EXAMPLES.items() if k != "smoker"}
+    response = client.post("/", data=missing_smoker)
+    assert response.status_code == 422
+    doc = parse(response.text)
+    assert [li.text() for li in doc.find_all(role="alert")[0].find_all("li")] == ["Smoker is required"]
+    assert not doc.find_all(id="result")
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -239,22 +314,59 @@ def test_no_error_summary_without_errors(model: Artifact) -> None:
 # -- result ------------------------------------------------------------------------------------
 
 
-def test_result_panel_shows_dollars_interval_and_baseline(model: Artifact) -> None:
-    doc = render(model, values=EXAMPLES, result=RESULT)
+def test_result_panel_says_in_words_what_the_numbers_mean(model: Artifact) -> None:
+    page = render_page(values=EXAMPLES, errors={}, result=RESULT, model=model)
+    doc = parse(page)
     assert doc.by_id("charges").text() == "$12,345"
-    assert doc.by_id("interval").text() == "90% interval: $10,001 – $15,000"
-    assert doc.by_id("baseline").text() == "A typical patient: $11,995"
-    eighty = render(model, values=EXAMPLES, result=FormResult(1, 0, 2, 0.8, {}, 1))
-    assert eighty.by_id("interval").text().startswith("80% interval: ")
+    assert doc.by_id("expected").text() == "Expected cost (what to budget): $12,345"
+    assert doc.by_id("interval").text() == (
+        "9 in 10 patients like this cost between $10,001 and $15,000; half cost less than $11,000."
+    )
+    # mean $12,345 > median $11,000: the page says why the budget figure is the higher one
+    assert doc.by_id("mean-note").text() == (
+        "The expected cost is the average over patients like this: "
+        "it sits above what most of them cost, because a few cost far more."
+    )
+    baseline = doc.by_id("baseline").text()
+    assert baseline.startswith(f"Compared with {REFERENCE} (expected cost $11,995)")
+    assert "typical" not in page.lower()  # the mean is never called typical
+
+
+def test_mean_note_only_claims_skew_when_the_mean_is_above_the_median(model: Artifact) -> None:
+    for median in (RESULT.charges, RESULT.charges + 0.4, RESULT.charges + 500):  # same dollars, or higher
+        doc = render(model, values=EXAMPLES, result=replace(RESULT, median=median))
+        assert doc.by_id("mean-note").text() == "The expected cost is the average over patients like this."
+    doc = render(model, values=EXAMPLES, result=replace(RESULT, median=RESULT.charges - 1))
+    assert "because a few cost far more" in doc.by_id("mean-note").text()
+
+
+@pytest.mark.parametrize(
+    ("level", "share"),
+    [
+        (0.9, "9 in 10 patients"),
+        (0.8, "8 in 10 patients"),
+        (0.5, "5 in 10 patients"),
+        (0.95, "95 in 100 patients"),
+        (0.99, "99 in 100 patients"),
+        (0.975, "975 in 1000 patients"),
+        (0.9123, "91.2% of patients"),  # no count says it exactly: a percentage, not a rounded count
+    ],
+)
+def test_the_level_is_said_as_a_count_of_patients(model: Artifact, level: float, share: str) -> None:
+    assert share_of_patients(level) == share
+    result = FormResult(1000, 500, 2000, 800, level, {}, 900)
+    text = render(model, values=EXAMPLES, result=result).by_id("interval").text()
+    assert text == f"{share} like this cost between $500 and $2,000; half cost less than $800."
 
 
 def test_chart_has_one_bar_per_contribution_sorted_with_sign_classes(model: Artifact) -> None:
     doc = render(model, values=EXAMPLES, result=RESULT)
-    (svg,) = doc.find_all("svg")
+    (svg,) = doc.find_all("svg", class_="chart")
     assert svg.attrs["role"] == "img"
     title = doc.by_id(svg.attrs["aria-labelledby"])
     assert title.tag == "title"
-    assert "Smoker: No −$4,000" in title.text()
+    assert f"compared with {REFERENCE}" in title.text()
+    assert "Smoker: no −$4,000" in title.text()
     bars = svg.find_all("rect", class_="bar")
     assert [b.attrs["data-feature"] for b in bars] == ["smoker", "age", "bmi", "children", "sex", "region"]
     for bar in bars:
@@ -270,9 +382,99 @@ def test_chart_has_one_bar_per_contribution_sorted_with_sign_classes(model: Arti
             assert x == pytest.approx(x0)
         elif "negative" in bar.attrs["class"]:
             assert x + w == pytest.approx(x0, abs=0.02)
-    labels = [g.text() for g in svg.find_all("g", class_="row")]
-    assert labels[:2] == ["Smoker: No −$4,000", "Age: 39 +$2,400"]
-    assert labels[-1] == "Region: South-east $0"
+    labels = [" ".join(t.text() for t in g.find_all("text")) for g in svg.find_all("g", class_="row")]
+    # the patient's values in words a clerk reads, not codes or the list of choices
+    assert labels[:2] == ["Smoker: no −$4,000", "Age: 39 +$2,400"]
+    assert labels[-1] == "Region: southeast $0"
+
+
+def test_chart_labels_show_what_the_model_read(model: Artifact) -> None:
+    values = EXAMPLES | {"age": " 52.0 ", "smoker": "YES", "region": " Southwest", "sex": "male"}
+    labels = {g.attrs["data-feature"]: g.find_all("text", class_="label")[0].text() for g in _rows(model, values)}
+    assert labels == {
+        "age": "Age: 52",
+        "sex": "Sex: male",
+        "bmi": "Body mass index: 30.4",
+        "children": "Children: 1",
+        "smoker": "Smoker: yes",
+        "region": "Region: southwest",
+    }
+
+
+def _rows(model: Artifact, values: dict[str, str]) -> list[Node]:
+    return render(model, values=values, result=RESULT).find_all("g", class_="row")
+
+
+def _dollars_at(svg: Node) -> tuple[list[float], list[float]]:
+    """(tick dollars, tick x in percent) of a range chart."""
+    ticks = svg.find_all("g", class_="tick")
+    values = [float(t.attrs["data-dollars"]) for t in ticks]
+    xs = [float(t.find_all("line")[0].attrs["x1"].rstrip("%")) for t in ticks]
+    return values, xs
+
+
+def check_range_chart(doc: Node, result: FormResult) -> None:
+    """The range SVG draws the result's own numbers where its own axis says they belong."""
+    svg = doc.by_id("range")
+    assert svg.tag == "svg"
+    assert svg.attrs["role"] == "img"
+    title = doc.by_id(svg.attrs["aria-labelledby"])
+    assert title.tag == "title"
+    assert title.parent is svg
+    assert dollars(result.low) in title.text()
+    assert dollars(result.high) in title.text()
+    assert dollars(result.median) in title.text()
+    assert dollars(result.charges) in title.text()
+    values, xs = _dollars_at(svg)
+    assert 2 <= len(values) <= 4  # few enough labels for a phone
+    assert xs[0] == pytest.approx(0)
+    assert xs[-1] == pytest.approx(100)
+    steps = np.diff(values)
+    assert np.allclose(steps, steps[0])
+    assert steps[0] > 0
+    assert values[0] <= min(result.low, result.median, result.charges)
+    assert values[-1] >= max(result.high, result.charges)
+    texts = [t.find_all("text")[0].text() for t in svg.find_all("g", class_="tick")]
+    assert texts == [dollars(v) for v in values]  # labelled in dollars
+
+    def x_of(v: float) -> float:
+        return (v - values[0]) / (values[-1] - values[0]) * 100
+
+    (band,) = svg.find_all("rect", class_="band")
+    (median,) = svg.find_all("line", class_="median")
+    (mean,) = svg.find_all("circle", class_="mean")
+    x_low = float(band.attrs["x"].rstrip("%"))
+    x_high = x_low + float(band.attrs["width"].rstrip("%"))
+    x_med = float(median.attrs["x1"].rstrip("%"))
+    x_mean = float(mean.attrs["cx"].rstrip("%"))
+    assert x_low == pytest.approx(x_of(result.low), abs=0.01)
+    assert x_high == pytest.approx(x_of(result.high), abs=0.02)
+    assert x_med == pytest.approx(x_of(result.median), abs=0.01)
+    assert x_mean == pytest.approx(x_of(result.charges), abs=0.01)
+    assert x_low <= x_med <= x_high
+    if result.charges > result.median:
+        assert x_mean > x_med
+    (mean_label,) = svg.find_all("text", class_="mean-label")
+    (median_label,) = svg.find_all("text", class_="median-label")
+    assert mean_label.text() == f"Expected {dollars(result.charges)}"
+    assert median_label.text() == f"Median {dollars(result.median)}"
+    assert float(mean_label.attrs["y"]) < float(band.attrs["y"])  # the labels sit on opposite sides
+    assert float(median_label.attrs["y"]) > float(band.attrs["y"]) + float(band.attrs["height"])
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        RESULT,
+        FormResult(9100.0, 2900.0, 31000.0, 6400.0, 0.9, {}, 13000.0),  # wide and skewed
+        FormResult(41000.0, 37500.0, 47800.0, 40100.0, 0.95, {}, 13000.0),  # narrow, far from zero
+        FormResult(1500.0, 0.0, 4200.0, 900.0, 0.8, {}, 13000.0),  # floored at zero
+        FormResult(94938.0, 93544.0, 103808.0, 93896.0, 0.9, {}, 13000.0),  # six-figure tick labels
+    ],
+    ids=["example", "skewed", "narrow", "zero", "six-figures"],
+)
+def test_range_chart_draws_range_median_and_mean_on_one_axis(model: Artifact, result: FormResult) -> None:
+    check_range_chart(render(model, values=EXAMPLES, result=result), result)
 
 
 def test_screen_readers_get_the_same_numbers_as_a_table(model: Artifact) -> None:
@@ -290,18 +492,47 @@ def test_screen_readers_get_the_same_numbers_as_a_table(model: Artifact) -> None
 
 def test_real_prediction_renders_and_adds_up(model: Artifact) -> None:
     record = {"age": "70", "sex": "male", "bmi": "34.1", "children": "2", "smoker": "yes", "region": "northwest"}
+    encoded = schema.encode_record(record)
+    result = protocol.form_result(model, encoded)
     prediction = model.predict_record(record)
-    encoded = np.array([schema.encode_record(record)])
-    contributions = dict(zip(schema.FEATURES, map(float, model.explain(encoded)[0]), strict=True))
-    assert sum(contributions.values()) + model.baseline == pytest.approx(prediction.charges)
-    result = FormResult(prediction.charges, prediction.low, prediction.high, model.level, contributions, model.baseline)
+    assert (result.charges, result.low, result.high) == (prediction.charges, prediction.low, prediction.high)
+    assert result.median == model.quantiles_row(prediction.charges, encoded, [0.5])[0]
+    assert sum(result.contributions.values()) + result.baseline == pytest.approx(prediction.charges)
     doc = render(model, values=record, result=result)
     assert doc.by_id("charges").text() == dollars(prediction.charges)
     assert len(doc.find_all("rect", class_="bar")) == len(schema.FEATURES)
+    check_range_chart(doc, result)
     # 70 is a valid age but beyond the training data (18-64): the page says so
     (caution,) = doc.find_all(class_="caution")
     assert "Age 70" in caution.text()
     assert not render(model, values=EXAMPLES, result=result).find_all(class_="caution")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"age": "52", "sex": "male", "bmi": "34.1", "children": "2", "smoker": "yes", "region": "northwest"},
+        {"age": "23", "sex": "female", "bmi": "24.5", "children": "0", "smoker": "no", "region": "southwest"},
+        {"age": "58", "sex": "female", "bmi": "28.0", "children": "1", "smoker": "no", "region": "northeast"},
+    ],
+    ids=["obese-smoker", "young-non-smoker", "older-non-smoker"],
+)
+def test_real_wording_uses_the_artifacts_own_interval_and_median(model: Artifact, record: dict[str, str]) -> None:
+    encoded = schema.encode_record(record)
+    result = protocol.form_result(model, encoded)
+    low, high = model.distribution.apply_row(result.charges, encoded)
+    low_q, median, high_q = model.quantiles_row(result.charges, encoded, [0.05, 0.5, 0.95])
+    assert model.level == 0.9
+    assert (result.low, result.high) == (low, high) == pytest.approx((low_q, high_q))  # equal-tailed
+    assert result.median == median
+    doc = render(model, values=record, result=result)
+    assert doc.by_id("interval").text() == (
+        f"9 in 10 patients like this cost between {dollars(low)} and {dollars(high)}; "
+        f"half cost less than {dollars(median)}."
+    )
+    skew_claimed = "because a few cost far more" in doc.by_id("mean-note").text()
+    assert skew_claimed == (round(result.charges) > round(median))
+    check_range_chart(doc, result)
 
 
 # -- page --------------------------------------------------------------------------------------

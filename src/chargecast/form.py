@@ -19,6 +19,10 @@ from chargecast.artifact import Artifact
 from chargecast.schema import FIELD_BY_NAME, FIELDS, CategoryField, Field, NumberField
 
 TITLE: Final = "Estimate a patient's medical charges"
+# What contributions are measured from: the model's baseline is the mean forecast over the
+# training rows. Named in full wherever it appears, never "a typical patient": the mean of
+# skewed charges is not what a typical patient costs.
+REFERENCE: Final = "the average patient in the training data"
 
 # One palette feeds the CSS and the contrast test, so a colour change cannot silently
 # drop text below WCAG AA (4.5:1).
@@ -38,6 +42,7 @@ PALETTE: Final[Mapping[str, str]] = {
     "up": "#a8430c",  # an input that raises the estimate
     "down": "#1d5fa8",  # an input that lowers it
     "focus": "#1b1f24",
+    "range_fill": "#dbe6f7",  # the range band's fill; its outline (accent) carries the 3:1
 }
 # (text colour, background) pairs the stylesheet actually uses for text.
 TEXT_PAIRS: Final[tuple[tuple[str, str], ...]] = (
@@ -60,11 +65,17 @@ TEXT_PAIRS: Final[tuple[tuple[str, str], ...]] = (
 
 @dataclass(frozen=True)
 class FormResult:
-    """A prediction as the page shows it; contributions sum to ``charges - baseline``."""
+    """A prediction as the page shows it; contributions sum to ``charges - baseline``.
+
+    ``charges`` is the conditional mean (what to budget); ``median`` is the 0.5 quantile of
+    the same distribution that gives ``low``/``high``, so the page can say where half of
+    such patients fall without calling the mean typical.
+    """
 
     charges: float
     low: float
     high: float
+    median: float
     level: float
     contributions: dict[str, float]
     baseline: float
@@ -110,6 +121,19 @@ def _percent(level: float) -> str:
     return f"{round(level * 100, 1):g}%"
 
 
+def share_of_patients(level: float) -> str:
+    """A level as a count of people ("9 in 10 patients"), which reads better than "90%".
+
+    The smallest of 10, 100 or 1000 that makes the share whole; any other level falls back
+    to a percentage rather than rounding to a count that would misstate it.
+    """
+    for whole in (10, 100, 1000):
+        k = level * whole
+        if abs(k - round(k)) < 1e-9 and 0 < round(k) < whole:
+            return f"{round(k)} in {whole} patients"
+    return f"{_percent(level)} of patients"
+
+
 def _choice(spec: CategoryField, raw: str) -> int | None:
     """The index of the submitted choice, matched like the schema does (case, spaces)."""
     text = raw.strip().lower()
@@ -129,11 +153,16 @@ def _example(spec: Field) -> str:
 
 
 def _shown_value(spec: Field, raw: str) -> str | None:
-    """The patient's value as a person reads it, or None if it is not a valid one."""
+    """The patient's value in a clerk's words ("yes", "southwest", "52"), or None if invalid.
+
+    Categories show the word the record holds, not a code or the list of choices; numbers
+    show what the model read (" 52 " and "52.0" both as 52).
+    """
     if isinstance(spec, CategoryField):
         k = _choice(spec, raw)
-        return None if k is None else spec.labels()[k]
-    return raw.strip() if _number(raw) is not None else None
+        return None if k is None else spec.choices[k]
+    value = _number(raw)
+    return None if value is None else _num(value)
 
 
 # -- the form -------------------------------------------------------------------------------
@@ -167,8 +196,10 @@ def _field(spec: Field, raw: str, error: str | None) -> str:
             f'placeholder="e.g. {_e(_example(spec))}" value="{_e(raw)}">'
         )
     else:
+        # The empty option is always first: nothing is pre-chosen for the clerk, and a
+        # choice left alone is sent as "" and reported as missing, never defaulted.
         chosen = _choice(spec, raw)
-        options = [] if chosen is not None else ['<option value="" selected>Choose…</option>']
+        options = [f'<option value=""{"" if chosen is not None else " selected"}>Choose…</option>']
         for k, (value, label) in enumerate(zip(spec.choices, spec.labels(), strict=True)):
             selected = " selected" if k == chosen else ""
             options.append(f'<option value="{_e(value)}"{selected}>{_e(label)}</option>')
@@ -178,13 +209,10 @@ def _field(spec: Field, raw: str, error: str | None) -> str:
 
 
 def _form(values: Mapping[str, str], errors: Mapping[str, str]) -> str:
-    # A fresh page shows the schema's example patient; a submitted one shows exactly
-    # what was sent, even blanks, so errors and inputs always agree.
-    fresh = not values and not errors
-    fields = "".join(
-        _field(spec, _example(spec) if fresh else str(values.get(spec.name, "")), errors.get(spec.name))
-        for spec in FIELDS
-    )
+    # A fresh page is empty: a pre-filled patient would be predicted for whoever forgot to
+    # change a field. A submitted page shows exactly what was sent, even blanks, so errors
+    # and inputs always agree.
+    fields = "".join(_field(spec, str(values.get(spec.name, "")), errors.get(spec.name)) for spec in FIELDS)
     # novalidate: the server's messages come from the schema and are written for
     # people; the browser's built-in bubbles would pre-empt them with vaguer ones.
     return (
@@ -244,7 +272,7 @@ def _chart(rows: list[tuple[str, str, float]]) -> str:
 
     zero = pct(0.0)
     summary = ", ".join(f"{label} {signed_dollars(a)}" for _, label, a in rows)
-    title = f"How each input moved the estimate: {summary}"
+    title = f"How each input moved the expected cost, compared with {REFERENCE}: {summary}"
     parts = [
         f'<svg class="chart" role="img" aria-labelledby="chart-title" width="100%" height="{height}">'
         f'<title id="chart-title">{_e(title)}</title>'
@@ -277,7 +305,8 @@ def _table(rows: list[tuple[str, str, float]], baseline: float) -> str:
     return (
         # A table ignores width:1px, so the hiding wrapper is a div.
         '<div class="visually-hidden"><table>'
-        f"<caption>How each input moved the estimate from a typical patient ({_e(dollars(baseline))})</caption>"
+        f"<caption>How each input moved the expected cost, compared with {_e(REFERENCE)} "
+        f"({_e(dollars(baseline))})</caption>"
         "<thead><tr><th scope='col'>Input</th><th scope='col'>Effect on charges</th></tr></thead>"
         f"<tbody>{body}</tbody></table></div>"
     )
@@ -305,19 +334,120 @@ def _cautions(values: Mapping[str, str], model: Artifact) -> str:
     )
 
 
+TICK_CHARS: Final = 28
+
+
+def _ticks(lo: float, hi: float, most: int) -> list[float]:
+    """Round dollar ticks whose first and last are the axis ends and that cover [lo, hi],
+    with at most ``most`` gaps between them."""
+    span = max(hi - lo, 1.0)
+    magnitude = 10 ** math.floor(math.log10(span / most))
+    for m in (1, 2, 2.5, 5, 10, 20):
+        step = m * magnitude
+        start, end = math.floor(lo / step) * step, math.ceil(hi / step) * step
+        if end == start:
+            end = start + step
+        if round((end - start) / step) <= most:
+            return [start + i * step for i in range(round((end - start) / step) + 1)]
+    return [lo, hi]  # unreachable: 20x the magnitude is always few enough gaps
+
+
+def _anchor(pct: float) -> str:
+    """Keep a label inside the chart: near an edge it grows inwards from its mark."""
+    return "start" if pct < 20 else "end" if pct > 80 else "middle"
+
+
+def _range_chart(result: FormResult) -> str:
+    """Range, median and mean on one dollar axis (inline SVG, x in percent for any width).
+
+    The mean is a dot above the band, the median a line through it, each labelled on its
+    own side of the band so that close values never print over each other.
+    """
+    values = (result.low, result.high, result.median, result.charges)
+    if not all(math.isfinite(v) for v in values):
+        return ""
+    # About 28 characters of tick labels fit a 360 px phone (four of "$40,000"); longer
+    # labels ("$100,000") get fewer ticks rather than overprinting each other.
+    most = 3
+    ticks = _ticks(min(values), max(values), most)
+    while most > 1 and len(ticks) * max(len(dollars(t)) for t in ticks) > TICK_CHARS:
+        most -= 1
+        ticks = _ticks(min(values), max(values), most)
+    lo, hi = ticks[0], ticks[-1]
+
+    def pct(v: float) -> float:
+        return (v - lo) / (hi - lo) * 100
+
+    x_low, x_high, x_med, x_mean = (pct(v) for v in (result.low, result.high, result.median, result.charges))
+    share = share_of_patients(result.level)
+    title = (
+        f"{share} like this cost between {dollars(result.low)} and {dollars(result.high)}; "
+        f"half cost less than {dollars(result.median)}; expected cost {dollars(result.charges)}."
+    )
+    band_y, band_h, axis_y = 26, 20, 78
+    parts = [
+        f'<svg class="range" id="range" role="img" aria-labelledby="range-title" width="100%" height="{axis_y + 26}">',
+        f'<title id="range-title">{_e(title)}</title>',
+        f'<rect class="band" x="{x_low:.2f}%" y="{band_y}" width="{max(x_high - x_low, 0.5):.2f}%" '
+        f'height="{band_h}" rx="3" data-dollars="{result.low:.2f}" data-high="{result.high:.2f}"/>',
+        f'<line class="median" x1="{x_med:.2f}%" x2="{x_med:.2f}%" y1="{band_y - 4}" y2="{band_y + band_h + 4}" '
+        f'data-dollars="{result.median:.2f}"/>',
+        f'<circle class="mean" cx="{x_mean:.2f}%" cy="{band_y + band_h / 2}" r="7" '
+        f'data-dollars="{result.charges:.2f}"/>',
+        f'<text class="mark-label mean-label" x="{x_mean:.2f}%" y="{band_y - 10}" text-anchor="{_anchor(x_mean)}">'
+        f"Expected {_e(dollars(result.charges))}</text>",
+        f'<text class="mark-label median-label" x="{x_med:.2f}%" y="{band_y + band_h + 20}" '
+        f'text-anchor="{_anchor(x_med)}">Median {_e(dollars(result.median))}</text>',
+        f'<line class="axis" x1="0%" x2="100%" y1="{axis_y}" y2="{axis_y}"/>',
+    ]
+    for i, tick in enumerate(ticks):
+        x = pct(tick)
+        anchor = "start" if i == 0 else "end" if i == len(ticks) - 1 else "middle"
+        parts.append(
+            f'<g class="tick" data-dollars="{tick:.2f}">'
+            f'<line x1="{x:.2f}%" x2="{x:.2f}%" y1="{axis_y}" y2="{axis_y + 5}"/>'
+            f'<text x="{x:.2f}%" y="{axis_y + 20}" text-anchor="{anchor}">{_e(dollars(tick))}</text></g>'
+        )
+    parts.append("</svg>")
+    legend = (
+        '<p class="note legend">'
+        f'<span class="key band">{_e(share)} ({_e(_percent(result.level))} interval)</span> '
+        '<span class="key median">Median: half cost less</span> '
+        '<span class="key mean">Expected cost (average)</span></p>'
+    )
+    return "".join(parts) + legend
+
+
+def _spread(result: FormResult) -> str:
+    """The plain-words reading of the numbers: what to budget, the range, the median."""
+    mean_note = "The expected cost is the average over patients like this"
+    # Decided on the dollars shown, so the sentence never contradicts the figures beside it.
+    if round(result.charges) > round(result.median):
+        mean_note += ": it sits above what most of them cost, because a few cost far more."
+    else:
+        mean_note += "."
+    return (
+        f'<p class="interval" id="interval">{_e(share_of_patients(result.level))} like this cost between '
+        f"{_money(result.low)} and {_money(result.high)}; half cost less than {_money(result.median)}.</p>"
+        f'<p class="mean-note" id="mean-note">{_e(mean_note)}</p>'
+    )
+
+
 def _result(result: FormResult, values: Mapping[str, str], model: Artifact) -> str:
     rows = _items(result, values)
     return (
         '<section class="card result" id="result" aria-labelledby="result-title">'
         '<h2 id="result-title">Estimated charges</h2>'
-        f'<p class="charges" id="charges"><data value="{result.charges:.2f}">{_e(dollars(result.charges))}</data></p>'
-        f'<p class="interval" id="interval">{_e(_percent(result.level))} interval: '
-        f'<span class="money">{_e(dollars(result.low))} – {_e(dollars(result.high))}</span></p>'
-        f'<p class="baseline" id="baseline">A typical patient: {_money(result.baseline)}</p>'
+        '<p class="expected" id="expected">Expected cost (what to budget): '
+        f'<data class="charges" id="charges" value="{result.charges:.2f}">{_e(dollars(result.charges))}</data></p>'
+        f"{_spread(result)}"
+        f"{_range_chart(result)}"
         f"{_cautions(values, model)}"
-        '<h3 id="explain-title">What moved the estimate</h3>'
-        '<p class="note">Each bar shows how far one input moves this patient away from a typical patient. '
-        '<span class="key positive">Raises</span> <span class="key negative">Lowers</span></p>'
+        '<h3 id="explain-title">What moved the expected cost</h3>'
+        f'<p class="baseline" id="baseline">Compared with {_e(REFERENCE)} '
+        f"(expected cost {_money(result.baseline)}), each bar shows how much one input "
+        "raises or lowers this patient's expected cost.</p>"
+        '<p class="note"><span class="key positive">Raises</span> <span class="key negative">Lowers</span></p>'
         f"{_chart(rows)}{_table(rows, result.baseline)}"
         "</section>"
     )
@@ -402,9 +532,22 @@ def _css() -> str:
         ".error-summary li{margin:.5rem 0}"
         ".error-summary a{color:var(--error);font-weight:650}"
         ".result h2{margin-bottom:.25rem}"
-        ".charges{font-size:2.5rem;font-weight:800;line-height:1.1;margin:0 0 .25rem;"
+        ".expected{font-size:1.0625rem;font-weight:650;margin:0 0 .5rem}"
+        ".charges{display:block;font-size:2.5rem;font-weight:800;line-height:1.1;"
         "font-variant-numeric:tabular-nums}"
-        ".interval{font-size:1.125rem;font-weight:600;margin:0}"
+        ".interval{font-size:1.125rem;font-weight:600;margin:0 0 .25rem}"
+        ".mean-note{margin:0 0 .25rem}"
+        ".range{display:block;overflow:visible;margin:.75rem 0 0;font-size:.875rem}"
+        ".range text{fill:var(--muted);font-variant-numeric:tabular-nums}"
+        ".range .mark-label{font-weight:700;fill:var(--ink)}.range .mean-label{fill:var(--up)}"
+        ".range .band{fill:var(--range-fill);stroke:var(--accent);stroke-width:1.5}"
+        ".range .median{stroke:var(--ink);stroke-width:3}"
+        ".range .mean{fill:var(--up);stroke:var(--card);stroke-width:2}"
+        ".range .axis,.range .tick line{stroke:var(--muted);stroke-width:1}"
+        ".legend{margin:.25rem 0 .5rem}"
+        ".key.band::before{background:var(--range-fill);border:1.5px solid var(--accent)}"
+        ".key.median::before{width:3px;height:1rem;vertical-align:-.2rem;background:var(--ink)}"
+        ".key.mean::before{border-radius:50%;background:var(--up)}"
         ".baseline,.note{color:var(--muted);margin:.25rem 0}"
         ".note{font-size:.9375rem}"
         ".caution{background:var(--caution-bg);border-left:4px solid var(--up);padding:.5rem .75rem;margin:.75rem 0}"
@@ -433,7 +576,9 @@ def _css() -> str:
         ".with-result{grid-template-areas:'form result' 'form about';grid-template-rows:auto 1fr}"
         ".form{grid-area:form}.result{grid-area:result}.about{grid-area:about}"
         "button{width:auto}}"
-        "@media (forced-colors:active){.chart .bar{fill:CanvasText}.key::before{border:1px solid CanvasText}}"
+        "@media (forced-colors:active){.chart .bar,.range .mean{fill:CanvasText}"
+        ".range .band{fill:Canvas;stroke:CanvasText}.range .median{stroke:CanvasText}"
+        ".key::before{border:1px solid CanvasText}}"
     )
 
 
@@ -448,7 +593,8 @@ def render_page(
         _e(TITLE),
         "</h1>",
         '<p class="lede">Enter the patient\'s details for a forecast of their yearly medical charges, '
-        f"a {_e(_percent(model.level))} interval and what drove the estimate.</p></header>",
+        f"the range {_e(share_of_patients(model.level))} like them fall in ({_e(_percent(model.level))} "
+        "interval) and what drove the estimate.</p></header>",
         "<main>",
         _error_summary(errors),
         '<div class="layout with-result">' if result is not None else '<div class="layout">',
@@ -472,4 +618,14 @@ def render_page(
     )
 
 
-__all__ = ["PALETTE", "TEXT_PAIRS", "FormResult", "dollars", "render_page", "sign_class", "signed_dollars"]
+__all__ = [
+    "PALETTE",
+    "REFERENCE",
+    "TEXT_PAIRS",
+    "FormResult",
+    "dollars",
+    "render_page",
+    "share_of_patients",
+    "sign_class",
+    "signed_dollars",
+]

@@ -424,9 +424,12 @@ def check_form(values: Mapping[str, str]) -> tuple[list[float], dict[str, str]]:
 
 
 def form_result(model: Artifact, encoded: Sequence[float]) -> FormResult:
+    """The form's answer: the mean forecast, its interval, and the median of the same
+    distribution, so the page can say where half of such patients fall."""
     p = model.predict_row(encoded)
+    (median,) = model.quantiles_row(p.charges, encoded, [0.5])
     contributions = _contributions(model, np.array([encoded], dtype=np.float64))[0]
-    return FormResult(p.charges, p.low, p.high, model.level, contributions, model.baseline)
+    return FormResult(p.charges, p.low, p.high, median, model.level, contributions, model.baseline)
 
 
 # -- CSV --------------------------------------------------------------------------------
