@@ -75,8 +75,7 @@ def render(result: TrainResult, metadata: Mapping[str, Any]) -> dict[str, bytes]
     import matplotlib
 
     matplotlib.use("Agg")
-    contributions = np.asarray(result.predictor.contributions(result.X_test), dtype=np.float64)
-    mean_abs = np.abs(contributions).mean(axis=0) if len(contributions) else np.zeros(len(FEATURES))
+    mean_abs = _mean_abs(result)
     facts = _holdout(result)
     files = {
         "report.md": _report(result, metadata, mean_abs, facts).encode("utf-8"),
@@ -84,6 +83,13 @@ def render(result: TrainResult, metadata: Mapping[str, Any]) -> dict[str, bytes]
     }
     files |= {PLOTS[name]: _png(fig) for name, fig in figures(result, mean_abs, facts)}
     return files
+
+
+def _mean_abs(result: TrainResult) -> Array:
+    """Mean absolute contribution of each input on the holdout."""
+    contributions = np.asarray(result.predictor.contributions(result.X_test), dtype=np.float64)
+    out: Array = np.abs(contributions).mean(axis=0) if len(contributions) else np.zeros(len(FEATURES))
+    return out
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -794,11 +800,17 @@ def _percent(axis: Any, decimals: int = 0) -> None:
     axis.set_major_formatter(PercentFormatter(1.0, decimals=decimals))
 
 
-def figures(result: TrainResult, mean_abs: Array, facts: _Holdout | None = None) -> Iterator[tuple[str, Figure]]:
-    """Each plot's name (a key of :data:`PLOTS`) and its open figure; closed when the next is drawn."""
+def figures(
+    result: TrainResult, mean_abs: Array | None = None, facts: _Holdout | None = None
+) -> Iterator[tuple[str, Figure]]:
+    """Each plot's name (a key of :data:`PLOTS`) and its open figure, closed when the next is drawn.
+
+    Yielding open figures (rather than PNG bytes only) lets tests read what was drawn.
+    """
     from matplotlib.layout_engine import TightLayoutEngine
 
     f = facts or _holdout(result)
+    mean_abs = _mean_abs(result) if mean_abs is None else mean_abs
     dist = result.distribution
     names = list(dist.groups)
     colours = [GROUP_COLOURS[k % len(GROUP_COLOURS)] for k in range(len(names))]
