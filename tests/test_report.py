@@ -26,7 +26,8 @@ from matplotlib.text import Text
 from scipy.stats import binomtest  # type: ignore[import-untyped]  # no stubs; see calibration.py
 from sklearn.model_selection import train_test_split
 
-from chargecast.report import LEVELS, PLOTS, figures, render, wilson
+from chargecast.intervals import group_names
+from chargecast.report import LEVELS, PLOTS, _grouping, figures, render, wilson
 from chargecast.schema import FEATURES
 from chargecast.train import CANDIDATES, TrainResult
 
@@ -233,7 +234,7 @@ def test_group_tables_carry_the_run_numbers(trained: TrainResult, report: str, c
                 f"{_signed_usd(g['lo'])} to {_signed_usd(g['hi'])}",
             ]
         y, low, high = trained.y_test, trained.low_test, trained.high_test
-        overall = _row(text, "**all**")
+        overall = _row(text, "**all holdout**")
         assert overall[1:3] == [str(len(y)), _pct(trained.metrics["holdout"]["coverage"])]
         assert overall[4:6] == [_pct(float(np.mean(y < low))), _pct(float(np.mean(y > high)))]
 
@@ -288,6 +289,15 @@ def test_interval_text_explains_the_new_interval_only(trained: TrainResult, repo
     for phrase in OLD_EXPLANATION:
         assert phrase not in report
         assert phrase not in card
+
+
+@pytest.mark.parametrize("excluded", [(), ("smoker",), ("bmi",), ("age",), ("age", "bmi"), ("smoker", "age")])
+def test_grouping_text_follows_the_groups_an_exclusion_leaves(excluded: tuple[str, ...]) -> None:
+    groups = group_names(excluded)
+    text = _grouping(groups)
+    assert ("age band" in text) == any("age " in g for g in groups)
+    assert ("obesity" in text) == any("bmi" in g for g in groups)
+    assert ("all patients form one group" in text) == (groups == ["all"])
 
 
 def test_constant_band_comparison_recomputes_its_misses(trained: TrainResult, report: str) -> None:

@@ -444,7 +444,7 @@ def _group_table(result: TrainResult, f: _Holdout) -> str:
     h = result.metrics["holdout"]
     rows.append(
         [
-            "**all**",
+            "**all holdout**",
             str(f.rows),
             _pct(h["coverage"]),
             _pct_ci(_wilson1(h["coverage"], f.rows)),
@@ -537,8 +537,7 @@ def _calibration(result: TrainResult, f: _Holdout) -> list[str]:
         else ""
     )
     return [
-        "Non-smokers are grouped by age band (their base level and their tail of extra charges shift "
-        "with age), smokers by obesity (their charges jump at bmi 30). For each group the residuals "
+        _grouping(result.distribution.groups) + " For each group the residuals "
         "(actual − forecast) of the training rows give a grid of quantiles (Harrell–Davis estimates, "
         "levels 0.1% to 99.9%); an interval at level L is the forecast plus the (1 − L)/2 and "
         f"(1 + L)/2 quantiles, floored at zero.{borrowed}",
@@ -549,6 +548,25 @@ def _calibration(result: TrainResult, f: _Holdout) -> list[str]:
         f"errors, and a {f.level:.0%} interval built on them was about 4 points conservative, "
         "nearly all of it in the lower tail.",
     ]
+
+
+def _grouping(groups: Sequence[str]) -> str:
+    """Why the groups are what they are; excluded inputs change them, so the text follows."""
+    by_age = any("age " in g for g in groups)
+    by_smoking = any(g.startswith("smoker") for g in groups)
+    by_obesity = any("bmi" in g for g in groups)
+    age = "the base level and the tail of extra charges shift with age"
+    if by_smoking and by_age:
+        first = f"Non-smokers are grouped by age band ({age})"
+    elif by_age:
+        first = f"Patients are grouped by age band ({age})"
+    elif by_smoking:
+        first = "Smokers and non-smokers are grouped apart"
+    else:
+        return "Smoking and age are excluded, so all patients form one group."
+    if by_obesity:
+        return first + ", smokers by obesity (their charges jump at bmi 30)."
+    return first + ("; smokers form one group." if by_smoking and by_age else ".")
 
 
 def _forecast_inside(result: TrainResult) -> str:
