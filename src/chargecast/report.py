@@ -1,10 +1,11 @@
 """The training report and model card, rendered to bytes for the artifact directory.
 
 Reviewers (engineers, actuaries) need the numbers a run produced next to the caveats that
-qualify them, in files that travel with the model. Everything is taken from the
-:class:`~chargecast.train.TrainResult`; only training ranges and the contribution summary
-are computed here. matplotlib is imported inside :func:`render`, so importing this module
-costs nothing on the serving path.
+qualify them, in files that travel with the model. The fitted numbers come from the
+:class:`~chargecast.train.TrainResult`; what is computed here only re-reads its holdout
+(tail shares, Wilson intervals, coverage across levels, the constant band's misses),
+training ranges and the contribution summary. matplotlib is imported inside
+:func:`render`, so importing this module costs nothing on the serving path.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from chargecast.intervals import assign_groups
+from chargecast.intervals import MIN_GROUP, assign_groups
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
 
 if TYPE_CHECKING:
@@ -33,11 +35,28 @@ PLOTS: dict[str, str] = {
     "predicted_vs_actual": "plots/predicted_vs_actual.png",
     "residuals": "plots/residuals.png",
     "interval_coverage": "plots/interval_coverage.png",
+    "coverage_by_level": "plots/coverage_by_level.png",
     "contributions": "plots/contributions.png",
 }
-# Fixed colours per interval group, so every plot reads the same way.
-GROUP_COLOURS = ("#4c72b0", "#dd8452", "#c44e52", "#55a868")
-FIGSIZE, WIDE_FIGSIZE, DPI = (6.0, 4.0), (7.5, 4.0), 100
+# Fixed colours per interval group (one per group, so no two share), so every plot reads the same way.
+GROUP_COLOURS = ("#4c72b0", "#55a868", "#8172b3", "#dd8452", "#c44e52")
+# Where the actual charge fell against its interval: inside, below, above.
+INSIDE, BELOW, ABOVE = "#7f8c9d", "#e08a1e", "#c0392b"
+# Figures are saved at figsize × DPI pixels (no tight bbox), so every PNG is at least 1,200 px
+# wide and a 12 pt label stays legible when the image is shown at its own size.
+DPI = 100
+SIZES: dict[str, tuple[float, float]] = {
+    "predicted_vs_actual": (13.0, 8.5),
+    "residuals": (13.0, 6.5),
+    "interval_coverage": (16.0, 6.5),
+    "coverage_by_level": (15.0, 6.5),
+    "contributions": (12.5, 5.5),
+}
+LEVELS = np.round(np.arange(0.50, 0.991, 0.01), 2)  # the coverage-by-level sweep
+TABLE_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
+WILSON_Z = 1.959963984540054  # two-sided 95%
+# Residuals are bimodal: the non-smokers' rare extra charges sit far beyond this gap.
+LARGE_EXTRA = 5000.0
 
 # Quoted from the project's issue; they are not recomputed here.
 PYCARET_SEED, PYCARET_TEST_SIZE = 42, 0.2
@@ -56,25 +75,35 @@ def render(result: TrainResult, metadata: Mapping[str, Any]) -> dict[str, bytes]
     import matplotlib
 
     matplotlib.use("Agg")
-    contributions = np.asarray(result.predictor.contributions(result.X_test), dtype=np.float64)
-    mean_abs = np.abs(contributions).mean(axis=0) if len(contributions) else np.zeros(len(FEATURES))
+    mean_abs = _mean_abs(result)
+    facts = _holdout(result)
     files = {
-        "report.md": _report(result, metadata, mean_abs).encode("utf-8"),
-        "model_card.md": _model_card(result, metadata).encode("utf-8"),
+        "report.md": _report(result, metadata, mean_abs, facts).encode("utf-8"),
+        "model_card.md": _model_card(result, metadata, facts).encode("utf-8"),
     }
-    files |= _plots(result, mean_abs)
+    files |= {PLOTS[name]: _png(fig) for name, fig in figures(result, mean_abs, facts)}
     return files
+
+
+def _mean_abs(result: TrainResult) -> Array:
+    """Mean absolute contribution of each input on the holdout."""
+    contributions = np.asarray(result.predictor.contributions(result.X_test), dtype=np.float64)
+    out: Array = np.abs(contributions).mean(axis=0) if len(contributions) else np.zeros(len(FEATURES))
+    return out
 
 
 # -- formatting ---------------------------------------------------------------------------
 
 
 def _money(x: float) -> str:
-    return f"{x:,.0f}" if math.isfinite(x) else "–"
+    """US dollars with thousands separators: the data's charges are USD."""
+    if not math.isfinite(x):
+        return "–"
+    return f"-${-x:,.0f}" if round(x) < 0 else f"${abs(x):,.0f}"
 
 
 def _signed_money(x: float) -> str:
-    return f"{x:+,.0f}" if math.isfinite(x) else "–"
+    return _money(x) if not math.isfinite(x) or round(x) < 0 else "+" + _money(x)
 
 
 def _pct(x: float) -> str:
@@ -83,6 +112,32 @@ def _pct(x: float) -> str:
 
 def _r2(x: float) -> str:
     return f"{x:.3f}" if math.isfinite(x) else "–"
+
+
+def _pct_ci(ci: tuple[float, float]) -> str:
+    lo, hi = ci
+    return f"{lo:.1%}–{hi:.1%}" if math.isfinite(lo) and math.isfinite(hi) else "–"
+
+
+def wilson(k: npt.ArrayLike, n: npt.ArrayLike, z: float = WILSON_Z) -> tuple[Array, Array]:
+    """Wilson score interval for k successes in n trials (NaN where n is 0).
+
+    Unlike the normal approximation it stays inside [0, 1] and keeps its width near 0%
+    and 100%, where per-group coverage on a few dozen patients often lands.
+    """
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def _wilson1(share: float, n: int) -> tuple[float, float]:
+    if n <= 0 or not math.isfinite(share):
+        return math.nan, math.nan
+    lo, hi = wilson(round(share * n), n)
+    return float(lo), float(hi)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
@@ -131,7 +186,7 @@ def _excluded(result: TrainResult) -> str:
 # -- report.md ----------------------------------------------------------------------------
 
 
-def _report(result: TrainResult, metadata: Mapping[str, Any], mean_abs: Array) -> str:
+def _report(result: TrainResult, metadata: Mapping[str, Any], mean_abs: Array, facts: _Holdout) -> str:
     c, h, cv = result.config, result.metrics["holdout"], result.metrics["cv"]
     n_train, n_test = len(result.X_train), len(result.y_test)
     data = _data_info(result, metadata)
@@ -158,8 +213,8 @@ def _report(result: TrainResult, metadata: Mapping[str, Any], mean_abs: Array) -
         "## Model selection",
         "Candidates are ranked by mean CV R² on the training part; the first is refit on the whole "
         "training part. R² is given as mean ± standard deviation over folds. Interval coverage and "
-        "width are measured fold by fold, with windows calibrated on the other folds' out-of-fold "
-        "residuals. Fit time covers all folds of one candidate.",
+        "width are measured fold by fold, with equal-tailed intervals calibrated on the other folds' "
+        "out-of-fold residuals. Fit time covers all folds of one candidate.",
         _leaderboard(result),
         "## Holdout",
         f"The {n_test} holdout rows were set aside before anything else and scored once, after the "
@@ -170,14 +225,18 @@ def _report(result: TrainResult, metadata: Mapping[str, Any], mean_abs: Array) -
                 ["R²", _r2(h["r2"])],
                 ["MAE", _money(h["mae"])],
                 ["RMSE", _money(h["rmse"])],
-                ["interval coverage", f"{_pct(h['coverage'])} (nominal {c.level:.0%})"],
+                [
+                    "interval coverage",
+                    f"{_pct(h['coverage'])} (nominal {c.level:.0%}; {_pct(facts.below)} below, "
+                    f"{_pct(facts.above)} above)",
+                ],
                 ["mean interval width", _money(h["mean_interval_width"])],
                 ["total bias", f"{h['total_bias']:+.1%} (sum of forecasts vs sum of charges; + = over)"],
             ],
         ),
         f"Cross-validation for comparison: R² {_r2(cv['r2_mean'])} ± {_r2(cv['r2_std'])}, "
         f"MAE {_money(cv['mae_mean'])}, coverage {_pct(cv['coverage'])}.",
-        *_interval_section(result),
+        *_interval_section(result, facts),
         *_exclusion_section(result),
         *_pycaret_section(result),
         "## Explanations",
@@ -193,7 +252,8 @@ def _report(result: TrainResult, metadata: Mapping[str, Any], mean_abs: Array) -
             [
                 f"- [Predicted vs actual on the holdout]({PLOTS['predicted_vs_actual']})",
                 f"- [Residuals vs predicted]({PLOTS['residuals']})",
-                f"- [Interval coverage and width by group]({PLOTS['interval_coverage']})",
+                f"- [Interval coverage, tails and width by group]({PLOTS['interval_coverage']})",
+                f"- [Interval coverage and tails across levels]({PLOTS['coverage_by_level']})",
                 f"- [Mean absolute contribution per input]({PLOTS['contributions']})",
             ]
         ),
@@ -220,43 +280,293 @@ def _leaderboard(result: TrainResult) -> str:
     return _table(header, rows)
 
 
-def _interval_section(result: TrainResult) -> list[str]:
-    h, level = result.metrics["holdout"], result.distribution.level
-    rows = [
-        [
-            str(g["group"]),
-            str(g["rows"]),
-            _pct(g["coverage"]),
-            _money(g["mean_interval_width"]),
-            _signed_money(g["lo"]),
-            _signed_money(g["hi"]),
-        ]
-        for g in result.by_group
-    ]
-    const = result.constant_band
-    ours, theirs = h["mean_interval_width"], const["mean_interval_width"]
-    ratio = 1 - ours / theirs if theirs > 0 else math.nan
-    if not math.isfinite(ratio):
-        versus = "the widths cannot be compared"
-    elif ratio >= 0:
-        versus = f"ours is {_pct(ratio)} narrower"
-    else:
-        versus = f"ours is {_pct(-ratio)} wider"
+@dataclass(frozen=True)
+class _Holdout:
+    """What the text and plots say about the interval on this run's holdout, computed once."""
+
+    level: float
+    rows: int
+    below: float
+    above: float
+    winkler: float
+    const_below: float
+    const_above: float
+    const_winkler: float
+    above_median: float  # share of forecasts above the median of their own predictive distribution
+    median_gap: float  # median of (forecast - that median)
+    non_smokers: int
+    large_extra: int  # non-smokers charged more than LARGE_EXTRA above their forecast
+    large_extra_mean: float
+    sweep: Array  # (len(LEVELS), 4): coverage, below, above, mean width at each level
+    train_rows: list[int]  # training rows (calibration residuals) per group
+
+
+def _winkler(y: Array, low: Array, high: Array, alpha: float) -> float:
+    """Winkler interval score: width plus 2/alpha times how far a miss falls outside (lower is better)."""
+    if not len(y):
+        return math.nan
+    miss = np.maximum(low - y, 0.0) + np.maximum(y - high, 0.0)
+    return float(np.mean(high - low + 2.0 / alpha * miss))
+
+
+def _holdout(result: TrainResult) -> _Holdout:
+    dist, X, y, pred = result.distribution, result.X_test, result.y_test, result.pred_test
+    low, high, n, alpha = result.low_test, result.high_test, len(result.y_test), 1.0 - result.distribution.level
+    q = float(result.constant_band["half_width"])
+    c_low, c_high = np.maximum(pred - q, 0.0), pred + q  # as train.py measures the constant band
+    sweep = np.full((len(LEVELS), 4), math.nan)
+    for i, level in enumerate(LEVELS):
+        lo, hi = dist.apply(pred, X, float(level))
+        if n:
+            sweep[i] = [np.mean((y >= lo) & (y <= hi)), np.mean(y < lo), np.mean(y > hi), np.mean(hi - lo)]
+    median = dist.quantiles(pred, X, [0.5])[:, 0]
+    non_smoker = X[:, FEATURES.index("smoker")] == 0.0
+    extra = (y - pred)[non_smoker]
+    large = extra[extra > LARGE_EXTRA]
+    train_groups = assign_groups(result.X_train, dist.groups)
+
+    def share(mask: npt.NDArray[np.bool_]) -> float:
+        return float(np.mean(mask)) if len(mask) else math.nan
+
+    return _Holdout(
+        level=dist.level,
+        rows=n,
+        below=share(y < low),
+        above=share(y > high),
+        winkler=_winkler(y, low, high, alpha),
+        const_below=share(y < c_low),
+        const_above=share(y > c_high),
+        const_winkler=_winkler(y, c_low, c_high, alpha),
+        above_median=share(pred > median),
+        median_gap=float(np.median(pred - median)) if n else math.nan,
+        non_smokers=len(extra),
+        large_extra=len(large),
+        large_extra_mean=float(large.mean()) if len(large) else math.nan,
+        sweep=sweep,
+        train_rows=np.bincount(train_groups, minlength=len(dist.groups)).tolist(),
+    )
+
+
+def _interval_section(result: TrainResult, f: _Holdout) -> list[str]:
+    h = result.metrics["holdout"]
     chosen = _chosen_row(result)
     return [
         "## Prediction intervals",
-        f"Each forecast gets the {level:.0%} interval [forecast + lo, forecast + hi], floored at zero, "
-        "where the window (lo, hi) is calibrated separately for each group on out-of-fold residuals "
-        "(Mondrian split-conformal, narrowest of a few windows). Holdout coverage and width by group:",
-        _table(["group", "holdout rows", "coverage", "mean width", "window lo", "window hi"], rows),
-        f"A constant-width split-conformal band (forecast ± {_money(const['half_width'])}) has mean "
-        f"width {_money(theirs)} and holdout coverage {_pct(const['holdout_coverage'])}; {versus} "
-        f"({_money(ours)}) at coverage {_pct(h['coverage'])}. In cross-validation the same "
-        f"procedure averaged width {_money(chosen.get('mean_interval_width', math.nan))} at "
-        f"coverage {_pct(chosen.get('coverage', math.nan))}: the holdout width is a single draw.",
-        "Residuals are skewed: most patients sit just below the mean and a minority carry large "
-        "extra charges, so the windows are asymmetric. " + _forecast_inside(result),
+        "### What the interval means",
+        *_meaning(result, f),
+        "### Holdout coverage by group",
+        _group_table(result, f),
+        _single_draw(f),
+        "### Across levels",
+        f"The same distributions give an interval at any level; on the holdout (the {f.level:.0%} row "
+        f"is the interval above, and the [coverage-by-level plot]({PLOTS['coverage_by_level']}) "
+        "shows every level from 50% to 99%):",
+        _level_table(f),
+        "### Against a constant band",
+        _constant_band(result, f),
+        f"In cross-validation the same procedure, with fold models calibrated on the other folds' "
+        f"out-of-fold residuals (like with like), averaged width "
+        f"{_money(chosen.get('mean_interval_width', math.nan))} at coverage "
+        f"{_pct(chosen.get('coverage', math.nan))}: a check of the procedure, not of the shipped "
+        f"interval, whose holdout figures are {_money(h['mean_interval_width'])} and {_pct(h['coverage'])}.",
+        "### How it was calibrated",
+        *_calibration(result, f),
     ]
+
+
+def _meaning(result: TrainResult, f: _Holdout) -> list[str]:
+    """What the interval and the forecast mean and do not mean; shared by report and card."""
+    tail = (1 - f.level) / 2
+    ranges = ", ".join(
+        f"{spec.name} {_value(spec, result.X_train[:, j].min())} to {_value(spec, result.X_train[:, j].max())}"
+        for j, spec in enumerate(FIELDS)
+        if isinstance(spec, NumberField) and len(result.X_train)
+    )
+    if f.above_median == 1.0:
+        median = f"for every holdout patient, by a median {_money(f.median_gap)}"
+    else:
+        median = f"for {_pct(f.above_median)} of holdout patients, by a median {_money(f.median_gap)}"
+    tail_note = (
+        f"{f.large_extra} of {f.non_smokers} holdout non-smokers ({_pct(f.large_extra / f.non_smokers)}) "
+        f"were charged more than {_money(LARGE_EXTRA)} above their forecast, "
+        f"{_money(f.large_extra_mean)} above on average"
+        if f.non_smokers and f.large_extra
+        else f"no holdout non-smoker was charged more than {_money(LARGE_EXTRA)} above the forecast"
+    )
+    groups = "; ".join(f"`{g}`" for g in result.distribution.groups)
+    return [
+        f"Each forecast comes with a {f.level:.0%} interval that runs from the {tail:.0%} to the "
+        f"{1 - tail:.0%} quantile of charges for patients like this one. It is **equal-tailed**: "
+        f"about {tail:.0%} of such patients are expected to be charged less than its lower end and "
+        f"{tail:.0%} more than its upper end, overall and within each group ({groups}).",
+        "What it does **not** mean:",
+        "\n".join(
+            [
+                f"- **Not a guarantee for one patient.** {f.level:.0%} is a share over many patients "
+                "like this one, on average; a single patient is either inside or not, and no input "
+                f"tells in advance who will be among the {tail:.0%} above.",
+                "- **The forecast is not the middle, nor the most likely charge.** It is the mean: "
+                "what to budget, and what adds up over many patients. It often sits above the "
+                "median, because about 1 in 10 non-smokers costs some $13,000 more than forecast "
+                "and no input predicts who; the others are charged a little less than the mean. "
+                f"Here the forecast is above the median of patients like them {median}, and "
+                f"{tail_note}. " + _forecast_inside(result),
+                "- **Not checked outside the training data.** Coverage was measured only inside the "
+                f"training data's ranges ({ranges}); beyond them forecast and interval are "
+                "extrapolations of unknown coverage.",
+                "- **Not additive.** Patients' bounds do not add up to bounds for a total, since "
+                "their extremes do not all happen together; a total needs its own interval.",
+            ]
+        ),
+    ]
+
+
+def _group_table(result: TrainResult, f: _Holdout) -> str:
+    tail = (1 - f.level) / 2
+    rows = []
+    for g, train_rows in zip(result.by_group, f.train_rows, strict=True):
+        n = int(g["rows"])
+        offsets = f"{_signed_money(g['lo'])} to {_signed_money(g['hi'])}"
+        borrowed = " (pooled)" if train_rows < MIN_GROUP else ""
+        rows.append(
+            [
+                str(g["group"]),
+                str(n),
+                _pct(g["coverage"]),
+                _pct_ci(_wilson1(g["coverage"], n)),
+                _pct(g["below"]),
+                _pct(g["above"]),
+                _money(g["mean_interval_width"]),
+                offsets,
+                f"{train_rows:,}{borrowed}",
+            ]
+        )
+    h = result.metrics["holdout"]
+    rows.append(
+        [
+            "**all holdout**",
+            str(f.rows),
+            _pct(h["coverage"]),
+            _pct_ci(_wilson1(h["coverage"], f.rows)),
+            _pct(f.below),
+            _pct(f.above),
+            _money(h["mean_interval_width"]),
+            "–",
+            f"{len(result.X_train):,}",
+        ]
+    )
+    header = [
+        "group",
+        "holdout rows",
+        "coverage",
+        "95% Wilson",
+        f"below (expect {tail:.1%})",
+        f"above (expect {tail:.1%})",
+        "mean width",
+        "interval around the forecast",
+        "training rows",
+    ]
+    return _table(header, rows, "lrrrrrrrr")
+
+
+def _single_draw(f: _Holdout) -> str:
+    return (
+        f"This is one holdout of {f.rows} patients, and a group's figures rest on a few dozen of them: "
+        "the Wilson interval is how far chance alone moves a coverage of that size. Quality and "
+        "interval figures over 20 random 80/20 splits are printed by `make bench`."
+    )
+
+
+def _level_table(f: _Holdout) -> str:
+    rows = []
+    for level in TABLE_LEVELS:
+        i = int(np.argmin(np.abs(LEVELS - level)))
+        cov, below, above, width = (float(v) for v in f.sweep[i])
+        rows.append(
+            [
+                f"{level:.0%}",
+                _pct(cov),
+                _pct_ci(_wilson1(cov, f.rows)),
+                _pct(below),
+                _pct(above),
+                f"{(1 - level) / 2:.1%}",
+                _money(width),
+            ]
+        )
+    header = ["level", "coverage", "95% Wilson", "below", "above", "expected in each tail", "mean width"]
+    return _table(header, rows)
+
+
+def _constant_band(result: TrainResult, f: _Holdout) -> str:
+    const, h = result.constant_band, result.metrics["holdout"]
+    ours, theirs = h["mean_interval_width"], const["mean_interval_width"]
+    if not (math.isfinite(ours) and math.isfinite(theirs)) or theirs <= 0:
+        versus = "the widths cannot be compared"
+    elif ours <= theirs:
+        versus = f"ours is {_pct(1 - ours / theirs)} narrower"
+    else:
+        versus = f"ours is {ours / theirs:.1f}× as wide"
+    alpha = 1 - f.level
+    return (
+        f"A constant band (forecast ± {_money(const['half_width'])}, the {f.level:.0%} quantile of "
+        f"the absolute calibration residuals, floored at zero) has mean width {_money(theirs)} and "
+        f"holdout coverage {_pct(const['holdout_coverage'])}; {versus} ({_money(ours)}) at coverage "
+        f"{_pct(h['coverage'])}. Coverage alone hides where the misses fall: the constant band's are "
+        f"{_pct(f.const_below)} below and {_pct(f.const_above)} above, ours {_pct(f.below)} and "
+        f"{_pct(f.above)}. The Winkler score (α = {alpha:.2g}: width plus {2 / alpha:.0f}× how far "
+        f"each miss falls outside; lower is better) weighs both: ours {_money(f.winkler)}, the "
+        f"constant band {_money(f.const_winkler)}."
+    )
+
+
+def _calibration(result: TrainResult, f: _Holdout) -> list[str]:
+    from chargecast.train import JACKKNIFE_FOLDS  # only reached with a TrainResult, so sklearn is loaded
+
+    exact = result.predictor.kind == "linear"
+    how = (
+        "exact for this least-squares model (each residual divided by one minus its leverage, no refits)"
+        if exact
+        else f"approximated by {JACKKNIFE_FOLDS}-fold cross-validation for this model"
+    )
+    pooled = [g for g, n in zip(result.distribution.groups, f.train_rows, strict=True) if n < MIN_GROUP]
+    borrowed = (
+        f" Groups with fewer than {MIN_GROUP} training rows borrow the pooled residuals; here: "
+        + ", ".join(f"`{g}`" for g in pooled)
+        + "."
+        if pooled
+        else ""
+    )
+    return [
+        _grouping(result.distribution.groups) + " For each group the residuals "
+        "(actual − forecast) of the training rows give a grid of quantiles (Harrell–Davis estimates, "
+        "levels 0.1% to 99.9%); an interval at level L is the forecast plus the (1 − L)/2 and "
+        f"(1 + L)/2 quantiles, floored at zero.{borrowed}",
+        "The residuals are jackknife (leave-one-out) residuals of the refit model, so they describe "
+        f"its errors on patients it has not seen: {how}. The 5-fold out-of-fold residuals from model "
+        "selection are not used: each fold model is fitted on 80% of the rows and is shifted against "
+        "the refit by its own amount, so their pooled residuals are more spread than the refit's "
+        f"errors, and a {f.level:.0%} interval built on them was about 4 points conservative, "
+        "nearly all of it in the lower tail.",
+    ]
+
+
+def _grouping(groups: Sequence[str]) -> str:
+    """Why the groups are what they are; excluded inputs change them, so the text follows."""
+    by_age = any("age " in g for g in groups)
+    by_smoking = any(g.startswith("smoker") for g in groups)
+    by_obesity = any("bmi" in g for g in groups)
+    age = "the base level and the tail of extra charges shift with age"
+    if by_smoking and by_age:
+        first = f"Non-smokers are grouped by age band ({age})"
+    elif by_age:
+        first = f"Patients are grouped by age band ({age})"
+    elif by_smoking:
+        first = "Smokers and non-smokers are grouped apart"
+    else:
+        return "Smoking and age are excluded, so all patients form one group."
+    if by_obesity:
+        return first + ", smokers by obesity (their charges jump at bmi 30)."
+    return first + ("; smokers form one group." if by_smoking and by_age else ".")
 
 
 def _forecast_inside(result: TrainResult) -> str:
@@ -342,7 +652,7 @@ def _pycaret_section(result: TrainResult) -> list[str]:
 # -- model_card.md ------------------------------------------------------------------------
 
 
-def _model_card(result: TrainResult, metadata: Mapping[str, Any]) -> str:
+def _model_card(result: TrainResult, metadata: Mapping[str, Any], facts: _Holdout) -> str:
     c, h, cv = result.config, result.metrics["holdout"], result.metrics["cv"]
     data = _data_info(result, metadata)
     chosen = _chosen_row(result)
@@ -358,8 +668,8 @@ def _model_card(result: TrainResult, metadata: Mapping[str, Any]) -> str:
                 f"- Created: {metadata.get('created_at') or '(not recorded)'}",
                 f"- Libraries: {libs}",
                 f"- Inputs: {', '.join(f'`{f}`' for f in FEATURES)}; excluded: {_excluded(result)}",
-                f"- Output: expected charges (USD) with a {c.level:.0%} prediction interval and "
-                "per-input contributions",
+                f"- Output: expected (mean) charges in USD, with an equal-tailed {c.level:.0%} "
+                "prediction interval (any level on request) and per-input contributions",
             ]
         ),
         "## Intended use",
@@ -403,11 +713,14 @@ def _model_card(result: TrainResult, metadata: Mapping[str, Any]) -> str:
                 [f"{c.level:.0%} interval coverage", _pct(cv["coverage"]), _pct(h["coverage"])],
             ],
         ),
+        "Cross-validated coverage calibrates each fold model on the other folds' residuals: it checks "
+        "the procedure. The holdout column measures the interval this model ships with.",
         "## Intervals",
-        f"{c.level:.0%} split-conformal intervals calibrated on out-of-fold residuals, separately for "
-        f"each group ({'; '.join(f'`{g}`' for g in result.distribution.groups)}). Coverage holds on average "
-        "over patients like those in the training data, within each group; it is not a guarantee for "
-        "any single patient and does not carry over to patients unlike the training data. " + _forecast_inside(result),
+        *_meaning(result, facts),
+        "Holdout coverage and tails by group:",
+        _group_table(result, facts),
+        _single_draw(facts),
+        *_calibration(result, facts),
         "## Explanations",
         "Per-input contributions are exact Shapley values. For each patient they sum to the "
         "prediction minus the baseline, and the baseline is the mean prediction over the training "
@@ -421,8 +734,9 @@ def _model_card(result: TrainResult, metadata: Mapping[str, Any]) -> str:
                 + "; pricing on sex is unlawful for insurers in the EU. Region can act as a proxy for "
                 "protected characteristics.",
                 "- The data are simulated textbook data: relationships are cleaner than real claims.",
-                f"- The sample is small ({data['rows']} rows, few smokers per group), so group "
-                "interval windows and rare profiles are estimated from few patients.",
+                f"- The sample is small ({data['rows']} rows, few smokers per group), so each "
+                "group's residual distribution, its far tails most of all, and rare profiles are "
+                "estimated from few patients.",
                 "- There is no medical history, diagnosis or treatment: most variation among "
                 "non-smokers is unexplained.",
             ]
@@ -457,16 +771,28 @@ def _category_counts(X: Array) -> str:
     return _table(["input", "rows per category"], rows, "ll")
 
 
-# -- plots --------------------------------------------------------------------------------
+# -- plots ------------------------------------------------------------------------------
 
 
 @contextmanager
-def _figure(figsize: tuple[float, float] = FIGSIZE, ncols: int = 1) -> Iterator[tuple[Figure, list[Axes]]]:
-    """A figure under matplotlib's default style, closed afterwards whatever happens."""
+def _figure(name: str, ncols: int = 1, **kwargs: Any) -> Iterator[tuple[Figure, list[Axes]]]:
+    """A figure of the named plot's size under matplotlib's default style and our fonts, closed afterwards."""
     import matplotlib.pyplot as plt
 
-    with plt.style.context("default"):
-        fig, axes = plt.subplots(1, ncols, figsize=figsize, dpi=DPI, squeeze=False)
+    # 12 pt text at the saved size: legible without zooming.
+    fonts = plt.rc_context(
+        {
+            "font.size": 12,
+            "axes.titlesize": 14,
+            "axes.labelsize": 13,
+            "xtick.labelsize": 12,
+            "ytick.labelsize": 12,
+            "legend.fontsize": 12,
+            "figure.titlesize": 15,
+        }
+    )
+    with plt.style.context("default"), fonts:
+        fig, axes = plt.subplots(1, ncols, figsize=SIZES[name], dpi=DPI, squeeze=False, layout="tight", **kwargs)
         try:
             yield fig, list(axes[0])
         finally:
@@ -474,87 +800,195 @@ def _figure(figsize: tuple[float, float] = FIGSIZE, ncols: int = 1) -> Iterator[
 
 
 def _png(fig: Figure) -> bytes:
-    from matplotlib.ticker import StrMethodFormatter
-
-    for ax in fig.axes:  # thousands separators on money axes; coverage keeps its decimals
-        for axis in (ax.xaxis, ax.yaxis):
-            if max(axis.get_view_interval()) > 100:
-                axis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
-def _plots(result: TrainResult, mean_abs: Array) -> dict[str, bytes]:
-    groups = assign_groups(result.X_test, result.distribution.groups)
-    names = list(result.distribution.groups)
+def _usd(axis: Any) -> None:
+    """Money ticks as "$10,000"."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: _money(float(x))))
+
+
+def _percent(axis: Any, decimals: int = 0) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    axis.set_major_formatter(PercentFormatter(1.0, decimals=decimals))
+
+
+def figures(
+    result: TrainResult, mean_abs: Array | None = None, facts: _Holdout | None = None
+) -> Iterator[tuple[str, Figure]]:
+    """Each plot's name (a key of :data:`PLOTS`) and its open figure, closed when the next is drawn.
+
+    Yielding open figures (rather than PNG bytes only) lets tests read what was drawn.
+    """
+    from matplotlib.layout_engine import TightLayoutEngine
+
+    f = facts or _holdout(result)
+    mean_abs = _mean_abs(result) if mean_abs is None else mean_abs
+    dist = result.distribution
+    names = list(dist.groups)
     colours = [GROUP_COLOURS[k % len(GROUP_COLOURS)] for k in range(len(names))]
+    groups = assign_groups(result.X_test, dist.groups)
     y, pred, low, high = result.y_test, result.pred_test, result.low_test, result.high_test
-    out: dict[str, bytes] = {}
+    level, tail = dist.level, (1 - dist.level) / 2
 
-    with _figure() as (fig, (ax,)):
+    with _figure("predicted_vs_actual") as (fig, (ax,)):
         top = float(max(y.max(initial=0.0), high.max(initial=0.0), pred.max(initial=0.0))) * 1.03
-        for k, name in enumerate(names):
-            m = groups == k
-            ax.vlines(pred[m], low[m], high[m], colors=colours[k], alpha=0.5, linewidth=1.5)
-            ax.scatter(pred[m], y[m], s=10, color=colours[k], label=f"{name} ({int(m.sum())})")
-        ax.plot([0, top], [0, top], color="black", linestyle="--", linewidth=1, label="actual = predicted")
-        ax.set(xlim=(0, top), ylim=(0, top), xlabel="predicted charges", ylabel="actual charges")
-        ax.set_title(f"Holdout: predicted vs actual, with {result.distribution.level:.0%} intervals", fontsize=10)
-        ax.legend(fontsize=8, loc="upper left")
-        out[PLOTS["predicted_vs_actual"]] = _png(fig)
-
-    with _figure() as (fig, (ax,)):
-        for k, name in enumerate(names):
-            m = groups == k
-            ax.scatter(pred[m], y[m] - pred[m], s=10, color=colours[k], label=name)
-        ax.axhline(0, color="black", linewidth=1)
-        ax.set(xlabel="predicted charges", ylabel="actual − predicted")
-        ax.set_title("Holdout residuals", fontsize=10)
-        ax.legend(fontsize=8, loc="lower left")
-        out[PLOTS["residuals"]] = _png(fig)
-
-    with _figure(WIDE_FIGSIZE, ncols=2) as (fig, (ax_cov, ax_wid)):
-        h = result.metrics["holdout"]
-        labels = [*names, "all"]
-        cov = [float(g["coverage"]) for g in result.by_group] + [float(h["coverage"])]
-        wid = [float(g["mean_interval_width"]) for g in result.by_group] + [float(h["mean_interval_width"])]
-        pos = np.arange(len(labels))
-        bar_colours = [*colours, "#8c8c8c"]
-        bars = ax_cov.bar(pos, np.nan_to_num(cov), color=bar_colours)
-        ax_cov.bar_label(bars, labels=[_pct(v) for v in cov], fontsize=7)
-        ax_cov.axhline(
-            result.distribution.level,
-            color="black",
-            linestyle="--",
-            linewidth=1,
-            label=f"nominal {result.distribution.level:.0%}",
+        inside, below, above = (y >= low) & (y <= high), y < low, y > high
+        # Inside first, so the misses are drawn on top where intervals overlap.
+        for mask, colour, where, alpha in (
+            (inside, INSIDE, "inside", 0.35),
+            (below, BELOW, "below", 0.9),
+            (above, ABOVE, "above", 0.9),
+        ):
+            count = int(mask.sum())
+            ax.vlines(pred[mask], low[mask], high[mask], colors=colour, alpha=alpha, linewidth=1.6)
+            label = f"actual {where} its interval: {count} ({_pct(count / len(y) if len(y) else math.nan)})"
+            ax.scatter(pred[mask], y[mask], s=22, color=colour, label=label, zorder=3)
+        ax.plot([0, top], [0, top], color="black", linestyle="--", linewidth=1, label="actual = forecast")
+        ax.set(xlim=(0, top), ylim=(0, top))
+        ax.set_xlabel("forecast charges (USD)")
+        ax.set_ylabel("actual charges (USD)")
+        ax.set_title(
+            f"Holdout: each patient's {level:.0%} interval (vertical bar) at its forecast, and the actual charge (dot)"
         )
-        ax_cov.set(ylim=(0, 1.1), ylabel="holdout coverage")
-        ax_cov.set_title("Coverage by group", fontsize=10)
-        ax_cov.legend(fontsize=8, loc="lower right")
-        bars = ax_wid.bar(pos, np.nan_to_num(wid), color=bar_colours)
-        ax_wid.bar_label(bars, labels=[_money(v) for v in wid], fontsize=7)
-        ax_wid.axhline(
+        ax.legend(loc="upper left")
+        ax.grid(alpha=0.3)
+        _usd(ax.xaxis)
+        _usd(ax.yaxis)
+        yield "predicted_vs_actual", fig
+
+    with _figure("residuals") as (fig, (ax,)):
+        for k, name in enumerate(names):
+            m = groups == k
+            ax.scatter(pred[m], y[m] - pred[m], s=18, color=colours[k], label=f"{name} ({int(m.sum())})")
+        ax.axhline(0, color="black", linewidth=1)
+        ax.set_xlabel("forecast charges (USD)")
+        ax.set_ylabel("actual − forecast (USD)")
+        ax.set_title("Holdout residuals by interval group: most just below zero, a few far above")
+        ax.legend(loc="lower left", ncols=2)
+        ax.grid(alpha=0.3)
+        _usd(ax.xaxis)
+        _usd(ax.yaxis)
+        yield "residuals", fig
+
+    with _figure("interval_coverage", ncols=3, sharey=True, gridspec_kw={"width_ratios": [1.25, 1, 1]}) as (
+        fig,
+        (ax_cov, ax_tail, ax_wid),
+    ):
+        h = result.metrics["holdout"]
+        rows = [int(g["rows"]) for g in result.by_group] + [f.rows]
+        cov = np.array([float(g["coverage"]) for g in result.by_group] + [float(h["coverage"])])
+        below_s = np.array([float(g["below"]) for g in result.by_group] + [f.below])
+        above_s = np.array([float(g["above"]) for g in result.by_group] + [f.above])
+        wid = np.array([float(g["mean_interval_width"]) for g in result.by_group] + [float(h["mean_interval_width"])])
+        labels = [f"{name}\n({n} patients)" for name, n in zip([*names, "all holdout"], rows, strict=True)]
+        pos = np.arange(len(labels))[::-1].astype(np.float64)  # first group on top
+        point_colours = [*colours, "#333333"]
+
+        def err(share: Array) -> Array:
+            lo, hi = wilson(np.round(share * rows), rows)
+            return np.maximum(np.nan_to_num(np.vstack([share - lo, hi - share])), 0.0)  # float dust at 0%
+
+        cov_err = err(cov)
+        for i in range(len(labels)):
+            ax_cov.errorbar(
+                cov[i], pos[i], xerr=cov_err[:, i : i + 1], fmt="o", color=point_colours[i], capsize=6, markersize=8
+            )
+            if math.isfinite(cov[i]):
+                ax_cov.annotate(
+                    _pct(cov[i]), (cov[i], pos[i]), xytext=(0, 9), textcoords="offset points", ha="center", fontsize=11
+                )
+        ax_cov.axvline(level, color="black", linestyle="--", linewidth=1, label=f"nominal {level:.0%}")
+        low_edge = np.nanmin(cov - cov_err[0], initial=level)
+        ax_cov.set_xlim(min(0.5, math.floor(low_edge * 20) / 20), 1.0)
+        ax_cov.set_yticks(pos, labels)
+        ax_cov.set_ylim(pos.min() - 0.6, pos.max() + 0.6)
+        ax_cov.set_xlabel("share of holdout patients inside")
+        ax_cov.set_title("Coverage (95% Wilson)")
+        ax_cov.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13))
+        _percent(ax_cov.xaxis)
+
+        bar = 0.36
+        for share, colour, where, shift in ((below_s, BELOW, "below", bar / 2), (above_s, ABOVE, "above", -bar / 2)):
+            ax_tail.barh(
+                pos + shift,
+                np.nan_to_num(share),
+                height=bar,
+                color=colour,
+                xerr=err(share),
+                ecolor="#555555",
+                capsize=3,
+                label=f"{where} the interval",
+            )
+        ax_tail.axvline(tail, color="black", linestyle="--", linewidth=1, label=f"expected {tail:.0%} each")
+        ax_tail.set_xlim(0, max(0.2, float(np.nanmax(np.append(err(above_s)[1] + above_s, 0.0))) * 1.05))
+        ax_tail.set_xlabel("share of holdout patients")
+        ax_tail.set_title("Misses below and above (95% Wilson)")
+        ax_tail.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2)
+        _percent(ax_tail.xaxis)
+
+        bars = ax_wid.barh(pos, np.nan_to_num(wid), height=0.6, color=point_colours)
+        ax_wid.bar_label(bars, labels=[_money(v) for v in wid], padding=4, fontsize=11)
+        ax_wid.axvline(
             result.constant_band["mean_interval_width"],
             color="black",
             linestyle=":",
-            linewidth=1,
-            label="constant band",
+            linewidth=1.5,
+            label=f"constant band (forecast ± {_money(result.constant_band['half_width'])})",
         )
-        ax_wid.set(ylabel="mean interval width")
-        ax_wid.set_title("Mean width by group", fontsize=10)
-        ax_wid.legend(fontsize=8, loc="upper right")
-        for ax in (ax_cov, ax_wid):
-            ax.set_xticks(pos, labels, fontsize=7, rotation=20, ha="right")
-        out[PLOTS["interval_coverage"]] = _png(fig)
+        ax_wid.set_xlim(0, float(np.nanmax(np.append(wid, 1.0))) * 1.3)
+        ax_wid.set_xlabel("mean interval width (USD)")
+        ax_wid.set_title("Width")
+        ax_wid.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13))
+        _usd(ax_wid.xaxis)
+        for ax in (ax_cov, ax_tail, ax_wid):
+            ax.grid(axis="x", alpha=0.3)
+        fig.suptitle(f"Holdout, {level:.0%} intervals by group")
+        fig.set_layout_engine(TightLayoutEngine(w_pad=3.0))  # keep one panel's "100%" off the next one's "0%"
+        yield "interval_coverage", fig
 
-    with _figure() as (fig, (ax,)):
+    with _figure("coverage_by_level", ncols=2) as (fig, (ax_cov, ax_tail)):
+        cov, below_s, above_s = f.sweep[:, 0], f.sweep[:, 1], f.sweep[:, 2]
+        lo, hi = wilson(np.round(cov * f.rows), np.full(len(LEVELS), f.rows))
+        ax_cov.fill_between(LEVELS, lo, hi, color=INSIDE, alpha=0.3, label="95% Wilson interval")
+        ax_cov.plot(LEVELS, cov, color="black", linewidth=2, label="holdout coverage")
+        ax_cov.plot([0.5, 1.0], [0.5, 1.0], color="#4c72b0", linestyle="--", linewidth=1.5, label="coverage = level")
+        ax_cov.axvline(level, color="#555555", linestyle=":", linewidth=1, label=f"default level {level:.0%}")
+        ax_cov.set(xlim=(0.5, 1.0), ylim=(0.4, 1.0))
+        ax_cov.set_xlabel("interval level")
+        ax_cov.set_ylabel("share of holdout patients inside")
+        ax_cov.set_title("Coverage against the level")
+        ax_cov.legend(loc="upper left")
+        for share, colour, where in ((below_s, BELOW, "below"), (above_s, ABOVE, "above")):
+            lo, hi = wilson(np.round(share * f.rows), np.full(len(LEVELS), f.rows))
+            ax_tail.fill_between(LEVELS, lo, hi, color=colour, alpha=0.18)
+            ax_tail.plot(LEVELS, share, color=colour, linewidth=2, label=f"{where} the interval")
+        ax_tail.plot(
+            LEVELS, (1 - LEVELS) / 2, color="black", linestyle="--", linewidth=1.5, label="expected: (1 − level) / 2"
+        )
+        ax_tail.set(xlim=(0.5, 1.0), ylim=(0.0, 0.3))
+        ax_tail.set_xlabel("interval level")
+        ax_tail.set_ylabel("share of holdout patients")
+        ax_tail.set_title("Misses in each tail (shaded: 95% Wilson interval)")
+        ax_tail.legend(loc="upper right")
+        for ax in (ax_cov, ax_tail):
+            ax.grid(alpha=0.3)
+            _percent(ax.xaxis)
+            _percent(ax.yaxis)
+        yield "coverage_by_level", fig
+
+    with _figure("contributions") as (fig, (ax,)):
         order = np.argsort(mean_abs, kind="stable")
-        ax.barh([FEATURES[i] for i in order], mean_abs[order], color="#4c72b0")
-        ax.set(xlabel="mean |contribution| on the holdout (charges)")
-        ax.set_title(f"Contributions vs baseline {_money(result.predictor.baseline)}", fontsize=10)
-        out[PLOTS["contributions"]] = _png(fig)
-
-    return out
+        bars = ax.barh([FEATURES[i] for i in order], mean_abs[order], color="#4c72b0")
+        ax.bar_label(bars, labels=[_money(float(v)) for v in mean_abs[order]], padding=4, fontsize=11)
+        ax.set_xlim(0, float(mean_abs.max(initial=1.0)) * 1.15)
+        ax.set_xlabel("mean absolute contribution on the holdout (USD)")
+        ax.set_title(f"How far each input moves the forecast from the baseline {_money(result.predictor.baseline)}")
+        ax.grid(axis="x", alpha=0.3)
+        _usd(ax.xaxis)
+        yield "contributions", fig

@@ -449,6 +449,17 @@ def metadata(result: TrainResult) -> dict[str, Any]:
                 "equal-tailed quantiles of jackknife residuals per group (Harrell-Davis), "
                 "from the (1-L)/2 to the (1+L)/2 quantile"
             ),
+            "meaning": (
+                "at level L about (1-L)/2 of patients like this one are expected below the interval "
+                "and (1-L)/2 above, overall and within each group: a share over many patients, not "
+                "a guarantee for one, measured only inside the training ranges. The forecast is the "
+                "mean (what to budget) and usually lies above the median"
+            ),
+            "calibration": (
+                "leave-one-out residuals of the refit model (exact for least squares, 20-fold for trees); 5-fold "
+                "out-of-fold residuals of the fold models are more spread than the refit's errors "
+                "and made intervals about 4 points conservative"
+            ),
             "groups": result.by_group,
             "constant_band": result.constant_band,
         },
