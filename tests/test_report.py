@@ -23,7 +23,7 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.text import Text
-from scipy.stats import binomtest  # type: ignore[import-untyped]  # no stubs; see calibration.py
+from scipy.stats import binomtest
 from sklearn.model_selection import train_test_split
 
 from chargecast.intervals import group_names
