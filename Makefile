@@ -34,6 +34,7 @@ quick: $(STAMP)
 train: $(STAMP)
 	$(BIN)/chargecast train --data ../shared/data/insurance.csv --out models/current
 
+# Issue #2 and #7 figures beside same-run baselines (about 2-3 min on 2 cores); prints, asserts nothing.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/batch_bench.py

@@ -56,7 +56,7 @@ def quick_model(data: Path, out: Path) -> Artifact:
     X = encode_columns({c: df[c].to_numpy() for c in FEATURES})
     ds = types.SimpleNamespace(X=X, y=df["charges"].to_numpy(), rows=len(df), sha256="x", source="x")
     result = train(ds, TrainConfig(repeats=1))  # type: ignore[arg-type, unused-ignore]
-    artifact_module.write(out, result.predictor, result.bands, {"model": result.chosen})
+    artifact_module.write(out, result.predictor, result.distribution, {"model": result.chosen})
     return Artifact.load(out)
 
 
