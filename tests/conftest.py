@@ -35,7 +35,7 @@ def trained(dataset: Dataset) -> TrainResult:
 @pytest.fixture(scope="session")
 def model_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("model") / "current"
-    artifact.write(out, trained.predictor, trained.bands, metadata(trained))
+    artifact.write(out, trained.predictor, trained.distribution, metadata(trained))
     return out
 
 

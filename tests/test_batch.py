@@ -46,7 +46,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ds = types.SimpleNamespace(X=X, y=df["charges"].to_numpy(), rows=len(df), sha256="x", source="x")
     result = train(ds, TrainConfig(repeats=1))  # type: ignore[arg-type, unused-ignore]
     out = tmp_path_factory.mktemp("model") / "current"
-    artifact_module.write(out, result.predictor, result.bands, {"model": result.chosen})
+    artifact_module.write(out, result.predictor, result.distribution, {"model": result.chosen})
     return out
 
 
