@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import threading
@@ -28,6 +29,7 @@ from chargecast import app as app_module
 from chargecast import openapi, protocol
 from chargecast.app import create_app
 from chargecast.artifact import Artifact
+from chargecast.batch import score_file
 from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, encode_records
 from chargecast.settings import Settings
 
@@ -179,7 +181,7 @@ def test_one_record_explained(client: TestClient, model: Artifact) -> None:
 def test_a_list_of_records_keeps_their_order(client: TestClient, model: Artifact) -> None:
     records = [RECORD, SMOKER, {**RECORD, "age": 64}]
     body = post_json(client, records).json()
-    assert set(body) == {"predictions", "model_version"}
+    assert set(body) == {"predictions", "total", "model_version"}
     assert body["model_version"] == model.version
     charges, low, high = model.predict(encode_records(records))
     assert [p["charges"] for p in body["predictions"]] == pytest.approx(charges.tolist())
@@ -677,6 +679,7 @@ def keyed(model_dir: Path) -> Iterator[TestClient]:
         ("POST", "/api/v1/predict", RECORD),
         ("POST", "/predict_api", RECORD),
         ("POST", "/api/v1/predict/csv", None),
+        ("POST", "/api/v1/predict/csv/summary", None),
         ("GET", "/api/v1/model", None),
     ],
 )
@@ -749,7 +752,13 @@ def test_keyed_document_declares_bearer_auth_on_api_routes_only(keyed: TestClien
     document = keyed.get("/openapi.json").json()
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     secured = {p for p, ops in document["paths"].items() for op in ops.values() if op.get("security")}
-    assert secured == {"/api/v1/predict", "/api/v1/predict/csv", "/api/v1/model", "/predict_api"}
+    assert secured == {
+        "/api/v1/predict",
+        "/api/v1/predict/csv",
+        "/api/v1/predict/csv/summary",
+        "/api/v1/model",
+        "/predict_api",
+    }
     assert document == openapi.build(keyed.app.state.service.settings)  # type: ignore[attr-defined]
 
 
@@ -757,8 +766,9 @@ def test_docs_page_is_self_contained(client: TestClient) -> None:
     response = client.get("/docs")
     assert response.status_code == 200
     page = response.text
-    for path in ("/api/v1/predict", "/api/v1/predict/csv", "/predict_api", "/healthz", "/metrics"):
+    for path in ("/api/v1/predict", "/api/v1/predict/csv", "/api/v1/predict/csv/summary", "/predict_api", "/metrics"):
         assert f"<code>{path}</code>" in page
+    assert "<code>quantiles</code>" in page
     assert "PatientRecord" in page
     assert "southeast" in page
     assert "<script" not in page
@@ -768,7 +778,7 @@ def test_docs_page_is_self_contained(client: TestClient) -> None:
 
 def test_no_5xx_for_random_garbage(client: TestClient) -> None:
     rng = np.random.default_rng(3)
-    paths = ["/api/v1/predict", "/predict_api", "/api/v1/predict/csv", "/predict", "/"]
+    paths = ["/api/v1/predict", "/predict_api", "/api/v1/predict/csv", "/api/v1/predict/csv/summary", "/predict", "/"]
     kinds = ["application/json", "text/csv", "application/x-www-form-urlencoded", "multipart/form-data; boundary=z"]
     for _ in range(200):
         body = rng.bytes(int(rng.integers(0, 300)))
@@ -856,3 +866,203 @@ def test_inputs_beyond_the_training_data_are_flagged(client: TestClient, model: 
     many = client.post("/api/v1/predict", json=[RECORD, old]).json()["predictions"]
     assert "extrapolated" not in many[0]
     assert many[1]["extrapolated"] == ["age", "children"]
+
+
+# -- quantiles and totals ---------------------------------------------------------------
+def quantiles_of(client: TestClient, body: Any, levels: str, **params: str) -> Any:
+    response = post_json(client, body, params={"quantiles": levels, **params})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def level_name(level: float) -> str:
+    return f"{level:.12g}"
+
+
+def test_one_records_quantiles_are_the_models_and_leave_the_mean_alone(client: TestClient, model: Artifact) -> None:
+    for record in (RECORD, SMOKER):
+        plain = post_json(client, record).json()
+        body = quantiles_of(client, record, "0.05,0.25,0.50,0.75,0.95")
+        assert list(body["quantiles"]) == ["0.05", "0.25", "0.5", "0.75", "0.95"]
+        assert body["charges"] == plain["charges"]  # still the mean, not the median
+        assert body["interval"] == plain["interval"]
+        row = encode_records([record])[0].tolist()
+        want = model.quantiles_row(plain["charges"], row, [0.05, 0.25, 0.5, 0.75, 0.95])
+        assert list(body["quantiles"].values()) == pytest.approx(want, rel=1e-12)
+        assert body["quantiles"]["0.5"] != pytest.approx(body["charges"], rel=1e-3)  # skewed: median is not mean
+
+
+def test_the_interval_is_the_quantiles_at_its_tails(client: TestClient, model: Artifact) -> None:
+    lo, hi = level_name((1 - model.level) / 2), level_name((1 + model.level) / 2)
+    for record in (RECORD, SMOKER, {**RECORD, "age": 60}, {**SMOKER, "bmi": 24.0}):
+        body = quantiles_of(client, record, f"{lo},{hi}")
+        assert (body["quantiles"][lo], body["quantiles"][hi]) == pytest.approx(
+            (body["interval"]["low"], body["interval"]["high"]), rel=1e-9
+        )
+    many = quantiles_of(client, [RECORD, SMOKER], f"{hi},{lo}")["predictions"]
+    for p in many:
+        assert (p["quantiles"][lo], p["quantiles"][hi]) == pytest.approx(
+            (p["interval"]["low"], p["interval"]["high"]), rel=1e-9
+        )
+
+
+def test_ninety_nine_levels_never_decrease_and_never_go_below_zero(client: TestClient) -> None:
+    levels = [round(0.01 * i, 2) for i in range(1, 100)]
+    text = ",".join(str(q) for q in reversed(levels))  # any order in, ascending out
+    for record in (RECORD, SMOKER, {**RECORD, "age": 18, "bmi": 18.0, "children": 0}):
+        body = quantiles_of(client, record, text)
+        assert list(body["quantiles"]) == [level_name(q) for q in levels]
+        values = list(body["quantiles"].values())
+        assert all(v >= 0 for v in values)
+        assert all(b >= a for a, b in itertools.pairwise(values))
+        assert values[-1] > values[0]
+
+
+def test_a_lists_quantiles_match_its_records_and_combine_with_explain(client: TestClient, model: Artifact) -> None:
+    records = [RECORD, SMOKER, {**RECORD, "age": 64}]
+    body = quantiles_of(client, records, "0.1,0.9", explain="true")
+    charges = np.array([p["charges"] for p in body["predictions"]])
+    want = model.quantiles(charges, encode_records(records), [0.1, 0.9]).tolist()
+    for p, (q10, q90) in zip(body["predictions"], want, strict=True):
+        assert set(p) == {"charges", "interval", "quantiles", "contributions", "baseline"}
+        assert p["quantiles"] == {"0.1": pytest.approx(q10, rel=1e-12), "0.9": pytest.approx(q90, rel=1e-12)}
+        assert sum(p["contributions"].values()) + p["baseline"] == pytest.approx(p["charges"], rel=1e-9)
+    single = quantiles_of(client, SMOKER, "0.1,0.9")["quantiles"]
+    assert body["predictions"][1]["quantiles"] == pytest.approx(single, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "keys"),
+    [
+        ("0.50", ["0.5"]),
+        (".5", ["0.5"]),
+        ("5e-1", ["0.5"]),
+        ("+0.5", ["0.5"]),
+        ("1E-3", ["0.001"]),
+        ("1e-05", ["0.00001"]),
+        (" 0.25 , 0.1000 ", ["0.1", "0.25"]),
+        ("0.975,0.025", ["0.025", "0.975"]),
+        ("0.3333333333333333333333", ["0.3333333333333333"]),
+    ],
+)
+def test_level_names_are_canonical_short_decimals(client: TestClient, text: str, keys: list[str]) -> None:
+    assert list(quantiles_of(client, RECORD, text)["quantiles"]) == keys
+    assert list(quantiles_of(client, [RECORD], text)["predictions"][0]["quantiles"]) == keys
+
+
+@pytest.mark.parametrize(
+    ("query", "rule"),
+    [
+        ("quantiles=", "must not have empty items"),
+        ("quantiles=0.1,,0.5", "must not have empty items"),
+        ("quantiles=0.1,", "must not have empty items"),
+        ("quantiles=abc", "must be a decimal number"),
+        ("quantiles=0.1;0.2", "must be a decimal number"),
+        ("quantiles=0x1p-1", "must be a decimal number"),
+        ("quantiles=0.0_5", "must be a decimal number"),
+        ("quantiles=nan", "must be a finite number"),
+        ("quantiles=-inf", "must be a finite number"),
+        ("quantiles=Infinity", "must be a finite number"),
+        ("quantiles=0", "strictly between 0 and 1"),
+        ("quantiles=1", "strictly between 0 and 1"),
+        ("quantiles=1.0", "strictly between 0 and 1"),
+        ("quantiles=-0.5", "strictly between 0 and 1"),
+        ("quantiles=1.5", "strictly between 0 and 1"),
+        ("quantiles=1e-400", "strictly between 0 and 1"),
+        ("quantiles=0.99999999999999999999", "strictly between 0 and 1"),
+        ("quantiles=1e999", "strictly between 0 and 1"),
+        ("quantiles=0.5,0.5", "must not repeat a level"),
+        ("quantiles=0.5,0.50", "must not repeat a level"),
+        ("quantiles=" + ",".join(str(0.0001 * i) for i in range(1, 101)), "at most 99 levels"),
+    ],
+)
+def test_bad_quantiles_are_422_naming_the_parameter_and_rule(client: TestClient, query: str, rule: str) -> None:
+    for body in (RECORD, [RECORD]):
+        response = client.post(f"/api/v1/predict?{query}", content=orjson.dumps(body), headers=JSON_HEADERS)
+        error = error_of(response, 422, "quantiles", rule)
+        assert protocol.LEVELS_RULE in error["issues"][0]["rule"]  # the whole rule, whatever broke it
+
+
+def test_quantiles_may_be_given_once(client: TestClient) -> None:
+    query = "quantiles=0.1&quantiles=0.2"
+    response = client.post(f"/api/v1/predict?{query}", content=orjson.dumps(RECORD), headers=JSON_HEADERS)
+    error_of(response, 422, "quantiles", "must appear at most once")
+
+
+def test_every_bad_level_is_listed(client: TestClient) -> None:
+    response = post_json(client, RECORD, params={"quantiles": "0.1,x,2,0.1"})
+    error = error_of(response, 422, "quantiles")
+    assert [i["value"] for i in error["issues"]] == ["x", "2", "0.1"]
+
+
+def test_a_list_answers_its_total(client: TestClient, model: Artifact) -> None:
+    records = [{**RECORD, "age": 18 + i % 47, "children": i % 4} for i in range(150)] + [SMOKER] * 20
+    body = post_json(client, records).json()
+    X = encode_records(records)
+    charges = model.predict(X)[0]
+    total = model.total(charges, X)
+    assert body["total"] == {
+        "charges": total.charges,
+        "interval": {"low": total.low, "high": total.high, "level": model.level},
+    }
+    assert total.charges == pytest.approx(sum(p["charges"] for p in body["predictions"]), rel=1e-12)
+    assert total.low < total.charges < total.high
+    # Deviations partly cancel: the book's interval is far narrower than its patients' added up.
+    summed = sum(p["interval"]["high"] - p["interval"]["low"] for p in body["predictions"])
+    assert total.high - total.low < 0.5 * summed
+    small = post_json(client, [RECORD, SMOKER]).json()["total"]  # a small book is simulated
+    two = model.total(model.predict(encode_records([RECORD, SMOKER]))[0], encode_records([RECORD, SMOKER]))
+    assert (small["charges"], small["interval"]["low"], small["interval"]["high"]) == (two.charges, two.low, two.high)
+    assert "total" not in post_json(client, RECORD).json()
+
+
+# -- POST /api/v1/predict/csv/summary ---------------------------------------------------
+def test_csv_summary_is_byte_for_byte_the_clis(client: TestClient, model_dir: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    n = 40_000  # more rows than one chunk of the route (32,768) and one block of the sum (16,384)
+    rows = [
+        {
+            "age": int(rng.integers(18, 80)),
+            "sex": ["female", "male"][i % 2],
+            "bmi": round(float(rng.uniform(16, 50)), 2),
+            "children": int(rng.integers(0, 5)),
+            "smoker": "yes" if rng.random() < 0.2 else "no",
+            "region": ["northeast", "northwest", "southeast", "southwest"][i % 4],
+        }
+        for i in range(n)
+    ]
+    for name, text in {"big.csv": _csv(rows), "small.csv": _csv(rows[:30]), "mid.csv": _csv(rows[:500])}.items():
+        src = tmp_path / name
+        src.write_text(text, encoding="utf-8")
+        summary = tmp_path / f"{name}.json"
+        score_file(src, tmp_path / f"{name}.scored.parquet", Artifact.load(model_dir), summary=summary)
+        response = client.post("/api/v1/predict/csv/summary", content=text, headers={"Content-Type": "text/csv"})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.content == summary.read_bytes(), name
+        body = response.json()
+        assert body["rows"] == text.count("\n") - 1
+        assert body["total"]["interval"]["low"] < body["total"]["charges"] < body["total"]["interval"]["high"]
+
+
+def test_csv_summary_takes_an_upload_and_refuses_what_the_csv_route_refuses(
+    client: TestClient, model: Artifact
+) -> None:
+    text = _csv([RECORD, SMOKER])
+    route = "/api/v1/predict/csv/summary"
+    upload = client.post(route, files={"file": ("patients.csv", text.encode(), "text/csv")})
+    X = encode_records([RECORD, SMOKER])
+    total = model.total(model.predict(X)[0], X)
+    assert upload.json() == {
+        "rows": 2,
+        "total": {"charges": total.charges, "interval": {"low": total.low, "high": total.high, "level": model.level}},
+    }
+    bad = _csv([RECORD, {**RECORD, "age": 17}])
+    error = error_of(client.post(route, content=bad, headers={"Content-Type": "text/csv"}), 422, "age")
+    assert error["issues"][0]["row"] == 2
+    error_of(client.post(route, content=text, headers={"Content-Type": "application/json"}), 415, "Content-Type")
+    error_of(
+        client.post(f"{route}?quantiles=0.5", content=text, headers={"Content-Type": "text/csv"}), 422, "quantiles"
+    )
+    error_of(client.post(route, content="", headers={"Content-Type": "text/csv"}), 400, "body")
+    error_of(client.post(route, content="age\n", headers={"Content-Type": "text/csv"}), 422, "sex", "required")

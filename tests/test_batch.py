@@ -21,7 +21,8 @@ import pytest
 
 from chargecast import artifact as artifact_module
 from chargecast.artifact import Artifact
-from chargecast.batch import OUTPUT_COLUMNS, BatchError, score_file
+from chargecast.batch import OUTPUT_COLUMNS, TOTAL_BLOCK, BatchError, BookTotal, score_file
+from chargecast.intervals import MONTE_CARLO_BOOK
 from chargecast.schema import FEATURES, FIELDS, CategoryField, ValidationError, encode_columns
 
 if importlib.util.find_spec("chargecast.data") is None:
@@ -441,6 +442,113 @@ def test_a_failing_progress_callback_leaves_no_output(scorer: Artifact, tmp_path
     with pytest.raises(KeyboardInterrupt):
         score_file(src, tmp_path / "out.csv", scorer, chunk_rows=10, progress=interrupt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+# -- book totals and --summary -------------------------------------------------------------
+
+
+def encoded(df: pd.DataFrame) -> npt.NDArray[np.float64]:
+    return encode_columns({c: df[c].to_numpy() for c in FEATURES})
+
+
+def streamed(scorer: Artifact, X: npt.NDArray[np.float64], chunk: int) -> BookTotal:
+    book = BookTotal(scorer)
+    for start in range(0, len(X), chunk):
+        part = X[start : start + chunk]
+        book.add(part, scorer.predict(part)[0])
+    return book
+
+
+@pytest.mark.parametrize("n", [1, MONTE_CARLO_BOOK, MONTE_CARLO_BOOK + 1, 5000, TOTAL_BLOCK])
+def test_a_streamed_total_is_artifact_total_to_the_last_bit(scorer: Artifact, n: int) -> None:
+    """Small books keep their rows (simulated total); larger ones only sums and group counts."""
+    X = encoded(records(n, seed=n))
+    whole = scorer.total(scorer.predict(X)[0], X)
+    for chunk in (1 if n <= 100 else 999, 37, n):
+        book = streamed(scorer, X, chunk)
+        assert book.rows == n
+        assert book.total() == whole, chunk
+
+
+def test_a_streamed_total_does_not_depend_on_the_chunking(scorer: Artifact) -> None:
+    n = 2 * TOTAL_BLOCK + 1234  # past one block: np.sum over the whole array would round differently
+    X = encoded(records(n, seed=11))
+    totals = {streamed(scorer, X, chunk).total() for chunk in (1000, 7777, TOTAL_BLOCK, n)}
+    assert len(totals) == 1
+    (total,) = totals
+    whole = scorer.total(scorer.predict(X)[0], X)
+    assert total.charges == pytest.approx(whole.charges, rel=1e-12)
+    assert (total.low, total.high) == pytest.approx((whole.low, whole.high), rel=1e-12)
+    assert total.low < total.charges < total.high
+
+
+def test_total_from_counts_refuses_what_it_cannot_answer(scorer: Artifact) -> None:
+    k = len(scorer.distribution.groups)
+    with pytest.raises(ValueError, match="group counts"):
+        scorer.distribution.total_from_counts(1000.0, [1.0] * k)  # small books are simulated from their rows
+    with pytest.raises(ValueError, match="group counts"):
+        scorer.distribution.total_from_counts(1000.0, [100.0] * (k + 1))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_summary_holds_the_rows_and_the_books_total(scorer: Artifact, tmp_path: Path, suffix: str) -> None:
+    src, dest, summary = tmp_path / "in.csv", tmp_path / f"out{suffix}", tmp_path / "summary.json"
+    data = with_extras(records(700, seed=5))
+    data.to_csv(src, index=False)
+    assert score_file(src, dest, scorer, chunk_rows=64, summary=summary) == 700
+    X = encoded(data)
+    whole = scorer.total(scorer.predict(X)[0], X)
+    interval = {"low": whole.low, "high": whole.high, "level": scorer.level}
+    assert json.loads(summary.read_bytes()) == {"rows": 700, "total": {"charges": whole.charges, "interval": interval}}
+    assert whole.low < whole.charges < whole.high
+    assert leftovers(tmp_path) == []
+
+
+def test_a_small_books_summary_is_its_simulated_total(scorer: Artifact, tmp_path: Path) -> None:
+    src, summary = tmp_path / "in.csv", tmp_path / "s.json"
+    data = records(3, seed=6)
+    data.to_csv(src, index=False)
+    score_file(src, tmp_path / "out.csv", scorer, chunk_rows=1, summary=summary)
+    X = encoded(data)
+    charges = scorer.predict(X)[0]
+    whole = scorer.total(charges, X)
+    got = json.loads(summary.read_bytes())["total"]
+    assert (got["charges"], got["interval"]["low"], got["interval"]["high"]) == (
+        whole.charges,
+        whole.low,
+        whole.high,
+    )
+    assert got["charges"] == float(np.sum(charges))
+
+
+def test_no_summary_is_written_when_scoring_fails(scorer: Artifact, tmp_path: Path) -> None:
+    src, dest, summary = tmp_path / "in.csv", tmp_path / "out.csv", tmp_path / "summary.json"
+    data = records(50).astype(str)
+    data.loc[40, "age"] = "17"
+    data.to_csv(src, index=False)
+    summary.write_text("earlier run", encoding="utf-8")
+    with pytest.raises(ValidationError):
+        score_file(src, dest, scorer, chunk_rows=10, summary=summary)
+    assert summary.read_text(encoding="utf-8") == "earlier run"
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_summary_paths_are_checked_before_anything_is_written(scorer: Artifact, tmp_path: Path) -> None:
+    src, dest = tmp_path / "in.csv", tmp_path / "out.csv"
+    records(5).to_csv(src, index=False)
+    (tmp_path / "dir.json").mkdir()
+    cases = {
+        tmp_path / "nowhere" / "s.json": "summary directory .* does not exist",
+        tmp_path / "dir.json": "is a directory",
+        src: "must not overwrite the input or the output",
+        dest: "must not overwrite the input or the output",
+    }
+    for summary, message in cases.items():
+        with pytest.raises(BatchError, match=message):
+            score_file(src, dest, scorer, summary=summary)
+        assert not dest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.json", "in.csv"]
 
 
 # -- packaging -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from chargecast.artifact import Artifact
 from chargecast.cli import main
+from chargecast.data import load_csv
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,3 +82,29 @@ def test_bad_setting_is_named_by_its_environment_variable(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert "setting CHARGECAST_PORT: Input should be a valid integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_predict_writes_a_summary_of_the_book(
+    insurance_csv: Path, model_dir: Path, model: Artifact, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, summary = tmp_path / "scored.parquet", tmp_path / "book.json"
+    args = ["predict", str(insurance_csv), "-o", str(out), "--model", str(model_dir), "--summary", str(summary)]
+    assert main(args) == 0
+    assert str(summary) in capsys.readouterr().out
+    X = load_csv(insurance_csv).X
+    total = model.total(model.predict(X)[0], X)
+    assert json.loads(summary.read_bytes()) == {
+        "rows": len(X),
+        "total": {"charges": total.charges, "interval": {"low": total.low, "high": total.high, "level": model.level}},
+    }
+
+
+def test_predict_writes_no_summary_when_a_row_is_bad(model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,sex,bmi,children,smoker,region\n30,female,22,0,maybe,southeast\n")
+    summary = tmp_path / "book.json"
+    proc = run("predict", str(bad), "--model", str(model_dir), "--summary", str(summary))
+    assert proc.returncode == 2
+    assert "row 2, smoker: must be one of no, yes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]

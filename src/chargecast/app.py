@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -42,6 +42,7 @@ from chargecast.schema import Issue
 from chargecast.settings import Settings
 
 log = logging.getLogger("chargecast.app")
+T = TypeVar("T")
 JSON: Final = "application/json"
 FORM_ERROR_KEY: Final = ""  # render_page shows errors[""] as a message that belongs to no field
 INLINE_BODY: Final = 64 * 1024  # bigger JSON bodies are parsed off the event loop
@@ -49,7 +50,7 @@ MODEL_WAIT_SECONDS = 5.0  # how long a request waits for a model that is still l
 CSV_SLOTS: Final = 2  # concurrent CSV jobs per worker: each holds its upload in memory
 CSV_SLOT_WAIT: Final = 10.0  # seconds a CSV request may wait for a slot before a 503
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-EXPLAIN: Final = ("explain",)
+NO_OPTIONS: Final[tuple[bool, protocol.Levels | None]] = (False, None)  # no explain, no quantiles
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -246,23 +247,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
         scope = request.scope
         protocol.require_json(_header(scope, b"content-type"))
         query = scope["query_string"]
-        explain = (
-            protocol.parse_flag("explain", protocol.parse_query(query, EXPLAIN).get("explain")) if query else False
-        )
+        explain, levels = protocol.predict_options(query) if query else NO_OPTIONS
         body = await read_body(request, max_body, json_hint)
         if len(body) <= INLINE_BODY:
             payload = protocol.parse_json(body)
-            if type(payload) is dict and not explain:  # the hot path: scalar, on the loop
-                scored = protocol.predict_one(model, payload)
+            if type(payload) is dict and not explain:  # the hot path: scalar (quantiles too), on the loop
+                scored = protocol.predict_one(model, payload, levels=levels)
             else:
-                scored = await anyio.to_thread.run_sync(protocol.predict_payload, model, payload, explain)
+                scored = await anyio.to_thread.run_sync(protocol.predict_payload, model, payload, explain, levels)
         else:
-            scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain)
+            scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain, levels)
         svc.metrics.observe("api", scored.rows, scored.charges)
         return Response(scored.body, media_type=JSON)
 
-    def _parse_and_predict(model: Artifact, body: bytes | bytearray, explain: bool) -> protocol.Scored:
-        return protocol.predict_payload(model, protocol.parse_json(body), explain)
+    def _parse_and_predict(
+        model: Artifact, body: bytes | bytearray, explain: bool, levels: protocol.Levels | None
+    ) -> protocol.Scored:
+        return protocol.predict_payload(model, protocol.parse_json(body), explain, levels)
 
     async def predict_api(request: Request) -> Response:
         svc.authorize(request)
@@ -274,7 +275,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         svc.metrics.observe("predict_api", scored.rows, scored.charges)
         return Response(scored.body, media_type=JSON)
 
-    async def api_predict_csv(request: Request) -> Response:
+    async def csv_job(request: Request, work: Callable[[Artifact, bytearray, str | None], T]) -> T:
+        """Checks, a CSV slot and the upload, then ``work`` off the loop: what the CSV routes share."""
         svc.authorize(request)
         model = svc.model or await svc.wait_for_model()
         protocol.parse_query(request.scope["query_string"])
@@ -298,10 +300,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 )
             buffer = body if isinstance(body, bytearray) else bytearray(body)
             del body
-            scored = await anyio.to_thread.run_sync(_score_csv, model, buffer, content_type)
-            del buffer
+            return await anyio.to_thread.run_sync(work, model, buffer, content_type)
         finally:
             svc.csv_slots.release()
+
+    async def api_predict_csv(request: Request) -> Response:
+        scored = await csv_job(request, _score_csv)
         headers = {}
         if scored.filename:
             stem = re.sub(r"[^A-Za-z0-9._-]", "_", scored.filename.rsplit("/", 1)[-1]).removesuffix(".csv")
@@ -314,6 +318,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         scored = protocol.score_csv(model, text, settings.csv_max_rows, filename, on_chunk=tally.add)
         svc.metrics.commit("csv", tally)  # only a file that was valid throughout counts
         return scored
+
+    async def api_predict_csv_summary(request: Request) -> Response:
+        return _json(await csv_job(request, _summarize_csv))
+
+    def _summarize_csv(model: Artifact, body: bytearray, content_type: str | None) -> bytes:
+        text, _ = protocol.csv_text(body, content_type)
+        tally = svc.metrics.batch()
+        summary = protocol.summarize_csv(model, text, settings.csv_max_rows, on_chunk=tally.add)
+        svc.metrics.commit("csv_summary", tally)
+        return summary
 
     async def model_route(request: Request) -> Response:
         svc.authorize(request)
@@ -391,6 +405,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/api/v1/predict", api_predict, methods=["POST"]),
         Route("/api/v1/predict/csv", api_predict_csv, methods=["POST"]),
+        Route("/api/v1/predict/csv/summary", api_predict_csv_summary, methods=["POST"]),
         Route("/api/v1/model", model_route, methods=["GET"]),
         Route("/predict_api", predict_api, methods=["POST"]),
         Route("/", form_root, methods=["GET", "POST"]),  # one route, so a 405 lists both in Allow

@@ -17,6 +17,7 @@ import codecs
 import contextlib
 import dataclasses
 import importlib
+import math
 import os
 import secrets
 from collections import deque
@@ -28,8 +29,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from chargecast import schema
+from chargecast.intervals import MONTE_CARLO_BOOK, assign_groups
 from chargecast.schema import (
     FIELDS,
     MAX_REPORTED_ISSUES,
@@ -43,7 +46,7 @@ from chargecast.schema import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from chargecast.artifact import Artifact
+    from chargecast.artifact import Artifact, Prediction
 
 Format = Literal["csv", "parquet"]
 FORMATS: Final[dict[str, Format]] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -55,6 +58,9 @@ SAMPLE_BYTES: Final = 1 << 16  # sniffed up front: binary check and longest line
 # are assembled from blocks, so the block size need not grow with chunk_rows.
 BLOCK: Final = 1 << 20
 LONG_LABEL: Final = 64  # longer category values are shortened before they reach numpy
+# Forecasts are summed in blocks of this many rows, whatever the chunks: a book's total is then
+# the same to the last bit however the file was chunked, and equal to Artifact.total up to a block.
+TOTAL_BLOCK: Final = 16_384
 
 IntArray = npt.NDArray[np.int64]
 Chunks = Generator["_Chunk", None, None]
@@ -73,6 +79,54 @@ class _Chunk:
     rows_read: int
 
 
+class BookTotal:
+    """A book's total (:meth:`Artifact.total`) added up chunk by chunk, never holding all rows.
+
+    Books of more than ``MONTE_CARLO_BOOK`` patients need only the sum of forecasts and the
+    patients per interval group; smaller ones are simulated, so their few rows are kept.
+    """
+
+    def __init__(self, model: Artifact) -> None:
+        self.model = model
+        self.rows = 0
+        self._groups = model.distribution.groups
+        self._counts = np.zeros(len(self._groups), dtype=np.int64)
+        self._block_sums: list[float] = []
+        self._pending: npt.NDArray[np.float64] = np.empty(0)  # forecasts not yet in a full block
+        self._small: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] | None = []
+
+    def add(self, X: npt.NDArray[np.float64], charges: npt.NDArray[np.float64]) -> None:
+        """Take one predicted chunk: encoded rows and their forecasts."""
+        self.rows += len(charges)
+        self._counts += np.bincount(assign_groups(X, self._groups), minlength=len(self._groups))
+        if self._small is not None:
+            self._small = [*self._small, (X.copy(), charges.copy())] if self.rows <= MONTE_CARLO_BOOK else None
+        pending = np.concatenate([self._pending, charges])
+        full = len(pending) - len(pending) % TOTAL_BLOCK
+        self._block_sums.extend(float(np.sum(pending[i : i + TOTAL_BLOCK])) for i in range(0, full, TOTAL_BLOCK))
+        self._pending = pending[full:].copy()
+
+    def total(self) -> Prediction:
+        from chargecast.artifact import Prediction
+
+        if self._small is not None:
+            X = np.concatenate([x for x, _ in self._small]) if self._small else np.empty((0, len(schema.FEATURES)))
+            charges = np.concatenate([c for _, c in self._small]) if self._small else np.empty(0)
+            return self.model.total(charges, X)
+        summed = math.fsum([*self._block_sums, float(np.sum(self._pending))])
+        return Prediction(*self.model.distribution.total_from_counts(summed, self._counts.astype(np.float64)))
+
+
+def total_json(total: Prediction, level: float) -> dict[str, Any]:
+    """A book's total as the API and ``--summary`` write it."""
+    return {"charges": total.charges, "interval": {"low": total.low, "high": total.high, "level": level}}
+
+
+def summary_json(book: BookTotal) -> bytes:
+    """``{"rows": n, "total": {...}}``: the CLI's --summary file and the summary route's body, byte for byte."""
+    return orjson.dumps({"rows": book.rows, "total": total_json(book.total(), book.model.level)})
+
+
 def score_file(
     source: Path,
     dest: Path,
@@ -80,17 +134,20 @@ def score_file(
     *,
     chunk_rows: int = 262_144,
     progress: Callable[[int], None] | None = None,
+    summary: Path | None = None,
 ) -> int:
     """Score every row of ``source`` into ``dest``; return the number of rows written.
 
     Formats follow the suffixes (``.csv``, ``.parquet``/``.pq``; they may differ). The
     output keeps the input's columns and values as read and appends ``charges``,
-    ``charges_low`` and ``charges_high``. Blank CSV lines are skipped.
+    ``charges_low`` and ``charges_high``. Blank CSV lines are skipped. ``summary`` gets
+    :func:`summary_json`: the row count and the book's total with its interval.
 
     Raises :class:`~chargecast.schema.ValidationError` for missing columns (at once) or bad
     rows (after scanning the whole file, so the user sees every problem's line number and
     the total in one go), and :class:`BatchError` when a file cannot be read or written.
-    On any failure ``dest`` is left as it was. ``progress`` gets the rows read per chunk.
+    On any failure ``dest`` and ``summary`` are left as they were. ``progress`` gets the
+    rows read per chunk.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
@@ -99,10 +156,16 @@ def score_file(
     pa = _pyarrow()
     if not source.is_file():
         raise BatchError(f"{source}: {'is a directory' if source.is_dir() else 'no such file'}")
-    if not dest.parent.is_dir():
-        raise BatchError(f"{dest}: the output directory {dest.parent} does not exist")
-    if dest.is_dir():
-        raise BatchError(f"{dest}: is a directory")
+    outputs = {"output": dest} | ({"summary": Path(summary)} if summary is not None else {})
+    for role, out in outputs.items():
+        if not out.parent.is_dir():
+            raise BatchError(f"{out}: the {role} directory {out.parent} does not exist")
+        if out.is_dir():
+            raise BatchError(f"{out}: is a directory")
+    summary = outputs.get("summary")
+    if summary is not None and summary.resolve() in (source.resolve(), dest.resolve()):
+        raise BatchError(f"{summary}: the summary must not overwrite the input or the output file")
+    book = BookTotal(artifact)
 
     issues = _Issues()
     if in_format == "csv":
@@ -115,6 +178,7 @@ def score_file(
         metadata=in_schema.metadata,
     )
     tmp = _temp_path(dest)
+    summary_tmp: Path | None = None
     sink: _Sink | None = None
     written = 0
     try:
@@ -129,6 +193,7 @@ def score_file(
                     charges, low, high = artifact.predict(X)
                     columns = [chunk.table.column(i) for i in keep] + [pa.array(a) for a in (charges, low, high)]
                     sink.write(pa.Table.from_arrays(columns, schema=out_schema))
+                    book.add(X, charges)
                     written += len(X)
                 if progress is not None:
                     progress(chunk.rows_read)
@@ -137,11 +202,22 @@ def score_file(
             assert sink is not None
             sink.close()
             sink = None
+        if summary is not None:  # written before either file is renamed into place
+            summary_tmp = _temp_path(summary)
+            try:
+                summary_tmp.write_bytes(summary_json(book))
+            except OSError as exc:
+                raise BatchError(f"{summary}: cannot write ({exc.strerror or exc})") from None
         os.replace(tmp, dest)
+        if summary is not None and summary_tmp is not None:
+            os.replace(summary_tmp, summary)
+            summary_tmp = None
     except BaseException:
         if sink is not None:
             sink.abort()
         tmp.unlink(missing_ok=True)
+        if summary_tmp is not None:
+            summary_tmp.unlink(missing_ok=True)
         raise
     return written
 

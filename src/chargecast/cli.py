@@ -110,8 +110,10 @@ def _predict(args: argparse.Namespace) -> int:
         transient=True,
     ) as bar:
         task = bar.add_task("rows", total=None)
-        rows = score_file(args.input, output, model, progress=lambda n: bar.advance(task, n))
+        rows = score_file(args.input, output, model, progress=lambda n: bar.advance(task, n), summary=args.summary)
     print(f"{rows:,} rows scored with model {model.version} -> {output}")
+    if args.summary is not None:
+        print(f"book total and its {model.level:g} interval -> {args.summary}")
     return 0
 
 
@@ -153,6 +155,13 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("input", type=Path)
     pr.add_argument("-o", "--output", type=Path, help="output file (default: INPUT.scored.EXT)")
     pr.add_argument("--model", type=Path, help="artifact directory (default: $CHARGECAST_MODEL_DIR)")
+    pr.add_argument(
+        "--summary",
+        type=Path,
+        metavar="PATH.json",
+        help="also write the row count and the book's total charges with its interval as JSON "
+        "(the same numbers as POST /api/v1/predict/csv/summary); written only if scoring succeeds",
+    )
     pr.set_defaults(func=_predict)
 
     s = sub.add_parser("serve", help="run the web service (settings also from CHARGECAST_* variables)")

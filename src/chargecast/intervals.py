@@ -173,20 +173,32 @@ class ResidualDistribution:
         charges = float(np.sum(pred))
         if len(pred) == 0:
             return 0.0, 0.0, 0.0
-        lo_q, hi_q = self._tails(level)
         g = assign_groups(X, self.groups)
         counts = np.bincount(g, minlength=len(self.groups)).astype(np.float64)
-        var = np.asarray(self.var)
-        model_var = float(np.sum(counts**2 * var / np.maximum(np.asarray(self.counts, dtype=np.float64), 1.0)))
-        if len(pred) <= MONTE_CARLO_BOOK:
-            low, high = self._simulated_total(g, model_var, (lo_q, hi_q))
-        else:
-            mean = float(counts @ np.asarray(self.mean))
-            k2 = float(counts @ var) + model_var
-            skew = float(counts @ np.asarray(self.third)) / k2**1.5 if k2 > 0 else 0.0
-            sd = math.sqrt(k2)
-            low, high = (mean + sd * _cornish_fisher(q, skew) for q in (lo_q, hi_q))
+        if len(pred) > MONTE_CARLO_BOOK:
+            return self.total_from_counts(charges, counts, level)
+        low, high = self._simulated_total(g, self._model_var(counts), self._tails(level))
         return charges, max(charges + low, 0.0), max(charges + high, 0.0)
+
+    def total_from_counts(
+        self, charges: float, counts: Sequence[float] | Array, level: float | None = None
+    ) -> tuple[float, float, float]:
+        """:meth:`total` of a book of more than ``MONTE_CARLO_BOOK`` patients from what a stream
+        can add up chunk by chunk: the sum of forecasts and the patients per group."""
+        c = np.asarray(counts, dtype=np.float64)
+        if c.shape != (len(self.groups),) or c.sum() <= MONTE_CARLO_BOOK:
+            raise ValueError(f"need {len(self.groups)} group counts summing to more than {MONTE_CARLO_BOOK}")
+        var = np.asarray(self.var)
+        mean = float(c @ np.asarray(self.mean))
+        k2 = float(c @ var) + self._model_var(c)
+        skew = float(c @ np.asarray(self.third)) / k2**1.5 if k2 > 0 else 0.0
+        sd = math.sqrt(k2)
+        low, high = (mean + sd * _cornish_fisher(q, skew) for q in self._tails(level))
+        return charges, max(charges + low, 0.0), max(charges + high, 0.0)
+
+    def _model_var(self, counts: Array) -> float:
+        var = np.asarray(self.var)
+        return float(np.sum(counts**2 * var / np.maximum(np.asarray(self.counts, dtype=np.float64), 1.0)))
 
     def _simulated_total(
         self, g: npt.NDArray[np.intp], model_var: float, tails: tuple[float, float]

@@ -15,7 +15,7 @@ from typing import Any, Final
 import orjson
 
 import chargecast
-from chargecast.protocol import EXAMPLE_RECORD, MAX_RECORDS, OUTPUT_COLUMNS
+from chargecast.protocol import EXAMPLE_RECORD, LEVELS_RULE, MAX_LEVELS, MAX_RECORDS, OUTPUT_COLUMNS
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
 from chargecast.settings import Settings
 
@@ -79,9 +79,32 @@ def components() -> dict[str, Any]:
         "properties": {name: number for name in FEATURES},
         "additionalProperties": False,
     }
+    quantiles = {
+        "type": "object",
+        "description": "Only with ?quantiles=: the forecast quantile at each level asked for, in USD, keyed by the "
+        "level's canonical name (the shortest decimal that reads back as the same number, no exponent: 0.50 is "
+        "'0.5', 1e-3 is '0.001'), in ascending order of level. Values never decrease with the level, are never "
+        "below 0, and the quantiles at (1 - level)/2 and (1 + level)/2 are the interval's low and high.",
+        "propertyNames": {"pattern": "^0\\.[0-9]*[1-9]$"},
+        "additionalProperties": {"type": "number", "minimum": 0},
+        "examples": [{"0.05": 4100.5, "0.5": 6050.0, "0.95": 14950.25}],
+    }
+    total = {
+        "type": "object",
+        "description": "A book of patients: the sum of their expected charges and an interval for the sum of what "
+        "they will actually cost (equal-tailed, at the model's level). The interval is much narrower than the sum "
+        "of the patients' intervals: their deviations partly cancel.",
+        "required": ["charges", "interval"],
+        "properties": {
+            "charges": {"type": "number", "description": "Sum of expected charges in USD."},
+            "interval": _ref("Interval"),
+        },
+        "additionalProperties": False,
+    }
     prediction_props: dict[str, Any] = {
-        "charges": {"type": "number", "description": "Expected charges in USD."},
+        "charges": {"type": "number", "description": "Expected (mean) charges in USD."},
         "interval": _ref("Interval"),
+        "quantiles": _ref("Quantiles"),
         "contributions": _ref("Contributions"),
         "baseline": {"type": "number", "description": "The average prediction that contributions start from."},
         "extrapolated": {
@@ -137,6 +160,8 @@ def components() -> dict[str, Any]:
         },
         "FormRecord": record_schema(strict=False),
         "Interval": interval,
+        "Quantiles": quantiles,
+        "Total": total,
         "Contributions": contributions,
         "Prediction": {
             "type": "object",
@@ -153,9 +178,21 @@ def components() -> dict[str, Any]:
         },
         "BatchResponse": {
             "type": "object",
-            "description": "Forecasts in the order the records were sent.",
-            "required": ["predictions", "model_version"],
-            "properties": {"predictions": {"type": "array", "items": _ref("Prediction")}, "model_version": version},
+            "description": "Forecasts in the order the records were sent, and their total.",
+            "required": ["predictions", "total", "model_version"],
+            "properties": {
+                "predictions": {"type": "array", "items": _ref("Prediction")},
+                "total": _ref("Total"),
+                "model_version": version,
+            },
+            "additionalProperties": False,
+        },
+        "BookSummary": {
+            "type": "object",
+            "description": "A CSV's row count and its total; the same numbers, byte for byte, as "
+            "'chargecast predict FILE --summary PATH.json' writes for the file.",
+            "required": ["rows", "total"],
+            "properties": {"rows": {"type": "integer", "minimum": 1}, "total": _ref("Total")},
             "additionalProperties": False,
         },
         "ModelInfo": {
@@ -263,6 +300,38 @@ def build(settings: Settings) -> dict[str, Any]:
         "description": "Add each input's contribution and the baseline to every prediction.",
         "schema": {"type": "boolean", "default": False},
     }
+    quantiles = {
+        "name": "quantiles",
+        "in": "query",
+        "required": False,
+        "description": "Add the forecast quantiles at these levels to every prediction, e.g. 0.05,0.5,0.95. The "
+        f"value {LEVELS_RULE.removeprefix('must be ')} (levels are compared as read, so 0.5 and 0.50 repeat; "
+        "spaces around items are ignored). Anything else is a 422 naming 'quantiles' and the rule.",
+        "style": "form",
+        "explode": False,
+        "schema": {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "minItems": 1,
+            "maxItems": MAX_LEVELS,
+            "uniqueItems": True,
+        },
+    }
+    csv_limits = f"Limits: {settings.csv_max_rows:,} rows, {settings.csv_max_bytes:,} bytes."
+    csv_body = {
+        "required": True,
+        "content": {
+            # application/csv and application/vnd.ms-excel are accepted too (see the description)
+            **{kind: {"schema": {"type": "string"}} for kind in ("text/csv", "text/plain")},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
     paths: dict[str, Any] = {
         "/": {
             "get": op(
@@ -293,7 +362,9 @@ def build(settings: Settings) -> dict[str, Any]:
             "post": op(
                 "Forecast one record or a batch",
                 f"A JSON object (one record) answers a PredictionResponse; an array of 1 to {MAX_RECORDS} records "
-                f"answers a BatchResponse in the same order. Bodies over {limit} get 413.",
+                "answers a BatchResponse in the same order, with the total of the book. charges is the expected "
+                "(mean) charge; ?quantiles= adds the forecast distribution's quantiles, ?explain=true the "
+                f"contributions (both may be combined). Bodies over {limit} get 413.",
                 {
                     "200": _response(
                         "The forecast(s).",
@@ -304,7 +375,7 @@ def build(settings: Settings) -> dict[str, Any]:
                 },
                 auth=True,
                 operationId="predict",
-                parameters=[explain],
+                parameters=[explain, quantiles],
                 requestBody={
                     "required": True,
                     "content": {JSON: {"schema": {"oneOf": [_ref("PatientRecord"), _ref("PatientBatch")]}}},
@@ -318,28 +389,31 @@ def build(settings: Settings) -> dict[str, Any]:
                 "as the body (text/csv; text/plain, application/csv and application/vnd.ms-excel are taken as CSV too) "
                 "or as the multipart field 'file'. Answers the same rows with "
                 f"{', '.join(OUTPUT_COLUMNS)} appended (rounded to cents), streamed. Any bad row makes one 422 "
-                f"listing row, column and rule. Limits: {settings.csv_max_rows:,} rows, "
-                f"{settings.csv_max_bytes:,} bytes.",
+                "listing row, column and rule. A streamed answer has no room for the book's total: send the same "
+                f"file to /api/v1/predict/csv/summary for it. {csv_limits}",
                 {
                     "200": _response("The CSV with three more columns.", "text/csv", {"type": "string"}),
                     **_errors((*api_errors, 408)),
                 },
                 auth=True,
                 operationId="predictCsv",
-                requestBody={
-                    "required": True,
-                    "content": {
-                        # application/csv and application/vnd.ms-excel are accepted too (see the description)
-                        **{kind: {"schema": {"type": "string"}} for kind in ("text/csv", "text/plain")},
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["file"],
-                                "properties": {"file": {"type": "string", "format": "binary"}},
-                            }
-                        },
-                    },
+                requestBody=csv_body,
+            )
+        },
+        "/api/v1/predict/csv/summary": {
+            "post": op(
+                "Total of a CSV file",
+                "The same input, rules and limits as /api/v1/predict/csv; answers the number of rows and the "
+                "book's total (sum of expected charges, with an interval for the sum of actual charges) as JSON, "
+                "byte for byte what 'chargecast predict FILE --summary PATH.json' writes for the same file. "
+                + csv_limits,
+                {
+                    "200": _response("The row count and the total.", JSON, _ref("BookSummary")),
+                    **_errors((*api_errors, 408)),
                 },
+                auth=True,
+                operationId="predictCsvSummary",
+                requestBody=csv_body,
             )
         },
         "/api/v1/model": {

@@ -14,6 +14,8 @@ import hmac
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -22,6 +24,7 @@ import numpy.typing as npt
 import orjson
 
 from chargecast.artifact import Artifact
+from chargecast.batch import BookTotal, summary_json, total_json
 from chargecast.form import FormResult
 from chargecast.schema import (
     FEATURES,
@@ -43,6 +46,13 @@ CSV_TYPES: Final = frozenset({"text/csv", "application/csv", "text/plain", "appl
 MAX_SHOWN_VALUE: Final = 80
 NUMBER_NAMES: Final = tuple(f.name for f in FIELDS if isinstance(f, NumberField))
 EXAMPLE_RECORD: Final[dict[str, Any]] = {f.name: f.example for f in FIELDS}
+MAX_LEVELS: Final = 99
+PREDICT_PARAMETERS: Final = ("explain", "quantiles")
+LEVELS_RULE: Final = (
+    f"must be a comma-separated list of 1 to {MAX_LEVELS} different decimal numbers strictly between 0 and 1, "
+    "such as 0.05,0.5,0.95"
+)
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE = re.compile(rb"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
 
 
@@ -125,7 +135,11 @@ def parse_query(query: bytes, allowed: Sequence[str] = ()) -> dict[str, str]:
     if unknown:
         rule = f"is not a query parameter of this route (allowed: {', '.join(allowed) or 'none'})"
         raise invalid([Issue(key, rule) for key in unknown], what="query")
-    return dict(pairs)
+    out = dict(pairs)
+    if len(out) < len(pairs):  # a repeat would silently overrule the first value
+        repeated = sorted({key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1})
+        raise invalid([Issue(key, "must appear at most once") for key in repeated], what="query")
+    return out
 
 
 def parse_flag(name: str, value: str | None) -> bool:
@@ -138,6 +152,62 @@ def parse_flag(name: str, value: str | None) -> bool:
     if text == "false":
         return False
     raise invalid([Issue(name, "must be true or false", value)], what="query parameter")
+
+
+@dataclass(frozen=True, slots=True)
+class Levels:
+    """Quantile levels a client asked for, ascending, with the keys the answer names them by."""
+
+    keys: tuple[str, ...]
+    values: tuple[float, ...]
+
+
+def level_key(level: float) -> str:
+    """The canonical name of a level: the shortest decimal that reads back as the same double,
+    written without an exponent ("0.50" -> "0.5", ".05" -> "0.05", "1e-3" -> "0.001")."""
+    return format(Decimal(repr(level)), "f")
+
+
+def parse_levels(text: str) -> Levels:
+    """``?quantiles=0.05,0.5,0.95``: each item a decimal number (spaces around it ignored) whose
+    double lies strictly between 0 and 1; no empty items, no level twice (after reading, so
+    "0.5,0.50" repeats), at most ``MAX_LEVELS``. Every broken rule is a 422 naming ``quantiles``."""
+    items = text.split(",")
+    if len(items) > MAX_LEVELS:
+        raise invalid([Issue("quantiles", f"must list at most {MAX_LEVELS} levels ({LEVELS_RULE})")], what="query")
+    issues: list[Issue] = []
+    seen: dict[float, str] = {}
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            issues.append(Issue("quantiles", f"must not have empty items ({LEVELS_RULE})", text))
+            continue
+        if not _DECIMAL.fullmatch(item):
+            finite = item.lower().lstrip("+-") not in ("nan", "inf", "infinity")
+            kind = "a decimal number" if finite else "a finite number"
+            issues.append(Issue("quantiles", f"each level must be {kind} ({LEVELS_RULE})", item))
+            continue
+        level = float(item)
+        if not 0.0 < level < 1.0:
+            issues.append(Issue("quantiles", f"each level must be strictly between 0 and 1 ({LEVELS_RULE})", item))
+        elif level in seen:
+            rule = f"must not repeat a level ({seen[level]} and {item} are the same level; {LEVELS_RULE})"
+            issues.append(Issue("quantiles", rule, item))
+        else:
+            seen[level] = item
+    if issues:
+        raise invalid(issues, what="query parameter")
+    values = tuple(sorted(seen))
+    return Levels(tuple(level_key(q) for q in values), values)
+
+
+@lru_cache(maxsize=256)
+def predict_options(query: bytes) -> tuple[bool, Levels | None]:
+    """``explain`` and ``quantiles`` of ``/api/v1/predict``; clients repeat the same few query
+    strings, so parsing is cached (a refused query raises and is not cached)."""
+    params = parse_query(query, PREDICT_PARAMETERS)
+    quantiles = params.get("quantiles")
+    return parse_flag("explain", params.get("explain")), (parse_levels(quantiles) if quantiles is not None else None)
 
 
 def check_bearer(header: str | None, keys: Sequence[bytes]) -> None:
@@ -219,7 +289,7 @@ def _contributions(model: Artifact, X: Array) -> list[dict[str, float]]:
     return [dict(zip(FEATURES, row, strict=True)) for row in model.explain(X).tolist()]
 
 
-def predict_one(model: Artifact, obj: Any, explain: bool = False) -> Scored:
+def predict_one(model: Artifact, obj: Any, explain: bool = False, levels: Levels | None = None) -> Scored:
     """One record: the scalar hot path (no numpy unless an explanation is asked for)."""
     row, issues = check_json_record(obj)
     if issues:
@@ -230,6 +300,8 @@ def predict_one(model: Artifact, obj: Any, explain: bool = False) -> Scored:
         "interval": {"low": p.low, "high": p.high, "level": model.level},
         "model_version": model.version,
     }
+    if levels is not None:
+        out["quantiles"] = dict(zip(levels.keys, model.quantiles_row(p.charges, row, levels.values), strict=True))
     if explain:
         out["contributions"] = _contributions(model, np.array([row], dtype=np.float64))[0]
         out["baseline"] = model.baseline
@@ -238,8 +310,9 @@ def predict_one(model: Artifact, obj: Any, explain: bool = False) -> Scored:
     return Scored(orjson.dumps(out), row, p.charges, 1)
 
 
-def predict_many(model: Artifact, items: list[Any], explain: bool = False) -> Scored:
-    """A list of 1 to 10,000 records, validated one by one (errors name ``[i].field``)."""
+def predict_many(model: Artifact, items: list[Any], explain: bool = False, levels: Levels | None = None) -> Scored:
+    """A list of 1 to 10,000 records, validated one by one (errors name ``[i].field``), and
+    their total: the book's charges with an interval for what it will actually cost."""
     if not items:
         raise invalid([Issue("body", f"must hold 1 to {MAX_RECORDS} records, got 0")], what="batch")
     if len(items) > MAX_RECORDS:
@@ -271,19 +344,24 @@ def predict_many(model: Artifact, items: list[Any], explain: bool = False) -> Sc
         for item, contribution in zip(predictions, _contributions(model, X), strict=True):
             item["contributions"] = contribution
             item["baseline"] = baseline
+    if levels is not None:
+        keys = levels.keys
+        for item, values in zip(predictions, model.quantiles(charges, X, levels.values).tolist(), strict=True):
+            item["quantiles"] = dict(zip(keys, values, strict=True))
     for item, outside in zip(predictions, model.extrapolated_rows(X), strict=True):
         if outside:
             item["extrapolated"] = outside
-    body = orjson.dumps({"predictions": predictions, "model_version": model.version})
+    book = total_json(model.total(charges, X), level)
+    body = orjson.dumps({"predictions": predictions, "total": book, "model_version": model.version})
     return Scored(body, X, charges, len(rows))
 
 
-def predict_payload(model: Artifact, payload: Any, explain: bool = False) -> Scored:
+def predict_payload(model: Artifact, payload: Any, explain: bool = False, levels: Levels | None = None) -> Scored:
     """Dispatch a parsed body: an object is one record, an array a batch, anything else a 422."""
     if type(payload) is dict:
-        return predict_one(model, payload, explain)
+        return predict_one(model, payload, explain, levels)
     if type(payload) is list:
-        return predict_many(model, payload, explain)
+        return predict_many(model, payload, explain, levels)
     raise invalid(
         [Issue("body", f"must be a JSON object (one record) or an array of 1 to {MAX_RECORDS} records", payload)],
         what="body",
@@ -311,8 +389,9 @@ def model_info(model: Artifact) -> bytes:
 
 def warm_up(model: Artifact) -> None:
     """Exercise every prediction path once so the first real request is not the slow one."""
-    one = predict_one(model, dict(EXAMPLE_RECORD), explain=True)
-    many = predict_many(model, [dict(EXAMPLE_RECORD)] * 2, explain=True)
+    levels = parse_levels("0.05,0.5,0.95")
+    one = predict_one(model, dict(EXAMPLE_RECORD), explain=True, levels=levels)
+    many = predict_many(model, [dict(EXAMPLE_RECORD)] * 2, explain=True, levels=levels)
     for body in (one.body, many.body):
         if b"NaN" in body or b"null" in body:
             raise ValueError("warm-up prediction is not a finite number")
@@ -612,6 +691,26 @@ def score_csv(
         raise invalid([Issue("body", "must have at least one data row")], what="CSV")
     charges, low, high = (np.concatenate(part) for part in zip(*results, strict=True))
     return CsvScored(text, charges, low, high, filename)
+
+
+def summarize_csv(
+    model: Artifact,
+    text: str,
+    max_rows: int,
+    on_chunk: Callable[[Array, Array], None] | None = None,
+    chunk_rows: int = CSV_CHUNK_ROWS,
+) -> bytes:
+    """``{"rows": n, "total": {...}}`` of a CSV, under :func:`score_csv`'s rules: the same
+    bytes that ``chargecast predict --summary`` writes for the file."""
+    book = BookTotal(model)
+
+    def add(X: Array, charges: Array) -> None:
+        book.add(X, charges)
+        if on_chunk is not None:
+            on_chunk(X, charges)
+
+    score_csv(model, text, max_rows, on_chunk=add, chunk_rows=chunk_rows)
+    return summary_json(book)
 
 
 def csv_chunks(scored: CsvScored, rows_per_chunk: int = 2000) -> Iterator[bytes]:
