@@ -34,8 +34,8 @@ AGE_BANDS = (30.0, 45.0)  # non-smokers: 18-29, 30-44, 45+
 MIN_GROUP = 30  # below this many calibration residuals a group borrows the pooled distribution
 GRID_STEP = 0.001
 GRID = np.round(np.arange(1, 1000) * GRID_STEP, 3)  # levels 0.001 ... 0.999 where quantiles are stored
-MONTE_CARLO_BOOK = 64  # books up to this size get a simulated total; larger ones Cornish-Fisher
-MONTE_CARLO_DRAWS = 4000
+MONTE_CARLO_BOOK = 32  # books up to this size get a simulated total; larger ones Cornish-Fisher
+MONTE_CARLO_DRAWS = 2000
 _NORMAL = NormalDist()
 
 
