@@ -119,7 +119,7 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
     import uvicorn
 
     from chargecast.logs import uvicorn_log_config
-    from chargecast.supervisor import Supervisor, metrics_server
+    from chargecast.supervisor import LingeringHttpProtocol, Supervisor, metrics_server
 
     workers = int(environ["CHARGECAST_WORKERS"])
     level = environ["CHARGECAST_LOG_LEVEL"]
@@ -142,6 +142,7 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
             timeout_graceful_shutdown=int(environ["CHARGECAST_SHUTDOWN_TIMEOUT"]),
             server_header=False,
             lifespan="on",
+            http=LingeringHttpProtocol,  # so SIGTERM waits until slow clients have the bytes
         )
         log = logging.getLogger("chargecast.server")
         metrics_port = int(environ.get("CHARGECAST_METRICS_PORT", "0"))

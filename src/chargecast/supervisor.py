@@ -77,41 +77,67 @@ def send_queue(fd: int) -> int:
     return int(struct.unpack("i", out)[0])
 
 
+try:  # whichever HTTP implementation uvicorn's "auto" would pick
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpProtocol
+except ImportError:  # pragma: no cover - httptools is in the lock file
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _HttpProtocol  # type: ignore[assignment]
+
+# Duplicates of closed connections' sockets whose send queue was not yet empty (per worker).
+LINGERING: list[int] = []
+
+
+class LingeringHttpProtocol(_HttpProtocol):
+    """Keeps a closed connection's socket until the client has taken what was written to it.
+
+    A response "ends" once its bytes are in the kernel's send buffer (megabytes), long before
+    a slow client has them. The duplicate lets the worker see that queue (and wait for it on
+    SIGTERM); the kernel sends the FIN once the duplicate is closed too.
+    """
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:  # asyncio closes the socket only after this method returns
+            with contextlib.suppress(OSError):
+                if send_queue(sock.fileno()) > 0:
+                    LINGERING.append(os.dup(sock.fileno()))
+        super().connection_lost(exc)
+
+
+def release_taken() -> None:
+    """Close the duplicates whose bytes the clients have taken (or that are gone)."""
+    if LINGERING:
+        for fd in [fd for fd in LINGERING if send_queue(fd) == 0]:
+            LINGERING.remove(fd)
+            os.close(fd)
+
+
 class DrainingServer(Server):
     """uvicorn's server, but on shutdown it also waits for the kernel to hand the bytes over."""
 
+    async def on_tick(self, counter: int) -> bool:
+        release_taken()  # every 0.1 s; nothing to do unless a closed connection still sends
+        return await super().on_tick(counter)
+
     async def shutdown(self, sockets: list[socket] | None = None) -> None:
         deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0)
-        held: list[int] = []
-        for connection in list(self.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if sock is not None:
-                with contextlib.suppress(
-                    OSError
-                ):  # a duplicate keeps the socket (and its queue) after uvicorn closes it
-                    held.append(os.dup(sock.fileno()))
-        try:
-            await super().shutdown(sockets)
-            await self._drain(held, deadline)
-        finally:
-            for fd in held:
-                os.close(fd)
-
-    async def _drain(self, fds: list[int], deadline: float) -> None:
-        waiting = fds
-        while True:
-            waiting = [fd for fd in waiting if send_queue(fd) > 0]
-            if not waiting:
-                return
-            if time.monotonic() >= deadline:
-                left = sum(send_queue(fd) for fd in waiting)
-                log.warning(
-                    "exiting with bytes not yet taken by clients",
-                    extra={"fields": {"connections": len(waiting), "bytes": left}},
-                )
-                return
+        await super().shutdown(sockets)  # every connection is closed (and lingering) after this
+        release_taken()
+        if not LINGERING:
+            return
+        start, pending = time.monotonic(), sum(send_queue(fd) for fd in LINGERING)
+        while LINGERING and time.monotonic() < deadline:
             await asyncio.sleep(DRAIN_POLL)
+            release_taken()
+        if LINGERING:
+            log.warning(
+                "exiting with bytes not yet taken by clients",
+                extra={"fields": {"connections": len(LINGERING), "bytes": sum(send_queue(fd) for fd in LINGERING)}},
+            )
+        else:
+            log.info(
+                "clients took the last bytes",
+                extra={"fields": {"bytes": pending, "seconds": round(time.monotonic() - start, 3)}},
+            )
 
 
 class Worker(Process):
