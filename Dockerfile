@@ -37,12 +37,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CHARGECAST_MODEL_DIR=/app/models/current \
     CHARGECAST_HOST=0.0.0.0 \
-    CHARGECAST_PORT=8080
+    CHARGECAST_PORT=8080 \
+    CHARGECAST_METRICS_PORT=9090
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8080
-# Python, not curl: the official slim image has no curl.
+EXPOSE 8080 9090
+# Readiness, not mere liveness: healthy means the verified model answers. Python, not curl: the
+# official slim image has no curl. 9090 is /metrics, for operators (publish it only to them).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+    CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/readyz', timeout=2)"]
 # The server is PID 1 and handles SIGTERM itself: it stops accepting, drains, exits.
 ENTRYPOINT ["chargecast", "serve"]

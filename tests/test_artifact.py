@@ -231,3 +231,58 @@ def test_a_tree_grid_model_round_trips_through_npz(dataset: Any, trained: TrainR
     np.testing.assert_allclose(
         loaded.explain(trained.X_test[:5]).sum(axis=1) + loaded.baseline, grid.predict(trained.X_test[:5]), rtol=1e-9
     )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format": "2"}, "field 'format' must be an integer"),
+        ({"format": True}, "field 'format' must be an integer"),
+        ({"version": ""}, "field 'version' must be a string"),
+        ({"files": {"model.json": "abc", "arrays.npz": "0" * 64}}, r"field 'files.model.json' must be 64 hex"),
+        ({"files": {"model.json": 7}}, r"field 'files.model.json' must be 64 hex"),
+        ({"libraries": ["numpy", "chargecast"]}, "field 'libraries' must be an object"),
+        ({"libraries": {"numpy": 2}}, r"field 'libraries.numpy' must be a version string"),
+        ({"schema": {"age": "int"}}, "field 'schema' must be a list of objects"),
+        ({"schema": ["age"]}, "field 'schema' must be a list of objects"),
+        ({"interval_level": 90}, r"field 'interval_level' must be a number between 0 and 1"),
+        ({"interval_level": "0.9"}, r"field 'interval_level' must be a number between 0 and 1"),
+        ({"interval_level": 1.0}, r"field 'interval_level' must be a number between 0 and 1"),
+        ({"metrics": []}, "field 'metrics' must be an object"),
+        ({"training_ranges": [1, 2]}, "field 'training_ranges' must be an object"),
+        ({"leaderboard": {}}, "field 'leaderboard' must be a list"),
+        ({"created_at": 20240101}, "field 'created_at' must be a string"),
+    ],
+)
+def test_metadata_fields_of_the_wrong_type_are_named_with_their_rule(
+    copy: Path, changes: dict[str, Any], message: str
+) -> None:
+    edit_metadata(copy, **changes)
+    with pytest.raises(ArtifactError, match=message):
+        Artifact.load(copy)
+
+
+@pytest.mark.parametrize("field", ["format", "version", "files", "libraries", "schema"])
+def test_required_metadata_fields_are_named_when_missing(copy: Path, field: str) -> None:
+    meta = json.loads((copy / "metadata.json").read_text())
+    del meta[field]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=f"field '{field}' is missing"):
+        Artifact.load(copy)
+
+
+def test_metadata_that_is_not_an_object_is_refused(copy: Path) -> None:
+    (copy / "metadata.json").write_text("[]")
+    with pytest.raises(ArtifactError, match="must be a JSON object"):
+        Artifact.load(copy)
+
+
+def test_a_snapshot_loads_only_with_the_digest_it_was_made_with(copy: Path, tmp_path: Path) -> None:
+    model, contents = artifact.load_verified(copy)
+    snap = tmp_path / "snap"
+    snap.mkdir(mode=0o700)
+    digest = artifact.snapshot(contents, snap)
+    assert sorted(p.name for p in snap.iterdir()) == ["arrays.npz", "metadata.json", "model.json"]
+    assert Artifact.load(snap, digest).version == model.version
+    with pytest.raises(ArtifactError, match="not the one verified at start-up"):
+        Artifact.load(snap, "0" * 64)

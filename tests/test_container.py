@@ -103,10 +103,10 @@ def wait_ready(url: str, timeout: float = 30, container: str | None = None) -> N
 
 
 @pytest.fixture
-def container(image: str) -> Iterator[tuple[str, str]]:
+def container(image: str) -> Iterator[tuple[str, str, str]]:
     """The image run the way Kubernetes runs it: non-root, read-only root, /tmp writable."""
     name = f"chargecast-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     sh(
         "podman",
         "run",
@@ -124,12 +124,14 @@ def container(image: str) -> Iterator[tuple[str, str]]:
         "no-new-privileges",
         "-p",
         f"127.0.0.1:{port}:8080",
+        "-p",
+        f"127.0.0.1:{metrics_port}:9090",
         image,
     )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, container=name)
-        yield name, url
+        yield name, url, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         sh("podman", "rm", "-f", "-t", "0", name, check=False)
 
@@ -149,7 +151,7 @@ def test_image_metadata(image: str) -> None:
     for key in ("source", "version", "revision"):
         assert labels[f"org.opencontainers.image.{key}"]
     assert labels["org.opencontainers.image.revision"] == "test"
-    assert "healthz" in " ".join(inspect(image)["Healthcheck"]["Test"])
+    assert "readyz" in " ".join(inspect(image)["Healthcheck"]["Test"])
 
 
 def test_image_has_no_compilers_pip_or_training_libraries(image: str) -> None:
@@ -162,8 +164,8 @@ def test_image_has_no_compilers_pip_or_training_libraries(image: str) -> None:
     assert out == "[] []"
 
 
-def test_container_serves_predictions_as_non_root(container: tuple[str, str]) -> None:
-    name, url = container
+def test_container_serves_predictions_as_non_root(container: tuple[str, str, str]) -> None:
+    name, url, _ = container
     assert sh("podman", "exec", name, "id", "-u").stdout.strip() == "10001"
     reply = httpx.post(f"{url}/api/v1/predict", json=RECORD, timeout=10)
     assert reply.status_code == 200
@@ -193,8 +195,8 @@ def big_csv(rows: int) -> bytes:
     return out.getvalue().encode()
 
 
-def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: tuple[str, str]) -> None:
-    name, url = container
+def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: tuple[str, str, str]) -> None:
+    name, url, metrics_url = container
     rows = 200_000
     body = big_csv(rows)
     result: dict[str, Any] = {}
@@ -210,7 +212,7 @@ def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: t
     worker.start()
     series = 'chargecast_http_requests_in_progress{route="/api/v1/predict/csv"}'
     deadline = time.monotonic() + 20
-    while in_progress(httpx.get(f"{url}/metrics", timeout=5).text, series) < 1:  # the request is in a worker
+    while in_progress(httpx.get(metrics_url, timeout=5).text, series) < 1:  # the request is in a worker
         assert time.monotonic() < deadline, "the upload never reached a worker"
         assert worker.is_alive(), f"the request finished before SIGTERM could be sent: {result}"
         time.sleep(0.02)

@@ -39,6 +39,8 @@ def test_final_stage_runs_as_numeric_non_root_with_a_healthcheck() -> None:
     assert "USER 10001:10001" in final
     assert "EXPOSE 8080" in final
     assert "HEALTHCHECK" in final
+    healthcheck = final[final.index("HEALTHCHECK") :].split("\n\n", 1)[0]
+    assert "/readyz" in healthcheck  # healthy = the model answers, not merely the process runs
     assert 'ENTRYPOINT ["chargecast", "serve"]' in final  # exec form: the server is PID 1
     assert "ARG BASE_IMAGE=python:3.11-slim" in text
     assert "--mount=type=secret,id=ca" in text

@@ -190,8 +190,10 @@ def test_podmonitoring_fields_by_hand(gke: list[Obj]) -> None:
     endpoint_fields = {"port", "scheme", "path", "params", "interval", "timeout", "metricRelabeling", "proxyUrl"}
     (endpoint,) = spec["endpoints"]
     assert set(endpoint) <= endpoint_fields
-    assert endpoint["port"] == "http"
-    assert named_port(gke, "http") == 8080
+    assert endpoint["port"] == "metrics"  # the supervisor's port; the public one answers 404
+    assert named_port(gke, "metrics") == 9090
+    env = {e["name"]: e for e in container(gke)["env"]}
+    assert int(env["CHARGECAST_METRICS_PORT"]["value"]) == 9090
     assert endpoint["path"] == "/metrics"
     assert re.fullmatch(r"\d+(ms|s|m)", endpoint["interval"])
     assert pm["metadata"]["labels"]["app.kubernetes.io/name"] == "chargecast"
@@ -284,8 +286,9 @@ def test_local_overlay_is_one_pod_on_loopback(local: list[Obj]) -> None:
     c = container(local)
     assert c["image"] == "localhost/chargecast:dev"
     assert c["imagePullPolicy"] in {"Never", "IfNotPresent"}
-    assert c["ports"] == [
-        {"name": "http", "containerPort": 8080, "hostPort": 8080, "hostIP": "127.0.0.1", "protocol": "TCP"}
+    assert sorted(c["ports"], key=lambda p: p["containerPort"]) == [
+        {"name": "http", "containerPort": 8080, "hostPort": 8080, "hostIP": "127.0.0.1", "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "hostPort": 9090, "hostIP": "127.0.0.1", "protocol": "TCP"},
     ]
     # podman runs no lifecycle hooks; the liveness probe is what it turns into a health check.
     assert "lifecycle" not in c

@@ -35,7 +35,6 @@ from chargecast import openapi, protocol
 from chargecast.artifact import Artifact
 from chargecast.form import render_page
 from chargecast.logs import AccessLog
-from chargecast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chargecast.metrics import Metrics
 from chargecast.protocol import ApiError
 from chargecast.schema import Issue
@@ -46,6 +45,7 @@ T = TypeVar("T")
 JSON: Final = "application/json"
 FORM_ERROR_KEY: Final = ""  # render_page shows errors[""] as a message that belongs to no field
 INLINE_BODY: Final = 64 * 1024  # bigger JSON bodies are parsed off the event loop
+MODEL_FAILED_EXIT: Final = 3  # uvicorn's STARTUP_FAILURE: the supervisor stops rather than restarts
 MODEL_WAIT_SECONDS = 5.0  # how long a request waits for a model that is still loading
 CSV_SLOTS: Final = 2  # concurrent CSV jobs per worker: each holds its upload in memory
 CSV_SLOT_WAIT: Final = 10.0  # seconds a CSV request may wait for a slot before a 503
@@ -141,7 +141,8 @@ class Service:
 
     def require_model(self) -> Artifact:
         if self.model is None:
-            reason = f"model failed to load: {self.load_error}" if self.load_error else "model is still loading"
+            # The detail (paths, hashes) is for the server log, not for whoever asks.
+            reason = "the model failed to load or verify" if self.load_error else "model is still loading"
             raise ApiError(503, f"not ready: {reason}", [Issue("model", "is not loaded")], {"Retry-After": "1"})
         return self.model
 
@@ -150,7 +151,7 @@ class Service:
             protocol.check_bearer(_header(request.scope, b"authorization"), self.keys)
 
     def _load_and_warm(self) -> Artifact:
-        model = Artifact.load(self.settings.model_dir)
+        model = Artifact.load(self.settings.model_dir, self.settings.model_sha256)
         protocol.warm_up(model)
         return model
 
@@ -166,6 +167,11 @@ class Service:
                 "model failed to load",
                 extra={"fields": {"model_dir": str(self.settings.model_dir), "error": self.load_error}},
             )
+            if self.settings.model_sha256:
+                # Pinned to the version `chargecast serve` verified: serve that one or none. The
+                # supervisor stops the server on this exit code instead of restarting in a loop.
+                self.access.flush()
+                os._exit(MODEL_FAILED_EXIT)
             return
         self.model_info = protocol.model_info(model)
         self.metrics.set_model(model.version, model.predictor.kind, model.level)
@@ -391,11 +397,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return _error(exc)
         return _json(b'{"status":"ready","model_version":' + orjson.dumps(model.version) + b"}")
 
-    async def metrics_route(request: Request) -> Response:
-        svc.metrics.flush()  # this process's own tallies are exact; other workers' lag by a flush period
-        body = await anyio.to_thread.run_sync(svc.metrics.render)
-        return Response(body, media_type=METRICS_CONTENT_TYPE)
-
     async def openapi_route(request: Request) -> Response:
         return _json(svc.openapi_json)
 
@@ -412,7 +413,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/predict", form_post, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_route, methods=["GET"]),
         Route("/openapi.json", openapi_route, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]

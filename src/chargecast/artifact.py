@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -102,35 +104,17 @@ class Artifact:
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path | str) -> Artifact:
-        """Verify every listed file's hash, then the software versions, then parse."""
-        root = Path(path)
-        meta_path = root / METADATA_FILE
-        if not meta_path.is_file():
-            raise ArtifactError(f"{meta_path}: not found (is {root} a chargecast model directory?)")
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-            files = metadata["files"]
-            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-                raise TypeError("'files' must map paths to sha256 strings")
-            if not isinstance(metadata.get("version"), str):
-                raise TypeError("'version' must be a string")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ArtifactError(f"{meta_path}: unreadable metadata ({exc})") from None
-        for rel in (MODEL_FILE, ARRAYS_FILE):
-            if rel not in files:
-                raise ArtifactError(f"{meta_path}: 'files' does not list {rel}")
-        contents: dict[str, bytes] = {}
-        for rel, expected in files.items():
-            file = (root / rel).resolve()
-            if root.resolve() not in file.parents:
-                raise ArtifactError(f"{rel}: path escapes the artifact directory")
-            if not file.is_file():
-                raise ArtifactError(f"{rel}: listed in metadata.json but missing")
-            # Hash the very bytes that are parsed below: no window to swap the file between.
-            contents[rel] = file.read_bytes()
-            if hashlib.sha256(contents[rel]).hexdigest() != expected:
-                raise ArtifactError(f"{rel}: sha256 does not match metadata.json (file changed or corrupt)")
+    def load(cls, path: Path | str, sha256: str | None = None) -> Artifact:
+        """Verify every listed file's hash, then the software versions, then parse.
+
+        ``sha256`` pins the exact metadata.json (and through its hashes every file) that
+        must be found: a worker loading the server's snapshot serves that version or none.
+        """
+        return load_verified(path, sha256)[0]
+
+    @classmethod
+    def from_contents(cls, root: Path, metadata: dict[str, Any], contents: Mapping[str, bytes]) -> Artifact:
+        """Build from bytes already verified against ``metadata`` (see :func:`read_verified`)."""
         cls._check_compatible(metadata)
         try:
             spec = json.loads(contents[MODEL_FILE].decode("utf-8"))
@@ -241,6 +225,126 @@ class Artifact:
     def describe(self) -> dict[str, Any]:
         """What clients may know: everything in metadata.json but file hashes."""
         return {k: v for k, v in self.metadata.items() if k != "files"}
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NUMBER = (int, float)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rule(name: str, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ArtifactError(f"{METADATA_FILE}: field '{name}' {rule}")
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """Check metadata.json's fields for type and value before anything trusts them.
+
+    A hand-edited or foreign file must fail here with the field and the rule named, not
+    later as an ``AttributeError`` deep inside loading or serving.
+    """
+    _rule("(top level)", isinstance(metadata, dict), "must be a JSON object")
+    m: dict[str, Any] = metadata
+    for name in ("format", "version", "files", "libraries", "schema"):
+        _rule(name, name in m, "is missing")
+    _rule("format", isinstance(m["format"], int) and not isinstance(m["format"], bool), "must be an integer")
+    if m["format"] != FORMAT:  # an older or newer layout: say so rather than name its first odd field
+        raise ArtifactError(f"artifact format {m['format']!r} is not supported (this chargecast reads format {FORMAT})")
+    _rule("version", isinstance(m["version"], str) and m["version"] != "", "must be a string")
+    files = m["files"]
+    _rule(
+        "files",
+        isinstance(files, dict) and all(isinstance(k, str) and k for k in files),
+        "must map paths to sha256 strings",
+    )
+    for rel, digest in files.items():
+        _rule(
+            f"files.{rel}", isinstance(digest, str) and _SHA256.fullmatch(digest) is not None, "must be 64 hex digits"
+        )
+    libs = m["libraries"]
+    _rule("libraries", isinstance(libs, dict), "must be an object of library name to version string")
+    for lib, version in libs.items():
+        _rule(f"libraries.{lib}", isinstance(version, str), "must be a version string")
+    _rule(
+        "schema",
+        isinstance(m["schema"], list) and all(isinstance(f, dict) for f in m["schema"]),
+        "must be a list of objects",
+    )
+    if "interval_level" in m:
+        level = m["interval_level"]
+        _rule("interval_level", _is_number(level) and 0 < level < 1, "must be a number between 0 and 1 (exclusive)")
+    for name, kind, label in (
+        ("created_at", str, "a string"),
+        ("predictor", str, "a string"),
+        ("model", str, "a string"),
+        ("leaderboard", list, "a list"),
+        ("training_ranges", dict, "an object"),
+        ("baseline", _NUMBER, "a number"),
+        ("metrics", dict, "an object"),
+    ):
+        if name in m:
+            _rule(name, isinstance(m[name], kind) and not isinstance(m[name], bool), f"must be {label}")
+    return m
+
+
+def read_verified(path: Path | str, sha256: str | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Read metadata.json and every file it lists, checked against their hashes.
+
+    Returns the metadata and the verified bytes of every file, metadata.json included, so
+    a caller can build the model from them or copy them without reading the disk again.
+    """
+    root = Path(path)
+    meta_path = root / METADATA_FILE
+    if not meta_path.is_file():
+        raise ArtifactError(f"{meta_path}: not found (is {root} a chargecast model directory?)")
+    raw = meta_path.read_bytes()
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ArtifactError(f"{METADATA_FILE}: sha256 is not the one verified at start-up (files changed)")
+    try:
+        loaded = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise ArtifactError(f"{meta_path}: unreadable metadata ({exc})") from None
+    metadata = check_metadata(loaded)
+    files: dict[str, str] = metadata["files"]
+    for rel in (MODEL_FILE, ARRAYS_FILE):
+        if rel not in files:
+            raise ArtifactError(f"{meta_path}: 'files' does not list {rel}")
+    contents: dict[str, bytes] = {METADATA_FILE: raw}
+    for rel, expected in files.items():
+        file = (root / rel).resolve()
+        if root.resolve() not in file.parents:
+            raise ArtifactError(f"{rel}: path escapes the artifact directory")
+        if not file.is_file():
+            raise ArtifactError(f"{rel}: listed in metadata.json but missing")
+        # Hash the very bytes that are parsed later: no window to swap the file between.
+        contents[rel] = file.read_bytes()
+        if hashlib.sha256(contents[rel]).hexdigest() != expected:
+            raise ArtifactError(f"{rel}: sha256 does not match metadata.json (file changed or corrupt)")
+    return metadata, contents
+
+
+def load_verified(path: Path | str, sha256: str | None = None) -> tuple[Artifact, dict[str, bytes]]:
+    """:meth:`Artifact.load`, also returning the verified bytes it was built from."""
+    metadata, contents = read_verified(path, sha256)
+    return Artifact.from_contents(Path(path), metadata, contents), contents
+
+
+def snapshot(contents: Mapping[str, bytes], dest: Path) -> str:
+    """Write verified bytes into ``dest`` (a fresh private directory); return metadata.json's sha256.
+
+    The server serves from such a copy, so a later change to the original files, good or
+    broken, never reaches a worker that restarts; the digest lets that worker prove it.
+    """
+    for rel, data in contents.items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    return hashlib.sha256(contents[METADATA_FILE]).hexdigest()
 
 
 def write(

@@ -121,7 +121,13 @@ def _serve(args: argparse.Namespace) -> int:
     from chargecast.server import ServeError, serve
     from chargecast.settings import Settings
 
-    given = {"model_dir": args.model, "host": args.host, "port": args.port, "workers": args.workers}
+    given = {
+        "model_dir": args.model,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "metrics_port": args.metrics_port,
+    }
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
     try:
         return serve(settings)
@@ -169,6 +175,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (default: $CHARGECAST_HOST or 127.0.0.1)")
     s.add_argument("--port", type=port, help="port (default: $CHARGECAST_PORT or 8080)")
     s.add_argument("--workers", type=int_at_least(1), help="worker processes (default: $CHARGECAST_WORKERS or 2)")
+    s.add_argument(
+        "--metrics-port",
+        type=port,
+        help="port for /metrics, apart from the public one; 0 = none (default: $CHARGECAST_METRICS_PORT or 9090)",
+    )
     s.set_defaults(func=_serve)
     add_deploy_parser(sub)
     return p

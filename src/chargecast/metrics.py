@@ -27,7 +27,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
     multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -43,7 +42,9 @@ CHARGES_BUCKETS: Final = (1000, 2000, 3000, 5000, 7500, 10_000, 15_000, 20_000, 
 INPUT_BUCKETS: Final[dict[str, tuple[float, ...]]] = {
     "age": (20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 80, 100),
     "bmi": (16, 18.5, 21, 23, 25, 27, 30, 32, 35, 40, 45, 50, 60, 80),
-    "children": (0, 1, 2, 3, 4, 5, 10),
+    # Pairs, never one value per bucket: a bucket's count going up by one must not say how
+    # many children one patient has. Likewise no input histogram keeps a sum (see FastHistogram).
+    "children": (1, 3, 5),
 }
 
 
@@ -63,11 +64,14 @@ class FastHistogram:
 
     Reaches into the child's bucket values (stable across prometheus_client releases for
     years) to add a count per bucket in one write; if they ever move, it falls back to
-    the public ``observe`` (slower, same result).
+    the public ``observe`` (slower, same result). A ``private`` histogram (a patient's inputs
+    or forecast) keeps bucket counts only: the difference of two sums would be one patient's
+    exact value.
     """
 
-    def __init__(self, child: Histogram) -> None:
+    def __init__(self, child: Histogram, private: bool = False) -> None:
         self._child = child
+        self.private = private
         self.bounds: list[float] = list(child._upper_bounds)
         try:
             self._buckets: list[Any] = list(child._buckets)
@@ -87,7 +91,7 @@ class FastHistogram:
                     for _ in range(count):
                         self._child.observe(self.bounds[i - 1])
                 tally[i] = 0.0
-        if self._fast and tally[0]:
+        if self._fast and tally[0] and not self.private:
             self._sum.inc(tally[0])
         tally[0] = 0.0
 
@@ -172,7 +176,7 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
-        self._charges = FastHistogram(self.charges)
+        self._charges = FastHistogram(self.charges, private=True)
         self._charges_tally = new_tally(self._charges.bounds)
         self._numeric: list[tuple[int, FastHistogram, list[float], Tally]] = []
         self._categories: list[tuple[int, list[Any], list[int]]] = []
@@ -184,7 +188,8 @@ class Metrics:
                         f"Input {spec.name} ({spec.label.lower()}) of every record received, for drift.",
                         buckets=INPUT_BUCKETS.get(spec.name, (spec.minimum, spec.maximum)),
                         registry=r,
-                    )
+                    ),
+                    private=True,
                 )
                 self._numeric.append((j, hist, hist.bounds, new_tally(hist.bounds)))
             elif isinstance(spec, CategoryField):
@@ -294,12 +299,17 @@ class Metrics:
         self.model_info.labels(version, predictor, f"{level:g}").set(1)
 
     def render(self) -> bytes:
-        """The text exposition: merged from every process's files in multiprocess mode."""
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        """The text exposition as the supervisor's metrics port publishes it (no patient sums).
+
+        In multiprocess mode it is merged from every process's files; otherwise this
+        process's own registry (tests, a bare ASGI import).
+        """
+        from chargecast.supervisor import render_families, render_metrics
+
+        path = multiprocess_dir()
+        if self.multiprocess and path:
+            return render_metrics(path)
+        return render_families(self.registry.collect)
 
     def process_exit(self) -> None:
         """Write what is pending and drop this process's live gauges from the merged view."""

@@ -446,15 +446,6 @@ def build(settings: Settings) -> dict[str, Any]:
                 operationId="readyz",
             )
         },
-        "/metrics": {
-            "get": op(
-                "Prometheus metrics",
-                "Text exposition, merged across all worker processes.",
-                {"200": _response("The metrics.", "text/plain", {"type": "string"})},
-                auth=False,
-                operationId="metrics",
-            )
-        },
         "/openapi.json": {
             "get": op(
                 "This document",

@@ -1,16 +1,21 @@
 """``chargecast serve``: uvicorn with N worker processes, graceful on SIGTERM.
 
-Two steps in one process. :func:`serve` validates the settings (pydantic), checks the model
-directory (a wrong path fails here with one clear message instead of crash-looping every
-worker) and exports the effective settings as ``CHARGECAST_*``; then it ``exec``s
-``python -m chargecast.server``, a lean supervisor that never imports pydantic or numpy:
-it stays resident for the server's life, and the memory budget is for the whole tree.
-Same pid, so signals and exit codes reach whoever started ``chargecast serve``.
+Two steps in one process. :func:`serve` validates the settings (pydantic), then loads and
+verifies the model ONCE (hashes, metadata, versions, a self-check): a broken artifact ends
+the process here, non-zero with one line, before anything listens. The verified bytes are
+copied into a private (0700) temporary directory and workers load only that copy, checked
+against metadata.json's sha256 (``CHARGECAST_MODEL_SHA256``), so a worker restarted later
+serves exactly the version verified at start, whatever happened to the files on disk since.
+Then it ``exec``s ``python -m chargecast.server``, a lean supervisor that never imports
+pydantic or numpy: it stays resident for the server's life, and the memory budget is for
+the whole tree. Same pid, so signals and exit codes reach whoever started ``chargecast serve``.
 
-The supervisor (:func:`supervise`) creates a fresh prometheus multiprocess directory
-before any worker exists, runs uvicorn, and removes the directory once every worker has
-exited. On SIGTERM uvicorn stops accepting, lets in-flight requests finish for
-``shutdown_timeout`` seconds (default 8, so the server is gone within 10), then exits.
+The supervisor (:func:`supervise`, parts in :mod:`chargecast.supervisor`) creates a fresh
+prometheus multiprocess directory before any worker exists, serves ``/metrics`` on its own
+port (``CHARGECAST_METRICS_PORT``, 0 = none), runs the workers, and removes the directory and
+the model copy once every worker has exited. On SIGTERM workers stop accepting, let in-flight
+requests finish and their bytes reach the clients for ``shutdown_timeout`` seconds (default 8,
+so the server is gone within 10), then exit.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import MutableMapping
@@ -42,7 +46,10 @@ _EXPORTED = (
     "form_requires_key",
     "log_level",
     "shutdown_timeout",
+    "metrics_port",
+    "model_sha256",
 )
+SNAPSHOT_ENV = "CHARGECAST_SNAPSHOT_DIR"  # the model copy the supervisor removes at exit
 
 
 class ServeError(Exception):
@@ -52,8 +59,8 @@ class ServeError(Exception):
 def check_model(model_dir: Path) -> str:
     """Cheap, numpy-free check that ``model_dir`` holds an artifact; returns its version.
 
-    Workers verify hashes and versions when they load it; this only keeps a wrong path
-    from becoming a crash loop of workers.
+    Runs before the full verification in :func:`serve` so a wrong path gets the plain
+    "not found" message before numpy is imported.
     """
     meta = Path(model_dir) / "metadata.json"
     if not meta.is_file():
@@ -69,61 +76,59 @@ def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> No
     """Write the effective settings where spawned workers (and the supervisor) read them."""
     for name in _EXPORTED:
         value = getattr(settings, name)
+        if value is None:
+            continue
         environ[f"CHARGECAST_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     if settings.api_keys:
         environ["CHARGECAST_API_KEYS"] = ",".join(k.get_secret_value() for k in settings.api_keys)
 
 
 def serve(settings: Settings) -> NoReturn:
-    """Validate, export, and replace this process with the lean supervisor."""
+    """Validate, verify the model once, snapshot it, export, and become the lean supervisor."""
+    from chargecast.artifact import load_verified, snapshot
+
     check_model(settings.model_dir)
-    settings = settings.model_copy(update={"model_dir": Path(settings.model_dir).resolve()})
-    env = dict(os.environ)
-    export_settings(settings, env)
-    package_root = str(Path(__file__).resolve().parents[1])  # so `-m chargecast.server` resolves as here
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "chargecast.server"], env)
-
-
-def _exit_quietly(signum: int, frame: object) -> None:
-    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
+    if settings.metrics_port and settings.metrics_port == settings.port:
+        raise ServeError(f"the metrics port {settings.metrics_port} must differ from the service port")
+    source = Path(settings.model_dir).resolve()
+    model, contents = load_verified(source, settings.model_sha256)  # ArtifactError: one line, exit 2
+    del model  # built and self-checked: the workers build their own from the snapshot
+    snap = Path(tempfile.mkdtemp(prefix="chargecast-model-"))  # 0700: only this user reads or swaps it
+    try:
+        digest = snapshot(contents, snap)
+        del contents
+        settings = settings.model_copy(update={"model_dir": snap, "model_sha256": digest})
+        env = dict(os.environ)
+        export_settings(settings, env)
+        env[SNAPSHOT_ENV] = str(snap)
+        env["CHARGECAST_MODEL_SOURCE"] = str(source)
+        package_root = str(Path(__file__).resolve().parents[1])  # so `-m chargecast.server` resolves as here
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "chargecast.server"], env)
+    except BaseException:
+        shutil.rmtree(snap, ignore_errors=True)
+        raise
 
 
 def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
-    """Run uvicorn from the exported ``CHARGECAST_*`` values until SIGTERM or SIGINT."""
+    """Run the workers from the exported ``CHARGECAST_*`` values until SIGTERM or SIGINT."""
+    import logging
+
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from chargecast.logs import uvicorn_log_config
-
-    class _Supervisor(Multiprocess):
-        """uvicorn's supervisor, but it lets go of the listening socket as soon as it is told to stop.
-
-        The workers close their copies on SIGTERM; without this the parent's copy would keep
-        the port open and new connections would queue unanswered until the process exits,
-        instead of being refused at once (so a client or load balancer retries elsewhere).
-        """
-
-        def _release(self) -> None:
-            for sock in self.sockets:
-                sock.close()
-
-        def handle_term(self) -> None:
-            self._release()
-            super().handle_term()
-
-        def handle_int(self) -> None:
-            self._release()
-            super().handle_int()
+    from chargecast.supervisor import LingeringHttpProtocol, Supervisor, metrics_server
 
     workers = int(environ["CHARGECAST_WORKERS"])
     level = environ["CHARGECAST_LOG_LEVEL"]
+    snapshot_dir = environ.pop(SNAPSHOT_ENV, None)
     metrics_dir = tempfile.mkdtemp(prefix="chargecast-metrics-")
     environ[MULTIPROC_ENV] = metrics_dir  # before any worker is spawned: they inherit it
     # The model's matrix products are tiny: one BLAS thread per worker starts faster and uses less memory.
     environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    metrics = None
     try:
         config = uvicorn.Config(
             APP,
@@ -137,20 +142,38 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
             timeout_graceful_shutdown=int(environ["CHARGECAST_SHUTDOWN_TIMEOUT"]),
             server_header=False,
             lifespan="on",
+            http=LingeringHttpProtocol,  # so SIGTERM waits until slow clients have the bytes
         )
-        if workers > 1:
-            sock = config.bind_socket()
-            _Supervisor(config, sockets=[sock]).run()
-            return 0
-        server = uvicorn.Server(config)
-        # uvicorn re-raises the signal that stopped it once it has shut down gracefully;
-        # turn that into a normal exit so the finally below still cleans up.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _exit_quietly)
-        server.run()
-        return 0 if server.started else 1
+        log = logging.getLogger("chargecast.server")
+        metrics_port = int(environ.get("CHARGECAST_METRICS_PORT", "0"))
+        if metrics_port:
+            try:
+                metrics = metrics_server(config.host, metrics_port, metrics_dir)
+            except OSError as exc:
+                print(f"chargecast serve: cannot serve metrics on port {metrics_port}: {exc}", file=sys.stderr)
+                return 2
+        log.info(
+            "serving the verified model",
+            extra={
+                "fields": {
+                    "model_sha256": environ.get("CHARGECAST_MODEL_SHA256"),
+                    "model_source": environ.get("CHARGECAST_MODEL_SOURCE"),
+                    "metrics_port": metrics_port or None,
+                }
+            },
+        )
+        # Always a separate supervisor, even for one worker: it stays lean, restarts a dead
+        # worker, and owns the metrics port.
+        supervisor = Supervisor(config, [config.bind_socket()], metrics_dir)
+        supervisor.run()
+        return supervisor.exit_code
     finally:
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        if snapshot_dir:
+            shutil.rmtree(snapshot_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

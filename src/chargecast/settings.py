@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     )
     form_requires_key: bool = Field(default=False, description="Whether the HTML form also needs an API key.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port for /metrics (operators only; never on the public port); 0 serves no metrics.",
+    )
+    model_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="When set, serve the model only if its metadata.json has this sha256 (pins a version).",
+    )
     shutdown_timeout: int = Field(
         default=8, ge=1, le=60, description="Seconds in-flight requests get after SIGTERM before being cancelled."
     )
