@@ -53,7 +53,10 @@ def record_schema(*, strict: bool = True) -> dict[str, Any]:
     }
     if strict:
         schema["additionalProperties"] = False
-        schema["description"] = "One patient at admission. All six fields are required; unknown fields are refused."
+        schema["description"] = (
+            "One patient at admission. All six fields are required; unknown fields are refused, and so is a field "
+            "given twice (JSON parsers disagree on which one counts)."
+        )
     else:
         schema["description"] = "The form's fields, sent as text; other fields (a submit button) are ignored."
     return schema
@@ -230,7 +233,8 @@ _REASONS: Final[dict[int | str, str]] = {
     413: "The body is over the size limit (or a CSV over the row limit).",
     415: "The Content-Type is not one this route takes.",
     422: "The body (or a query parameter) breaks the schema; each issue names the field (with its index in a "
-    "list, or its CSV row) and the rule.",
+    "list, or its CSV row) and the rule. A key twice in one JSON object, or a query parameter given twice, is a "
+    "422 too, naming it.",
     408: "The CSV upload did not arrive within the upload deadline.",
     503: "The model is not loaded yet (or failed to load), or every CSV slot is busy; retry after the "
     "Retry-After seconds.",
@@ -297,7 +301,8 @@ def build(settings: Settings) -> dict[str, Any]:
         "name": "explain",
         "in": "query",
         "required": False,
-        "description": "Add each input's contribution and the baseline to every prediction.",
+        "description": "Add each input's contribution and the baseline to every prediction. Given at most once: "
+        "explain=true&explain=false is a 422, not a silent choice.",
         "schema": {"type": "boolean", "default": False},
     }
     quantiles = {
@@ -306,7 +311,8 @@ def build(settings: Settings) -> dict[str, Any]:
         "required": False,
         "description": "Add the forecast quantiles at these levels to every prediction, e.g. 0.05,0.5,0.95. The "
         f"value {LEVELS_RULE.removeprefix('must be ')} (levels are compared as read, so 0.5 and 0.50 repeat; "
-        "spaces around items are ignored). Anything else is a 422 naming 'quantiles' and the rule.",
+        "spaces around items are ignored). Anything else, or the parameter twice, is a 422 naming 'quantiles' and "
+        "the rule.",
         "style": "form",
         "explode": False,
         "schema": {
@@ -480,7 +486,8 @@ def build(settings: Settings) -> dict[str, Any]:
             "title": "chargecast",
             "version": chargecast.__version__,
             "description": "Forecast a patient's medical charges at admission, with a calibrated interval and an "
-            "explanation. Errors always have the shape of the Error schema.",
+            "explanation. Errors always have the shape of the Error schema. JSON bodies are read strictly: a key "
+            "given twice in one object is a 422 naming it (with its list index), never last-wins.",
         },
         "paths": paths,
         "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},

@@ -1,0 +1,283 @@
+"""Hostile clients (issue #8): strict JSON and query strings.
+
+A JSON key twice in one object and a query parameter twice are 422s naming them, never
+last-wins. The duplicate-key check is held to a slow reference on random JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from chargecast import protocol
+from chargecast.app import create_app
+from chargecast.schema import MAX_REPORTED_ISSUES
+from chargecast.settings import Settings
+
+RECORD: dict[str, Any] = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
+FORM = {k: str(v) for k, v in RECORD.items()}
+KEY = "s3cret-key-0123456789"
+CSV = "age,sex,bmi,children,smoker,region\n39,female,30.4,1,no,southeast\n"
+JSON_TYPE = {"Content-Type": "application/json"}
+CSV_TYPE = {"Content-Type": "text/csv"}
+COMMON = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+# Every (method, path) that returns a forecast or the model's details; everything else is open.
+FORECASTING = {
+    ("POST", "/api/v1/predict"),
+    ("POST", "/api/v1/predict/csv"),
+    ("POST", "/api/v1/predict/csv/summary"),
+    ("POST", "/predict_api"),
+    ("GET", "/api/v1/model"),
+    ("GET", "/"),
+    ("POST", "/"),
+    ("POST", "/predict"),
+}
+OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs")}
+
+
+@pytest.fixture(scope="module")
+def keyed(model_dir: Path) -> Iterator[TestClient]:
+    settings_ = Settings(model_dir=model_dir, api_keys=KEY, log_level="warning")  # type: ignore[arg-type]
+    with TestClient(create_app(settings_)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            time.sleep(0.01)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            time.sleep(0.01)
+        yield c
+
+
+def call(client: TestClient, method: str, path: str, auth: str | None = None) -> Any:
+    """A valid request for the route, so only the key decides its answer."""
+    headers = {"Authorization": auth} if auth else {}
+    if method == "GET":
+        return client.get(path, headers=headers)
+    if path in ("/", "/predict"):
+        return client.post(path, data=FORM, headers=headers)
+    if path.startswith("/api/v1/predict/csv"):
+        return client.post(path, content=CSV, headers=CSV_TYPE | headers)
+    return client.post(path, content=orjson.dumps(RECORD), headers=JSON_TYPE | headers)
+
+
+def error_issues(response: Any, status: int) -> list[dict[str, Any]]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["status"] == status
+    return error["issues"]  # type: ignore[no-any-return]
+
+
+# -- strict JSON: duplicate keys ---------------------------------------------------------
+DUPLICATE = protocol.DUPLICATE_KEY_RULE
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        (
+            b'{"age": 30, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "south", "age": 70}',
+            ["age"],
+        ),
+        (b'[{"age": 30}, {"bmi": 1, "bmi": 2, "bmi": 3}]', ["[1].bmi"]),
+        (b'{"age": 39, "\\u0061ge": 40}', ["age"]),  # the same key, spelled with an escape
+        (b'{"region": {"name": 1, "name": 2}}', ["region.name"]),
+        (b'[[{"a": 1}], [{"b": 1}, {"a:b": 1, "a:b": 2}]]', ["[1][1].a:b"]),
+        (b'{"x": [{"y": 1, "y": 2}], "x": 3}', ["x[0].y", "x"]),
+    ],
+    ids=["record", "list-index", "escaped", "nested", "colon-in-key", "document-order"],
+)
+def test_duplicate_keys_are_422_naming_each(client: TestClient, body: bytes, fields: list[str]) -> None:
+    for path in ("/api/v1/predict", "/predict_api"):
+        response = client.post(path, content=body, headers=JSON_TYPE)
+        issues = error_issues(response, 422)
+        assert [i["field"] for i in issues] == fields, path
+        assert all(i["rule"] == DUPLICATE for i in issues)
+        assert f"{fields[0]}: {DUPLICATE}" in response.json()["error"]["message"]
+
+
+def test_colons_inside_strings_are_not_duplicates(client: TestClient) -> None:
+    body = orjson.dumps({**RECORD, "region": "south:east"})
+    (issue,) = error_issues(client.post("/api/v1/predict", content=body, headers=JSON_TYPE), 422)
+    assert (issue["field"], issue["value"]) == ("region", "south:east")
+    unknown = orjson.dumps({**RECORD, "note:": "a:b", "x": {"y:": ":"}})
+    issues = error_issues(client.post("/api/v1/predict", content=unknown, headers=JSON_TYPE), 422)
+    assert {i["field"] for i in issues} == {"note:", "x"}  # unknown fields, not duplicates
+
+
+def test_a_duplicate_deeper_than_pythons_stack_is_still_found() -> None:
+    depth = 1000  # orjson reads up to 1024 levels; json's parser runs out of stack first
+    body = b"[" * depth + b'{"a:": 1, "a:": 2}' + b"]" * depth
+    with pytest.raises(protocol.ApiError) as caught:
+        protocol.parse_json(body)
+    assert caught.value.status == 422
+    assert [i.field for i in caught.value.issues] == ["[0]" * depth + ".a:"]
+
+
+def test_many_duplicates_are_capped_and_counted() -> None:
+    body = orjson.dumps([{"k": i} for i in range(50)]).replace(b'{"k"', b'{"k":0,"k"')
+    with pytest.raises(protocol.ApiError) as caught:
+        protocol.parse_json(body)
+    assert [i.field for i in caught.value.issues] == [f"[{i}].k" for i in range(MAX_REPORTED_ISSUES)]
+    assert f"the first {MAX_REPORTED_ISSUES} of 50 problems" in caught.value.message
+
+
+# The reference: json's own parser keeping every pair, walked recursively in document order.
+class Pairs(list[tuple[str, Any]]):
+    pass
+
+
+def reference_duplicates(text: str | bytes) -> list[str]:
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Pairs):
+            seen: Counter[str] = Counter()
+            for key, value in node:
+                seen[key] += 1
+                where = f"{path}.{key}" if path else key
+                if seen[key] == 2:
+                    found.append(where)
+                walk(value, where)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(json.loads(text, object_pairs_hook=Pairs), "")
+    return found
+
+
+def _escape_all(text: str) -> str:
+    """A JSON string with every character as \\uXXXX (astral ones as surrogate pairs)."""
+    units = text.encode("utf-16-be")
+    return '"' + "".join(f"\\u{int.from_bytes(units[i : i + 2], 'big'):04x}" for i in range(0, len(units), 2)) + '"'
+
+
+TRICKY = ["a", "b", "age", "", ":", "a:b", 'q"', '"', "\\", "\\u0061", "é", "😀", "{", "}", "[", ",", " : "]
+strings = st.one_of(st.sampled_from(TRICKY), st.text(max_size=5))
+spellings = st.sampled_from(["ascii", "utf8", "escaped"])
+
+
+def _string(text: str, spelling: str) -> str:
+    if spelling == "escaped":
+        return _escape_all(text)
+    return json.dumps(text, ensure_ascii=spelling == "ascii")
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.tuples(st.just("string"), strings, spellings),
+)
+
+
+def _tree(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.tuples(st.just("array"), st.lists(children, max_size=4)),
+        st.tuples(st.just("object"), st.lists(st.tuples(strings, spellings, children), max_size=5)),
+    )
+
+
+documents = st.recursive(scalars, _tree, max_leaves=30)
+
+
+def _render(node: Any, space: str) -> str:
+    """JSON text of a generated node, keeping every pair (so duplicates survive) and its spelling."""
+    kind = node[0] if isinstance(node, tuple) else None
+    if kind == "array":
+        return "[" + f",{space}".join(_render(item, space) for item in node[1]) + f"{space}]"
+    if kind == "object":
+        pairs = (f"{space}{_string(k, how)}{space}:{space}{_render(v, space)}" for k, how, v in node[1])
+        return "{" + ",".join(pairs) + f"{space}}}"
+    if kind == "string":
+        return _string(node[1], node[2])
+    return json.dumps(node)
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents, st.sampled_from(["", " ", "\n\t "]))
+def test_duplicate_keys_match_the_reference(document: Any, space: str) -> None:
+    text = _render(document, space)
+    body = text.encode("utf-8")
+    want = reference_duplicates(text)
+    issues, total = protocol.duplicate_keys(body)
+    assert [i.field for i in issues] == want[:MAX_REPORTED_ISSUES]
+    assert total == len(want)
+    if want:
+        with pytest.raises(protocol.ApiError) as caught:
+            protocol.parse_json(body)
+        assert caught.value.status == 422
+        assert [i.field for i in caught.value.issues] == want[:MAX_REPORTED_ISSUES]
+    else:
+        assert protocol.parse_json(body) == json.loads(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["age", "sex", "a:b", "x"]), min_size=1, max_size=8), st.booleans())
+def test_the_colon_count_proof_never_lets_a_duplicate_through(keys: list[str], nest: bool) -> None:
+    """Bodies built to make the cheap count and the real key count as close as possible."""
+    pairs = ",".join(f'"{k}":{{"{k}":1}}' if nest else f'"{k}":"{k}"' for k in keys)
+    body = ("{" + pairs + "}").encode()
+    want = reference_duplicates(body)
+    if want:
+        with pytest.raises(protocol.ApiError):
+            protocol.parse_json(body)
+    else:
+        protocol.parse_json(body)
+
+
+# -- strict query strings ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "query",
+    [
+        "explain=true&explain=false",
+        "explain=false&explain=true",
+        "explain=true&explain=true",
+        "expl%61in=true&explain=false",
+    ],
+)
+def test_a_repeated_flag_is_422_not_last_wins(client: TestClient, query: str) -> None:
+    for body in (RECORD, [RECORD]):
+        response = client.post(f"/api/v1/predict?{query}", content=orjson.dumps(body), headers=JSON_TYPE)
+        (issue,) = error_issues(response, 422)
+        assert (issue["field"], issue["rule"]) == ("explain", "must appear at most once")
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(FORECASTING - {("GET", "/"), ("POST", "/"), ("POST", "/predict")}))
+def test_every_api_route_refuses_repeated_or_unknown_parameters(client: TestClient, method: str, path: str) -> None:
+    for query in ("x=1&x=2", "explain=true&explain=true"):
+        url = f"{path}?{query}"
+        if method == "GET":
+            response = client.get(url)
+        elif path.startswith("/api/v1/predict/csv"):
+            response = client.post(url, content=CSV, headers=CSV_TYPE)
+        else:
+            response = client.post(url, content=orjson.dumps(RECORD), headers=JSON_TYPE)
+        issues = error_issues(response, 422)
+        assert {i["field"] for i in issues} <= {"x", "explain"}, (url, issues)
+        assert issues
