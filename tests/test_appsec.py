@@ -1,7 +1,9 @@
-"""Hostile clients (issue #8): strict JSON and query strings.
+"""Hostile clients (issue #8): keys on every forecasting route, no paths, strict JSON.
 
-A JSON key twice in one object and a query parameter twice are 422s naming them, never
-last-wins. The duplicate-key check is held to a slow reference on random JSON.
+Each test names the promise it holds: with API keys set no route hands out a forecast
+without one (the form included); no error shows a filesystem path; a JSON key twice in
+one object and a query parameter twice are 422s naming them. The duplicate-key check is
+held to a slow reference on random JSON.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from chargecast import app as app_module
 from chargecast import protocol
 from chargecast.app import create_app
 from chargecast.schema import MAX_REPORTED_ISSUES
@@ -89,6 +94,130 @@ def error_issues(response: Any, status: int) -> list[dict[str, Any]]:
     error = response.json()["error"]
     assert error["status"] == status
     return error["issues"]  # type: ignore[no-any-return]
+
+
+def _requests(client: TestClient) -> Iterator[tuple[str, Any]]:
+    """One answer of every kind: forecasts, pages, errors (with echoed values), operations."""
+    body = orjson.dumps(RECORD)
+    yield "predict", client.post("/api/v1/predict", content=body, headers=JSON_TYPE)
+    yield "predict list", client.post("/api/v1/predict?explain=true", content=b"[" + body + b"]", headers=JSON_TYPE)
+    yield "predict_api", client.post("/predict_api", content=body, headers=JSON_TYPE)
+    yield "csv", client.post("/api/v1/predict/csv", content=CSV, headers=CSV_TYPE)
+    yield "csv summary", client.post("/api/v1/predict/csv/summary", content=CSV, headers=CSV_TYPE)
+    yield "form result", client.post("/", data=FORM)
+    yield "form errors", client.post("/predict", data=FORM | {"age": "17"})
+    yield "empty form", client.get("/")
+    yield "422 echoing a value", client.post("/api/v1/predict", content=b'{"sex": "x"}', headers=JSON_TYPE)
+    yield "422 csv row", client.post("/api/v1/predict/csv", content=CSV.replace("39", "17"), headers=CSV_TYPE)
+    yield "400", client.post("/api/v1/predict", content=b"{", headers=JSON_TYPE)
+    yield "404", client.get("/nope")
+    yield "405", client.get("/api/v1/predict")
+    yield "413", client.post("/api/v1/predict", content=b"[" + b" " * (2 << 20) + b"]", headers=JSON_TYPE)
+    yield "415", client.post("/predict_api", content=body)
+    yield "model", client.get("/api/v1/model")
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        yield path, client.get(path)
+
+
+# -- API keys cover every forecasting route ---------------------------------------------
+def test_every_route_is_either_keyed_or_open(keyed: TestClient) -> None:
+    """A new route must be put in one of the two sets: forecasting routes are keyed."""
+    routes = {(m, r.path) for r in keyed.app.routes if isinstance(r, Route) for m in (r.methods or set()) - {"HEAD"}}  # type: ignore[attr-defined]
+    assert routes == FORECASTING | OPEN
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(FORECASTING))
+def test_no_forecast_without_a_key(keyed: TestClient, model_dir: Path, method: str, path: str) -> None:
+    for auth in (None, "Bearer wrong-key", f"Basic {KEY}", "Bearer"):
+        response = call(keyed, method, path, auth)
+        assert response.status_code == 401, (auth, response.text)
+        assert response.headers["www-authenticate"] == 'Bearer realm="chargecast"'
+        if path in ("/", "/predict"):  # a short page: no form, no forecast, no model details
+            assert response.headers["content-type"] == "text/html; charset=utf-8"
+            assert "API key" in response.text or "Authorization" in response.text
+            assert "<form" not in response.text
+            assert "$" not in response.text
+            assert keyed.app.state.service.model.version not in response.text  # type: ignore[attr-defined]
+        else:
+            (issue,) = error_issues(response, 401)
+            assert issue["field"] == "Authorization"
+    granted = call(keyed, method, path, f"Bearer {KEY}")
+    assert granted.status_code == 200, granted.text
+    assert GRANTED[method, path] in granted.text
+
+
+GRANTED = {  # what each route answers with a key: a forecast, the form, or the model's details
+    ("POST", "/api/v1/predict"): '"charges":',
+    ("POST", "/api/v1/predict/csv"): ",charges,charges_low,charges_high",
+    ("POST", "/api/v1/predict/csv/summary"): '"total":',
+    ("POST", "/predict_api"): ".",  # a bare number such as 6043.2
+    ("GET", "/api/v1/model"): '"version":',
+    ("GET", "/"): 'name="age"',
+    ("POST", "/"): 'id="charges"',
+    ("POST", "/predict"): 'id="charges"',
+}
+
+
+def test_head_of_the_form_needs_a_key_too(keyed: TestClient) -> None:
+    assert keyed.head("/").status_code == 401
+    assert keyed.head("/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_keys_do_not_close_what_forecasts_nothing(keyed: TestClient) -> None:
+    for method, path in sorted(OPEN):
+        assert keyed.request(method, path).status_code == 200, path
+
+
+def test_without_keys_the_form_forecasts_for_anyone(client: TestClient) -> None:
+    response = client.post("/predict", data=FORM)
+    assert response.status_code == 200
+    assert 'id="charges"' in response.text
+
+
+def test_an_open_form_beside_keys_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(api_keys=KEY, form_requires_key=False)  # type: ignore[arg-type]
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("form_requires_key",)
+    assert "every route that returns a forecast needs a key" in error["msg"]
+    assert Settings(api_keys=KEY).form_requires_key is True  # type: ignore[arg-type]
+    assert Settings(form_requires_key=False).api_keys == ()  # no keys: nothing to leave open
+
+
+def test_keyed_document_marks_the_form_as_keyed(keyed: TestClient) -> None:
+    document = keyed.get("/openapi.json").json()
+    for path in ("/", "/predict"):
+        for op in document["paths"][path].values():
+            assert op["security"] == [{"bearerAuth": []}]
+            assert "401" in op["responses"]
+            assert "identity-aware proxy" in op["description"]
+
+
+# -- no filesystem paths in error bodies ------------------------------------------------
+def test_no_error_body_shows_the_model_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = tmp_path / "secret-location" / "models" / "current"
+    model_dir.mkdir(parents=True)
+    (model_dir / "metadata.json").write_text("{not json", encoding="utf-8")  # fails to load, naming its path
+    monkeypatch.setattr(app_module, "MODEL_WAIT_SECONDS", 0.05)
+    with TestClient(create_app(Settings(model_dir=model_dir, log_level="error"))) as c:
+        deadline = time.monotonic() + 10
+        while c.app.state.service.load_error is None:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert "secret-location" in c.app.state.service.load_error  # type: ignore[attr-defined]  # the log has it
+        answers = [call(c, method, path) for method, path in sorted(FORECASTING | OPEN)]
+        answers += [c.get("/nope/../../etc/passwd"), c.delete("/"), c.post("/api/v1/predict", content=b"{")]
+    statuses = Counter(r.status_code for r in answers)
+    assert statuses[503] >= len(FORECASTING) + 1  # every forecasting route and readiness: not ready
+    for response in answers:
+        assert "secret-location" not in response.text, (response.url, response.text)
+        assert str(tmp_path) not in response.text
+        assert response.status_code < 500 or response.status_code == 503
+
+
+def test_a_loaded_model_shows_no_path_either(client: TestClient, model_dir: Path) -> None:
+    for what, response in _requests(client):
+        assert str(model_dir.parent) not in response.text, what
 
 
 # -- strict JSON: duplicate keys ---------------------------------------------------------

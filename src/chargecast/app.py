@@ -141,7 +141,8 @@ class Service:
 
     def require_model(self) -> Artifact:
         if self.model is None:
-            reason = f"model failed to load: {self.load_error}" if self.load_error else "model is still loading"
+            # The detail (paths, hashes) is for the server log, not for whoever asks.
+            reason = "the model failed to load or verify" if self.load_error else "model is still loading"
             raise ApiError(503, f"not ready: {reason}", [Issue("model", "is not loaded")], {"Retry-After": "1"})
         return self.model
 
@@ -343,22 +344,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         kwargs.setdefault("result", None)
         return HTMLResponse(render_page(model=model, **kwargs), status)
 
-    def _not_ready_page(exc: ApiError) -> Response:
+    def _message_page(exc: ApiError) -> Response:
+        """A bare page for a form request that gets no form: no key (401) or no model (503)."""
         text = exc.message.replace("&", "&amp;").replace("<", "&lt;")
-        return HTMLResponse(
-            f'<!doctype html><html lang="en"><meta charset="utf-8"><title>chargecast</title><p>{text}</p></html>',
-            exc.status,
-            exc.headers,
-        )
+        page = f'<!doctype html><html lang="en"><meta charset="utf-8"><title>chargecast</title><p>{text}</p></html>'
+        return HTMLResponse(page, exc.status, exc.headers)
 
     async def form_page(request: Request, submitted: bool) -> Response:
+        # With API keys set the form forecasts only for a key, like every other forecasting route
+        # (a browser cannot send one: an identity-aware proxy in front adds it). The key comes
+        # first, and its refusal shows neither the form nor the model's details.
         try:
+            svc.authorize(request)
             model = svc.model or await svc.wait_for_model()
         except ApiError as exc:
-            return _not_ready_page(exc)
+            return _message_page(exc)
         try:
-            if settings.form_requires_key:
-                svc.authorize(request)
             if not submitted:
                 return _page(model, 200)
             body = await read_body(request, max_body, "")

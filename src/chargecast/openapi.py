@@ -265,7 +265,6 @@ def build(settings: Settings) -> dict[str, Any]:
     keyed = bool(settings.api_keys)
     api_errors = (400, 401, 413, 415, 422, 503) if keyed else (400, 413, 415, 422, 503)
     secured: list[dict[str, list[str]]] | None = [{"bearerAuth": []}] if keyed else None
-    form_keyed = keyed and settings.form_requires_key
     limit = f"{settings.max_body_bytes:,} bytes"
 
     def op(summary: str, description: str, responses: dict[str, Any], *, auth: bool, **extra: Any) -> dict[str, Any]:
@@ -284,17 +283,23 @@ def build(settings: Settings) -> dict[str, Any]:
             "multipart/form-data": {"schema": _ref("FormRecord")},
         },
     }
-    form_errors = (400, 401, 413, 415, 503) if form_keyed else (400, 413, 415, 503)
+    form_errors = (400, 401, 413, 415, 503) if keyed else (400, 413, 415, 503)
+    form_key = (
+        " With API keys set, the form needs one too, like every route that returns a forecast; a browser cannot "
+        "send the header from a form, so serve it behind a proxy that adds it (an identity-aware proxy)."
+        if keyed
+        else ""
+    )
     form_post = op(
         "Submit the form",
         "Validates on the server; answers the page with each problem next to its field (422), or with the "
-        f"forecast, its prediction interval and the explanation (200). Bodies over {limit} get 413.",
+        f"forecast, its prediction interval and the explanation (200). Bodies over {limit} get 413." + form_key,
         {
             "200": _response("The page with the forecast.", HTML),
             "422": _response("The page with each problem next to its field.", HTML),
             **_errors(form_errors, HTML),
         },
-        auth=form_keyed,
+        auth=True,
         requestBody=form_body,
     )
     explain = {
@@ -342,9 +347,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "/": {
             "get": op(
                 "The web form",
-                "An HTML page to forecast one patient's charges.",
-                {"200": _response("The form.", HTML), **_errors((401, 503) if form_keyed else (503,), HTML)},
-                auth=form_keyed,
+                "An HTML page to forecast one patient's charges." + form_key,
+                {"200": _response("The form.", HTML), **_errors((401, 503) if keyed else (503,), HTML)},
+                auth=True,
             ),
             "post": form_post | {"operationId": "submitForm"},
         },
@@ -487,7 +492,9 @@ def build(settings: Settings) -> dict[str, Any]:
             "version": chargecast.__version__,
             "description": "Forecast a patient's medical charges at admission, with a calibrated interval and an "
             "explanation. Errors always have the shape of the Error schema. JSON bodies are read strictly: a key "
-            "given twice in one object is a 422 naming it (with its list index), never last-wins.",
+            "given twice in one object is a 422 naming it (with its list index), never last-wins. With API keys "
+            "set, every route that returns a forecast or the model's details needs one, the form included; health, "
+            "readiness, metrics and these documents stay open.",
         },
         "paths": paths,
         "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},
