@@ -1,14 +1,18 @@
-"""Hostile clients (issue #8): keys on every forecasting route, no paths, strict JSON.
+"""Hostile clients (issue #8): keys on every forecasting route, headers, no paths, strict JSON.
 
 Each test names the promise it holds: with API keys set no route hands out a forecast
-without one (the form included); no error shows a filesystem path; a JSON key twice in
-one object and a query parameter twice are 422s naming them. The duplicate-key check is
-held to a slow reference on random JSON.
+without one (the form included); every answer says ``Cache-Control: no-store`` and
+``nosniff``; pages get a script-free policy whose style hash matches what they serve; no
+error shows a filesystem path; a JSON key twice in one object and a query parameter twice
+are 422s naming them. The duplicate-key check is held to a slow reference on random JSON.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -132,6 +136,7 @@ def test_no_forecast_without_a_key(keyed: TestClient, model_dir: Path, method: s
         response = call(keyed, method, path, auth)
         assert response.status_code == 401, (auth, response.text)
         assert response.headers["www-authenticate"] == 'Bearer realm="chargecast"'
+        assert response.headers["cache-control"] == "no-store"
         if path in ("/", "/predict"):  # a short page: no form, no forecast, no model details
             assert response.headers["content-type"] == "text/html; charset=utf-8"
             assert "API key" in response.text or "Authorization" in response.text
@@ -191,6 +196,75 @@ def test_keyed_document_marks_the_form_as_keyed(keyed: TestClient) -> None:
             assert op["security"] == [{"bearerAuth": []}]
             assert "401" in op["responses"]
             assert "identity-aware proxy" in op["description"]
+
+
+# -- headers ----------------------------------------------------------------------------
+def test_every_answer_says_no_store_and_nosniff(client: TestClient) -> None:
+    for what, response in _requests(client):
+        assert response.status_code < 500, what
+        for name, value in COMMON.items():
+            assert response.headers.get_list(name) == [value], (what, name)
+
+
+def _style_hashes(page: str) -> set[str]:
+    return {
+        "'sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode() + "'"
+        for css in re.findall(r"<style>(.*?)</style>", page, re.DOTALL)
+    }
+
+
+def _policy(response: Any) -> dict[str, list[str]]:
+    (header,) = response.headers.get_list("content-security-policy")
+    out: dict[str, list[str]] = {}
+    for directive in header.split(";"):
+        name, *sources = directive.split()
+        out[name] = sources
+    return out
+
+
+def test_pages_allow_only_their_own_stylesheet_and_no_script(client: TestClient, keyed: TestClient) -> None:
+    pages = {
+        "empty form": client.get("/"),
+        "form result": client.post("/", data=FORM),
+        "form errors": client.post("/predict", data=FORM | {"bmi": ""}),
+        "form transport error": client.post("/predict", content=b"{}", headers=JSON_TYPE),
+        "docs": client.get("/docs"),
+        "no key": keyed.get("/"),
+    }
+    for what, response in pages.items():
+        assert response.headers["content-type"] == "text/html; charset=utf-8", what
+        policy = _policy(response)
+        assert policy["default-src"] == ["'none'"], what  # no script-src: no script at all
+        assert "script-src" not in policy, what
+        assert policy["frame-ancestors"] == ["'none'"], what
+        assert policy["base-uri"] == ["'none'"], what
+        assert policy["img-src"] == ["data:"], what
+        styles = _style_hashes(response.text)
+        assert set(policy.get("style-src", [])) == styles, what  # exactly the page's own <style> blocks
+        assert "'unsafe-inline'" not in str(policy), what
+        assert "<script" not in response.text, what
+        assert " style=" not in response.text, what  # a style attribute would be blocked
+    assert _policy(pages["empty form"])["form-action"] == ["'self'"]  # the form posts to /
+    assert _policy(pages["docs"])["form-action"] == ["'none'"]
+    assert _style_hashes(pages["empty form"].text)  # the form and docs do have a stylesheet
+    assert _style_hashes(pages["docs"].text)
+
+
+def test_a_500_carries_the_headers_too(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"boom in {model_dir}")
+
+    with TestClient(create_app(Settings(model_dir=model_dir, log_level="error")), raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        monkeypatch.setattr(protocol, "predict_bare", broken)
+        response = c.post("/predict_api", content=orjson.dumps(RECORD), headers=JSON_TYPE)
+    error_issues(response, 500)
+    for name, value in COMMON.items():
+        assert response.headers.get(name) == value, name
+    assert str(model_dir) not in response.text
 
 
 # -- no filesystem paths in error bodies ------------------------------------------------

@@ -492,9 +492,11 @@ def build(settings: Settings) -> dict[str, Any]:
             "version": chargecast.__version__,
             "description": "Forecast a patient's medical charges at admission, with a calibrated interval and an "
             "explanation. Errors always have the shape of the Error schema. JSON bodies are read strictly: a key "
-            "given twice in one object is a 422 naming it (with its list index), never last-wins. With API keys "
-            "set, every route that returns a forecast or the model's details needs one, the form included; health, "
-            "readiness, metrics and these documents stay open.",
+            "given twice in one object is a 422 naming it (with its list index), never last-wins. Every answer says "
+            "Cache-Control: no-store (forecasts and errors carry patient data) and X-Content-Type-Options: nosniff, "
+            "and is never to be framed; the HTML pages also carry a Content-Security-Policy that runs no script and "
+            "fetches nothing. With API keys set, every route that returns a forecast or the model's details needs "
+            "one, the form included; health, readiness, metrics and these documents stay open.",
         },
         "paths": paths,
         "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},
