@@ -704,19 +704,9 @@ def test_api_routes_need_a_key(keyed: TestClient, method: str, path: str, body: 
     assert call(f"bearer  {OTHER_KEY} ").status_code == 200
 
 
-def test_health_docs_and_form_stay_open(keyed: TestClient) -> None:
-    for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/"):
+def test_health_and_docs_stay_open(keyed: TestClient) -> None:
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
         assert keyed.get(path).status_code == 200, path
-    assert keyed.post("/predict", data={k: str(v) for k, v in RECORD.items()}).status_code == 200
-
-
-def test_the_form_can_require_a_key(model_dir: Path) -> None:
-    settings = Settings(model_dir=model_dir, api_keys=KEY, form_requires_key=True, log_level="warning")  # type: ignore[arg-type]
-    with ready_client(settings) as c:
-        assert c.get("/").status_code == 401
-        assert c.post("/predict", data=RECORD).status_code == 401
-        assert c.get("/", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-        assert c.post("/predict", data=RECORD, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
 def test_without_keys_nothing_asks_for_one(client: TestClient) -> None:
@@ -749,7 +739,7 @@ def test_openapi_document_covers_every_route(client: TestClient) -> None:
                     assert response["content"]["application/json"]["schema"] == error_ref, path
 
 
-def test_keyed_document_declares_bearer_auth_on_api_routes_only(keyed: TestClient) -> None:
+def test_keyed_document_declares_bearer_auth_on_forecasting_routes_only(keyed: TestClient) -> None:
     document = keyed.get("/openapi.json").json()
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     secured = {p for p, ops in document["paths"].items() for op in ops.values() if op.get("security")}
@@ -759,6 +749,8 @@ def test_keyed_document_declares_bearer_auth_on_api_routes_only(keyed: TestClien
         "/api/v1/predict/csv/summary",
         "/api/v1/model",
         "/predict_api",
+        "/",
+        "/predict",
     }
     assert document == openapi.build(keyed.app.state.service.settings)  # type: ignore[attr-defined]
 

@@ -243,3 +243,21 @@ def test_range_chart_reads_on_a_phone_at_the_extremes(browser: Browser, base_url
         browser.screenshot(ARTIFACTS / f"form-range-360-{record['age']}.png")
     finally:
         browser.reset_viewport()
+
+
+@pytest.mark.parametrize("path", ["/", "/docs"])
+def test_the_pages_own_stylesheet_passes_its_policy_and_nothing_else_does(
+    browser: Browser, base_url: str, path: str
+) -> None:
+    """Chromium enforces the Content-Security-Policy: the served <style> (allowed by its hash)
+    applies, while a stylesheet or script added to the page afterwards is blocked."""
+    browser.open(base_url + path)
+    assert browser.evaluate("getComputedStyle(document.body).marginTop") != "8px"  # the UA default, unstyled
+    blocked = browser.evaluate(
+        "(() => { const s = document.createElement('style'); s.textContent = 'body{margin-top:77px}';"
+        " document.head.appendChild(s);"
+        " const j = document.createElement('script'); j.textContent = 'document.body.dataset.ran = 1';"
+        " document.head.appendChild(j);"
+        " return [getComputedStyle(document.body).marginTop, document.body.dataset.ran || null]; })()"
+    )
+    assert blocked == ["0px", None]

@@ -66,8 +66,8 @@ def keyed_app(model_dir: Path) -> Starlette:
 
 @pytest.mark.parametrize(
     "settings",
-    [OPEN, KEYED, Settings(api_keys=KEY, form_requires_key=True)],  # type: ignore[arg-type]
-    ids=["open", "keyed", "keyed-form"],
+    [OPEN, KEYED],
+    ids=["open", "keyed"],
 )
 def test_the_document_is_valid_openapi_31(settings: Settings) -> None:
     schemathesis.openapi.from_dict(openapi.build(settings)).validate()  # against the OpenAPI 3.1 meta-schema

@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chargecast import headers as security
 from chargecast import openapi, protocol
 from chargecast.artifact import Artifact
 from chargecast.form import render_page
@@ -113,6 +114,7 @@ class Service:
         self.document = openapi.build(settings)
         self.openapi_json = openapi.to_json(self.document)
         self.docs_html = openapi.render_docs(self.document)
+        self.docs_headers = security.page_headers(self.docs_html)
         self.csv_slots = anyio.Semaphore(CSV_SLOTS)
         self._loaded = asyncio.Event()  # set when loading ends, either way
 
@@ -217,7 +219,7 @@ class Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                message["headers"] = [*message.get("headers", ()), id_header, *security.COMMON]
             await send(message)
 
         metrics = self.service.metrics
@@ -347,24 +349,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
         kwargs.setdefault("values", {})
         kwargs.setdefault("errors", {})
         kwargs.setdefault("result", None)
-        return HTMLResponse(render_page(model=model, **kwargs), status)
+        page = render_page(model=model, **kwargs)
+        return HTMLResponse(page, status, security.page_headers(page, form_action="'self'"))
 
-    def _not_ready_page(exc: ApiError) -> Response:
+    def _message_page(exc: ApiError) -> Response:
+        """A bare page for a form request that gets no form: no key (401) or no model (503)."""
         text = exc.message.replace("&", "&amp;").replace("<", "&lt;")
-        return HTMLResponse(
-            f'<!doctype html><html lang="en"><meta charset="utf-8"><title>chargecast</title><p>{text}</p></html>',
-            exc.status,
-            exc.headers,
-        )
+        page = f'<!doctype html><html lang="en"><meta charset="utf-8"><title>chargecast</title><p>{text}</p></html>'
+        return HTMLResponse(page, exc.status, {**exc.headers, **security.page_headers(page)})
 
     async def form_page(request: Request, submitted: bool) -> Response:
+        # With API keys set the form forecasts only for a key, like every other forecasting route
+        # (a browser cannot send one: an identity-aware proxy in front adds it). The key comes
+        # first, and its refusal shows neither the form nor the model's details.
         try:
+            svc.authorize(request)
             model = svc.model or await svc.wait_for_model()
         except ApiError as exc:
-            return _not_ready_page(exc)
+            return _message_page(exc)
         try:
-            if settings.form_requires_key:
-                svc.authorize(request)
             if not submitted:
                 return _page(model, 200)
             body = await read_body(request, max_body, "")
@@ -401,7 +404,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return _json(svc.openapi_json)
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(svc.docs_html)
+        return HTMLResponse(svc.docs_html, headers=svc.docs_headers)
 
     routes = [
         Route("/api/v1/predict", api_predict, methods=["POST"]),
@@ -469,4 +472,7 @@ def _on_disconnect(request: Request, exc: Exception) -> Response:
 def _on_crash(request: Request, exc: Exception) -> Response:
     request_id = request.scope.get("state", {}).get("request_id")
     log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id, "route": request.url.path}})
-    return _json(protocol.error_body(500, "internal error; the request id is in the logs"), 500)
+    # Starlette answers this outside the middleware, so the common headers are added here.
+    return _json(
+        protocol.error_body(500, "internal error; the request id is in the logs"), 500, dict(security.COMMON_TEXT)
+    )

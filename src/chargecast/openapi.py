@@ -53,7 +53,10 @@ def record_schema(*, strict: bool = True) -> dict[str, Any]:
     }
     if strict:
         schema["additionalProperties"] = False
-        schema["description"] = "One patient at admission. All six fields are required; unknown fields are refused."
+        schema["description"] = (
+            "One patient at admission. All six fields are required; unknown fields are refused, and so is a field "
+            "given twice (JSON parsers disagree on which one counts)."
+        )
     else:
         schema["description"] = "The form's fields, sent as text; other fields (a submit button) are ignored."
     return schema
@@ -230,7 +233,8 @@ _REASONS: Final[dict[int | str, str]] = {
     413: "The body is over the size limit (or a CSV over the row limit).",
     415: "The Content-Type is not one this route takes.",
     422: "The body (or a query parameter) breaks the schema; each issue names the field (with its index in a "
-    "list, or its CSV row) and the rule.",
+    "list, or its CSV row) and the rule. A key twice in one JSON object, or a query parameter given twice, is a "
+    "422 too, naming it.",
     408: "The CSV upload did not arrive within the upload deadline.",
     503: "The model is not loaded yet (or failed to load), or every CSV slot is busy; retry after the "
     "Retry-After seconds.",
@@ -261,7 +265,6 @@ def build(settings: Settings) -> dict[str, Any]:
     keyed = bool(settings.api_keys)
     api_errors = (400, 401, 413, 415, 422, 503) if keyed else (400, 413, 415, 422, 503)
     secured: list[dict[str, list[str]]] | None = [{"bearerAuth": []}] if keyed else None
-    form_keyed = keyed and settings.form_requires_key
     limit = f"{settings.max_body_bytes:,} bytes"
 
     def op(summary: str, description: str, responses: dict[str, Any], *, auth: bool, **extra: Any) -> dict[str, Any]:
@@ -280,24 +283,31 @@ def build(settings: Settings) -> dict[str, Any]:
             "multipart/form-data": {"schema": _ref("FormRecord")},
         },
     }
-    form_errors = (400, 401, 413, 415, 503) if form_keyed else (400, 413, 415, 503)
+    form_errors = (400, 401, 413, 415, 503) if keyed else (400, 413, 415, 503)
+    form_key = (
+        " With API keys set, the form needs one too, like every route that returns a forecast; a browser cannot "
+        "send the header from a form, so serve it behind a proxy that adds it (an identity-aware proxy)."
+        if keyed
+        else ""
+    )
     form_post = op(
         "Submit the form",
         "Validates on the server; answers the page with each problem next to its field (422), or with the "
-        f"forecast, its prediction interval and the explanation (200). Bodies over {limit} get 413.",
+        f"forecast, its prediction interval and the explanation (200). Bodies over {limit} get 413." + form_key,
         {
             "200": _response("The page with the forecast.", HTML),
             "422": _response("The page with each problem next to its field.", HTML),
             **_errors(form_errors, HTML),
         },
-        auth=form_keyed,
+        auth=True,
         requestBody=form_body,
     )
     explain = {
         "name": "explain",
         "in": "query",
         "required": False,
-        "description": "Add each input's contribution and the baseline to every prediction.",
+        "description": "Add each input's contribution and the baseline to every prediction. Given at most once: "
+        "explain=true&explain=false is a 422, not a silent choice.",
         "schema": {"type": "boolean", "default": False},
     }
     quantiles = {
@@ -306,7 +316,8 @@ def build(settings: Settings) -> dict[str, Any]:
         "required": False,
         "description": "Add the forecast quantiles at these levels to every prediction, e.g. 0.05,0.5,0.95. The "
         f"value {LEVELS_RULE.removeprefix('must be ')} (levels are compared as read, so 0.5 and 0.50 repeat; "
-        "spaces around items are ignored). Anything else is a 422 naming 'quantiles' and the rule.",
+        "spaces around items are ignored). Anything else, or the parameter twice, is a 422 naming 'quantiles' and "
+        "the rule.",
         "style": "form",
         "explode": False,
         "schema": {
@@ -336,9 +347,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "/": {
             "get": op(
                 "The web form",
-                "An HTML page to forecast one patient's charges.",
-                {"200": _response("The form.", HTML), **_errors((401, 503) if form_keyed else (503,), HTML)},
-                auth=form_keyed,
+                "An HTML page to forecast one patient's charges." + form_key,
+                {"200": _response("The form.", HTML), **_errors((401, 503) if keyed else (503,), HTML)},
+                auth=True,
             ),
             "post": form_post | {"operationId": "submitForm"},
         },
@@ -471,7 +482,12 @@ def build(settings: Settings) -> dict[str, Any]:
             "title": "chargecast",
             "version": chargecast.__version__,
             "description": "Forecast a patient's medical charges at admission, with a calibrated interval and an "
-            "explanation. Errors always have the shape of the Error schema.",
+            "explanation. Errors always have the shape of the Error schema. JSON bodies are read strictly: a key "
+            "given twice in one object is a 422 naming it (with its list index), never last-wins. Every answer says "
+            "Cache-Control: no-store (forecasts and errors carry patient data) and X-Content-Type-Options: nosniff, "
+            "and is never to be framed; the HTML pages also carry a Content-Security-Policy that runs no script and "
+            "fetches nothing. With API keys set, every route that returns a forecast or the model's details needs "
+            "one, the form included; health, readiness, metrics and these documents stay open.",
         },
         "paths": paths,
         "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},

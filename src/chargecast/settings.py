@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CANONICAL_DATA_URL = "https://raw.githubusercontent.com/pycaret/datasets/main/data/common/insurance.csv"
@@ -41,9 +41,15 @@ class Settings(BaseSettings):
     )
     # Comma- or whitespace-separated, so a Kubernetes Secret can hold several keys during rotation.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        default=(), description="When set, API routes need 'Authorization: Bearer <key>'."
+        default=(),
+        description="When set, every route returning forecasts or model details needs 'Authorization: Bearer <key>'.",
     )
-    form_requires_key: bool = Field(default=False, description="Whether the HTML form also needs an API key.")
+    # Kept so deployments that set it still start: with API keys set, every route that returns a
+    # forecast needs one, the form included, so the only meaningful value left is true.
+    form_requires_key: bool = Field(
+        default=True,
+        description="Deprecated: with API keys set the form always needs one; false is refused then.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_port: int = Field(
         default=9090,
@@ -65,6 +71,17 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(k for k in value.replace(",", " ").split() if k)
+        return value
+
+    @field_validator("form_requires_key")
+    @classmethod
+    def _form_is_keyed(cls, value: bool, info: ValidationInfo) -> bool:
+        """An open form beside keyed API routes would hand out forecasts without a key: refuse it."""
+        if not value and info.data.get("api_keys"):
+            raise ValueError(
+                "the form can no longer be left open while API keys are set: every route that returns a "
+                "forecast needs a key; remove this variable (an identity-aware proxy can add the key for browsers)"
+            )
         return value
 
 
