@@ -56,7 +56,7 @@ FORECASTING = {
     ("POST", "/"),
     ("POST", "/predict"),
 }
-OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs")}
+OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json"), ("GET", "/docs")}
 
 
 @pytest.fixture(scope="module")
