@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+import hostile
 from tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +104,8 @@ def wait_ready(url: str, timeout: float = 30, container: str | None = None) -> N
     raise AssertionError(f"{url} not ready within {timeout} s\n{logs}")
 
 
-@pytest.fixture
-def container(image: str) -> Iterator[tuple[str, str, str]]:
+@contextmanager
+def running(image: str, *extra: str) -> Iterator[tuple[str, str, str]]:
     """The image run the way Kubernetes runs it: non-root, read-only root, /tmp writable."""
     name = f"chargecast-test-{uuid.uuid4().hex[:8]}"
     port, metrics_port = free_port(), free_port()
@@ -126,6 +128,7 @@ def container(image: str) -> Iterator[tuple[str, str, str]]:
         f"127.0.0.1:{port}:8080",
         "-p",
         f"127.0.0.1:{metrics_port}:9090",
+        *extra,
         image,
     )
     try:
@@ -134,6 +137,12 @@ def container(image: str) -> Iterator[tuple[str, str, str]]:
         yield name, url, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         sh("podman", "rm", "-f", "-t", "0", name, check=False)
+
+
+@pytest.fixture
+def container(image: str) -> Iterator[tuple[str, str, str]]:
+    with running(image) as ctr:
+        yield ctr
 
 
 def test_image_adds_at_most_120_mb_to_its_base(image: str) -> None:
@@ -331,3 +340,113 @@ def test_failing_liveness_probe_is_reported_unhealthy(play: Any) -> None:
         or now.get("StartedAt") != first.get("StartedAt")
     )
     assert acted, (runs, now)
+
+
+# -- memory under hostile clients (issue #8) ----------------------------------------------
+POD_LIMIT = "512m"  # the Deployment's memory limit
+TREE_TARGET = 450 * 2**20  # what the whole container may peak at under the worst client mix
+
+
+class CgroupMemory:
+    """The container's memory cgroup (v1 or v2): usage now, the peak, and OOM kills."""
+
+    def __init__(self, name: str) -> None:
+        pid = sh("podman", "inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        v1 = [line.split(":", 2)[2] for line in lines if line.split(":")[1] == "memory"]
+        if v1:
+            self.dir, self.v2 = Path("/sys/fs/cgroup/memory") / v1[0].lstrip("/"), False
+        else:
+            self.dir, self.v2 = Path("/sys/fs/cgroup") / lines[0].split(":", 2)[2].lstrip("/"), True
+        self.samples: list[int] = []
+
+    def read(self, name: str) -> str:
+        return (self.dir / name).read_text()
+
+    def usage(self) -> int:
+        value = int(self.read("memory.current" if self.v2 else "memory.usage_in_bytes"))
+        self.samples.append(value)
+        return value
+
+    def peak(self) -> int:
+        recorded = int(self.read("memory.peak" if self.v2 else "memory.max_usage_in_bytes"))
+        return max(recorded, *self.samples)
+
+    def oom_kills(self) -> int:
+        text = self.read("memory.events" if self.v2 else "memory.oom_control")
+        counts = dict(line.split() for line in text.splitlines())
+        return int(counts.get("oom_kill", 0))
+
+
+def worker_pids(name: str) -> set[str]:
+    out = sh("podman", "top", name, "pid", "args").stdout.splitlines()[1:]
+    return {line.split()[0] for line in out if "spawn_main" in line}
+
+
+def test_worst_client_mix_stays_under_the_pod_limit(image: str) -> None:
+    """Every hostile client of issue #8 at once, in a container limited like the pod.
+
+    The whole tree must peak under 450 MiB with no OOM kill and no worker restart; health
+    checks answer throughout, the hostile clients are cut off, and the service predicts
+    and scores CSV files afterwards.
+    """
+    with running(image, f"--memory={POD_LIMIT}", f"--memory-swap={POD_LIMIT}") as (name, url, _):
+        cgroup = CgroupMemory(name)
+        workers, idle = worker_pids(name), cgroup.usage()
+        crowd = hostile.Crowd()
+        health: list[int] = []
+        try:
+            big = hostile.csv_of_size(16 << 20)
+            big_accented = hostile.csv_of_size(16 << 20, non_ascii=True)
+            for body in (big, big_accented) * 4:  # eight 16 MiB uploads whose answers are never read
+                crowd.never_reader(url, "/api/v1/predict/csv", body)
+            for body in (big_accented, big, big_accented, big):  # four that do read
+                crowd.uploader(url, "/api/v1/predict/csv", body)
+            for _ in range(2):
+                crowd.header_lines(url)
+                crowd.header_value(url)
+                crowd.header_drip(url)
+            for _ in range(10):
+                crowd.silent(url)
+            stalled = b'{"records": [' + b" " * (512 << 10)  # half of a 1 MiB JSON body, then a drip
+            for _ in range(30):
+                crowd.body_drip(url, "/api/v1/predict", "application/json", 1 << 20, burst=stalled)
+            for path in ("/api/v1/predict/csv", "/api/v1/predict/csv/summary") * 3:
+                crowd.body_drip(url, path, "text/csv", 16 << 20, burst=big[: 1 << 20])
+            form = "application/x-www-form-urlencoded"
+            crowd.body_drip(url, "/predict", form, 1 << 20, burst=b"age=" + b"1" * 500_000)
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline and any(t.is_alive() for t in crowd.threads):
+                cgroup.usage()
+                try:
+                    health.append(httpx.get(f"{url}/healthz", timeout=5).status_code)
+                except httpx.HTTPError:
+                    health.append(0)
+                time.sleep(0.2)
+        finally:
+            crowd.stop()
+        peak = cgroup.peak()
+        print(f"memory: idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB under {len(crowd.outcomes)} clients")
+        for outcome in crowd.outcomes:
+            print(f"  {outcome.name}: status={outcome.status} closed={outcome.closed} sent={outcome.sent:,}")
+        assert cgroup.oom_kills() == 0
+        assert peak < TREE_TARGET, f"peak {peak / 2**20:.0f} MiB"
+        assert worker_pids(name) == workers, "a worker was restarted"
+        assert health, "no health check ran"
+        assert set(health) == {200}, health
+        # Every hostile client was cut off by the server rather than left holding memory.
+        for outcome in crowd.outcomes:
+            if not outcome.name.startswith("uploader"):
+                assert outcome.closed or outcome.status in {408, 413, 431, 503}, outcome
+            else:
+                assert outcome.status in {200, 503}, outcome
+        assert any(o.status == 200 for o in crowd.by_name("uploader"))
+        for outcome in crowd.by_name("header-"):
+            assert outcome.sent <= 1 << 20, outcome  # cut within the first MiB, not after 64
+        # ...and the service still works for everyone else.
+        assert httpx.post(f"{url}/api/v1/predict", json=RECORD, timeout=10).status_code == 200
+        small = hostile.csv_of_size(1 << 20, non_ascii=True)
+        csv_type = {"Content-Type": "text/csv"}
+        answer = httpx.post(f"{url}/api/v1/predict/csv", content=small, headers=csv_type, timeout=60)
+        assert answer.status_code == 200
+        assert answer.text.count("\n") == small.count(b"\n")
