@@ -29,6 +29,8 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from chargecast.guard import HttpLimits
+
 if TYPE_CHECKING:  # the supervisor must not import pydantic: it stays resident
     from chargecast.settings import Settings
 
@@ -48,6 +50,8 @@ _EXPORTED = (
     "shutdown_timeout",
     "metrics_port",
     "model_sha256",
+    "worker_memory_budget",
+    *HttpLimits.ENV,
 )
 SNAPSHOT_ENV = "CHARGECAST_SNAPSHOT_DIR"  # the model copy the supervisor removes at exit
 
@@ -118,8 +122,9 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
 
     import uvicorn
 
+    from chargecast.guard import GuardedHttpProtocol
     from chargecast.logs import uvicorn_log_config
-    from chargecast.supervisor import LingeringHttpProtocol, Supervisor, metrics_server
+    from chargecast.supervisor import Supervisor, metrics_server
 
     workers = int(environ["CHARGECAST_WORKERS"])
     level = environ["CHARGECAST_LOG_LEVEL"]
@@ -128,6 +133,12 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
     environ[MULTIPROC_ENV] = metrics_dir  # before any worker is spawned: they inherit it
     # The model's matrix products are tiny: one BLAS thread per worker starts faster and uses less memory.
     environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # glibc keeps freed memory per thread arena and raises its mmap threshold after each large
+    # free, so a worker that once scored a big CSV in a thread kept its peak for ever. Two arenas
+    # and a fixed threshold hand large blocks back to the kernel: the budget then bounds RSS.
+    environ.setdefault("MALLOC_ARENA_MAX", "2")
+    environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 << 10))
+    environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 20))
     metrics = None
     try:
         config = uvicorn.Config(
@@ -142,7 +153,7 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
             timeout_graceful_shutdown=int(environ["CHARGECAST_SHUTDOWN_TIMEOUT"]),
             server_header=False,
             lifespan="on",
-            http=LingeringHttpProtocol,  # so SIGTERM waits until slow clients have the bytes
+            http=GuardedHttpProtocol,  # header, body and send limits; SIGTERM waits for slow clients
         )
         log = logging.getLogger("chargecast.server")
         metrics_port = int(environ.get("CHARGECAST_METRICS_PORT", "0"))

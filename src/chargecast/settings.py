@@ -10,6 +10,8 @@ import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chargecast.guard import HttpLimits
+
 CANONICAL_DATA_URL = "https://raw.githubusercontent.com/pycaret/datasets/main/data/common/insurance.csv"
 CANONICAL_DATA_SHA256 = "6e3894cf7d9210613f62c866684055decea694345cd4f244ecd7167041578c68"
 
@@ -33,12 +35,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest JSON or form body; bigger ones get 413 (use the CSV route)."
     )
-    # Two jobs per worker and two workers must fit the pod's 512 Mi limit with room to spare.
     csv_max_bytes: int = Field(default=16 << 20, ge=1024, description="Largest CSV upload in bytes.")
     csv_upload_timeout: float = Field(default=60.0, gt=0, description="Seconds a CSV upload may take to arrive.")
-    csv_max_rows: int = Field(
-        default=250_000, ge=1, description="Most data rows in one CSV request (~40 MB of worker memory)."
-    )
+    csv_max_rows: int = Field(default=250_000, ge=1, description="Most data rows in one CSV request.")
     # Comma- or whitespace-separated, so a Kubernetes Secret can hold several keys during rotation.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(),
@@ -62,6 +61,26 @@ class Settings(BaseSettings):
         pattern=r"^[0-9a-f]{64}$",
         description="When set, serve the model only if its metadata.json has this sha256 (pins a version).",
     )
+    # -- what one connection and one worker may hold (see README "Limits and the memory budget")
+    worker_memory_budget: int = Field(
+        default=96 << 20,
+        ge=4 << 20,
+        description="Bytes each worker may hold for requests at once (bodies, parsing, answers); beyond it, 503.",
+    )
+    head_max_bytes: int = Field(default=32 << 10, ge=1024, le=1 << 20, description="Largest request head (431).")
+    head_max_count: int = Field(default=100, ge=8, le=1000, description="Most headers in one request (431).")
+    head_timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds a request head may take (408).")
+    body_min_rate: int = Field(
+        default=32 << 10, ge=1, description="Bytes/s a body must average after its grace period (408)."
+    )
+    body_grace: float = Field(default=5.0, ge=0, le=300, description="Seconds before the body rate is enforced.")
+    send_timeout: float = Field(
+        default=15.0, gt=0, le=600, description="Seconds a client may take none of its answer before it is reset."
+    )
+    max_connections: int = Field(default=128, ge=1, le=100_000, description="Open connections per worker.")
+    send_buffer: int = Field(
+        default=64 << 10, ge=4096, le=64 << 20, description="Kernel send buffer per connection (SO_SNDBUF)."
+    )
     shutdown_timeout: int = Field(
         default=8, ge=1, le=60, description="Seconds in-flight requests get after SIGTERM before being cancelled."
     )
@@ -83,6 +102,10 @@ class Settings(BaseSettings):
                 "forecast needs a key; remove this variable (an identity-aware proxy can add the key for browsers)"
             )
         return value
+
+    def http_limits(self) -> HttpLimits:
+        """The per-connection limits the HTTP protocol enforces (:mod:`chargecast.guard`)."""
+        return HttpLimits(**{name: getattr(self, name) for name in HttpLimits.ENV})
 
 
 @lru_cache(maxsize=1)

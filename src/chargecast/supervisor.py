@@ -9,26 +9,19 @@ resident for the server's life) and by each worker, which unpickles :class:`Work
 - :class:`Supervisor` logs a worker's death at ERROR with its signal or exit code, drops the
   dead worker's live gauges, and stops the whole server (non-zero) when a worker could not
   start or could not load the verified model: a restart would fail the same way.
-- :class:`DrainingServer` waits on SIGTERM until the bytes already written have been taken
-  by the client (the socket's send queue is empty) or the client is gone, within the grace
-  period: a container's network disappears with its last process.
+- each worker runs :class:`chargecast.guard.GuardedServer`: connection limits and deadlines,
+  and on SIGTERM a wait until the bytes already written have been taken by the clients.
 - :func:`metrics_server` serves ``/metrics`` on its own port from the supervisor, merged
   over every worker's files, with patient-input histograms published as bucket counts only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import signal
-import struct
-import termios
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socket import socket
@@ -38,10 +31,11 @@ from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from chargecast.guard import GuardedServer
+
 log = logging.getLogger("chargecast.supervisor")
 
 PR_SET_PDEATHSIG: Final = 1
-DRAIN_POLL: Final = 0.05
 # Histograms of what patients sent (and what they were told): a diff of two scrapes around one
 # request must not give that request's values away, so these publish bucket counts, never a sum.
 PRIVATE_PREFIXES: Final = ("chargecast_input_", "chargecast_predicted_charges")
@@ -68,78 +62,6 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def send_queue(fd: int) -> int:
-    """Bytes written to a connected socket that the peer has not acknowledged yet (0 when it is gone)."""
-    try:
-        out = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ on a socket
-    except OSError:
-        return 0
-    return int(struct.unpack("i", out)[0])
-
-
-try:  # whichever HTTP implementation uvicorn's "auto" would pick
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpProtocol
-except ImportError:  # pragma: no cover - httptools is in the lock file
-    from uvicorn.protocols.http.h11_impl import H11Protocol as _HttpProtocol  # type: ignore[assignment]
-
-# Duplicates of closed connections' sockets whose send queue was not yet empty (per worker).
-LINGERING: list[int] = []
-
-
-class LingeringHttpProtocol(_HttpProtocol):
-    """Keeps a closed connection's socket until the client has taken what was written to it.
-
-    A response "ends" once its bytes are in the kernel's send buffer (megabytes), long before
-    a slow client has them. The duplicate lets the worker see that queue (and wait for it on
-    SIGTERM); the kernel sends the FIN once the duplicate is closed too.
-    """
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        if sock is not None:  # asyncio closes the socket only after this method returns
-            with contextlib.suppress(OSError):
-                if send_queue(sock.fileno()) > 0:
-                    LINGERING.append(os.dup(sock.fileno()))
-        super().connection_lost(exc)
-
-
-def release_taken() -> None:
-    """Close the duplicates whose bytes the clients have taken (or that are gone)."""
-    if LINGERING:
-        for fd in [fd for fd in LINGERING if send_queue(fd) == 0]:
-            LINGERING.remove(fd)
-            os.close(fd)
-
-
-class DrainingServer(Server):
-    """uvicorn's server, but on shutdown it also waits for the kernel to hand the bytes over."""
-
-    async def on_tick(self, counter: int) -> bool:
-        release_taken()  # every 0.1 s; nothing to do unless a closed connection still sends
-        return await super().on_tick(counter)
-
-    async def shutdown(self, sockets: list[socket] | None = None) -> None:
-        deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0)
-        await super().shutdown(sockets)  # every connection is closed (and lingering) after this
-        release_taken()
-        if not LINGERING:
-            return
-        start, pending = time.monotonic(), sum(send_queue(fd) for fd in LINGERING)
-        while LINGERING and time.monotonic() < deadline:
-            await asyncio.sleep(DRAIN_POLL)
-            release_taken()
-        if LINGERING:
-            log.warning(
-                "exiting with bytes not yet taken by clients",
-                extra={"fields": {"connections": len(LINGERING), "bytes": sum(send_queue(fd) for fd in LINGERING)}},
-            )
-        else:
-            log.info(
-                "clients took the last bytes",
-                extra={"fields": {"bytes": pending, "seconds": round(time.monotonic() - start, 3)}},
-            )
-
-
 class Worker(Process):
     """A uvicorn worker process that dies with its supervisor and drains on exit."""
 
@@ -154,7 +76,7 @@ class Worker(Process):
     @property
     def server(self) -> Server:
         if self._server is None:
-            self._server = DrainingServer(config=self.config)
+            self._server = GuardedServer(config=self.config)
         return self._server
 
 
