@@ -34,7 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chargecast import headers as security
 from chargecast import openapi, protocol
 from chargecast.artifact import Artifact
+from chargecast.budget import JSON_FACTOR, Lease, MemoryBudget, answer_cost, csv_cost
 from chargecast.form import render_page
+from chargecast.guard import SLOW_BODY
 from chargecast.logs import AccessLog
 from chargecast.metrics import Metrics
 from chargecast.protocol import ApiError
@@ -53,6 +55,8 @@ CSV_SLOT_WAIT: Final = 10.0  # seconds a CSV request may wait for a slot before 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 NO_OPTIONS: Final[tuple[bool, protocol.Levels | None]] = (False, None)  # no explain, no quantiles
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+LEASE: Final = "chargecast.lease"  # scope key: the request's hold on its worker's memory budget
+PIECE: Final = 64 * 1024  # bigger answer bodies go out in pieces, so a client that stops reading stops the app
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -71,14 +75,29 @@ def _too_large(limit: int, hint: str) -> ApiError:
     )
 
 
-async def read_body(request: Request, limit: int, hint: str = "") -> bytes | bytearray:
+def _too_slow(scope: Scope) -> ApiError:
+    limit = "must arrive at the minimum rate (CHARGECAST_BODY_MIN_RATE)"
+    return ApiError(408, str(scope[SLOW_BODY]), [Issue("body", limit)], {"Connection": "close"})
+
+
+async def read_body(request: Request, limit: int, hint: str = "", parse_factor: int = 0) -> bytes | bytearray:
     """The whole body, refused with 413 as soon as it passes ``limit`` (declared or streamed).
 
-    A body that arrives in one message (the usual small JSON) is returned as is, uncopied.
+    Each chunk is paid for on the request's lease as it arrives (503 when the worker's budget
+    is spent), and once the body is whole, what parsing it will hold (``parse_factor`` times
+    its size): a stalled body holds only what it sent. A body announced by Content-Length is
+    refused at once when it could not be paid for now. The protocol flags a body that breaks
+    the minimum rate (:mod:`chargecast.guard`): that is a 408. A body that arrives in one
+    message (the usual small JSON) is returned as is, uncopied.
     """
-    declared = _header(request.scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, hint)
+    scope = request.scope
+    lease: Lease = scope[LEASE]
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit():
+        size = int(declared)
+        if size > limit:
+            raise _too_large(limit, hint)
+        lease.fits(size * (1 + parse_factor), "body")
     receive = request.receive
     message = await receive()
     if message["type"] != "http.request":
@@ -87,16 +106,23 @@ async def read_body(request: Request, limit: int, hint: str = "") -> bytes | byt
     if len(body) > limit:
         raise _too_large(limit, hint)
     if not message.get("more_body", False):
+        lease.take(len(body) * (1 + parse_factor), "body")
         return body
+    lease.take(len(body), "body")
     buffer = bytearray(body)
     while True:
+        if SLOW_BODY in scope:
+            raise _too_slow(scope)
         message = await receive()
         if message["type"] != "http.request":
             raise ClientDisconnect()
-        buffer += message.get("body", b"")
-        if len(buffer) > limit:
+        chunk = message.get("body", b"")
+        if len(buffer) + len(chunk) > limit:
             raise _too_large(limit, hint)
+        lease.take(len(chunk), "body")
+        buffer += chunk
         if not message.get("more_body", False):
+            lease.take(len(buffer) * parse_factor, "body")
             return buffer
 
 
@@ -116,6 +142,7 @@ class Service:
         self.docs_html = openapi.render_docs(self.document)
         self.docs_headers = security.page_headers(self.docs_html)
         self.csv_slots = anyio.Semaphore(CSV_SLOTS)
+        self.budget = MemoryBudget(settings.worker_memory_budget)
         self._loaded = asyncio.Event()  # set when loading ends, either way
 
     @property
@@ -220,17 +247,34 @@ class Observe:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), id_header, *security.COMMON]
+            elif len(body := message.get("body", b"")) > PIECE:
+                # One big write would sit whole in the transport's buffer if the client stops
+                # reading; in pieces, flow control holds the app (and its lease) instead, until
+                # the send deadline resets the client.
+                more, size = message.get("more_body", False), len(body)
+                for start in range(0, size, PIECE):
+                    piece = body[start : start + PIECE]
+                    await send({"type": "http.response.body", "body": piece, "more_body": more or start + PIECE < size})
+                return
             await send(message)
 
         metrics = self.service.metrics
         metrics.started(route)
+        lease = scope[LEASE] = Lease(self.service.budget)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            lease.release()  # the answer has been handed to the socket (or never will be)
             elapsed = time.perf_counter() - start
             final = status or 500
             metrics.finished(route, method, final, elapsed)
             self.service.access.write(request_id, method, route, final, elapsed, self.service.version)
+
+
+def _pay_for_answer(lease: Lease, payload: Any, explain: bool, levels: protocol.Levels | None) -> None:
+    rows = len(payload) if type(payload) is list else 1
+    protocol.check_quantile_cells(rows, levels)  # a 422 for too many, before a 503 for too big
+    lease.take(answer_cost(rows, explain, len(levels.values) if levels is not None else 0), "answer")
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -256,59 +300,67 @@ def create_app(settings: Settings | None = None) -> Starlette:
         protocol.require_json(_header(scope, b"content-type"))
         query = scope["query_string"]
         explain, levels = protocol.predict_options(query) if query else NO_OPTIONS
-        body = await read_body(request, max_body, json_hint)
+        body = await read_body(request, max_body, json_hint, JSON_FACTOR)
         if len(body) <= INLINE_BODY:
             payload = protocol.parse_json(body)
             if type(payload) is dict and not explain:  # the hot path: scalar (quantiles too), on the loop
                 scored = protocol.predict_one(model, payload, levels=levels)
             else:
+                _pay_for_answer(scope[LEASE], payload, explain, levels)
                 scored = await anyio.to_thread.run_sync(protocol.predict_payload, model, payload, explain, levels)
         else:
-            scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain, levels)
+            scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain, levels, scope[LEASE])
         svc.metrics.observe("api", scored.rows, scored.charges)
         return Response(scored.body, media_type=JSON)
 
     def _parse_and_predict(
-        model: Artifact, body: bytes | bytearray, explain: bool, levels: protocol.Levels | None
+        model: Artifact, body: bytes | bytearray, explain: bool, levels: protocol.Levels | None, lease: Lease
     ) -> protocol.Scored:
-        return protocol.predict_payload(model, protocol.parse_json(body), explain, levels)
+        payload = protocol.parse_json(body)
+        _pay_for_answer(lease, payload, explain, levels)
+        return protocol.predict_payload(model, payload, explain, levels)
 
     async def predict_api(request: Request) -> Response:
         svc.authorize(request)
         model = svc.model or await svc.wait_for_model()
         protocol.parse_query(request.scope["query_string"])
         protocol.require_json(_header(request.scope, b"content-type"))
-        body = await read_body(request, max_body, "")
+        body = await read_body(request, max_body, "", JSON_FACTOR)
         scored = protocol.predict_bare(model, protocol.parse_json(body))
         svc.metrics.observe("predict_api", scored.rows, scored.charges)
         return Response(scored.body, media_type=JSON)
 
-    async def csv_job(request: Request, work: Callable[[Artifact, bytearray, str | None], T]) -> T:
-        """Checks, a CSV slot and the upload, then ``work`` off the loop: what the CSV routes share."""
+    async def csv_job(request: Request, work: Callable[[Artifact, protocol.CsvSource], T]) -> T:
+        """Checks, the upload, its cost, then a CSV slot and ``work`` off the loop.
+
+        The upload is read before a slot is taken: slots bound CPU, not clients, so a slow
+        upload holds only the memory it has actually sent (paid for on its lease, and cut by
+        the minimum body rate), never a slot that a real request waits for.
+        """
         svc.authorize(request)
         model = svc.model or await svc.wait_for_model()
-        protocol.parse_query(request.scope["query_string"])
-        content_type = _header(request.scope, b"content-type")
+        scope = request.scope
+        protocol.parse_query(scope["query_string"])
+        content_type = _header(scope, b"content-type")
         protocol.require_csv(content_type)
-        # A bounded wait for a slot and a deadline for the upload: slow or idle clients must
-        # not hold every slot and hang the route for everyone else.
+        with anyio.move_on_after(settings.csv_upload_timeout) as upload:
+            body = await read_body(request, settings.csv_max_bytes, " (split the file)")
+        if upload.cancelled_caught:
+            raise ApiError(
+                408,
+                f"the CSV upload did not finish within {settings.csv_upload_timeout:g} s",
+                [Issue("body", f"must arrive within {settings.csv_upload_timeout:g} s")],
+                {"Connection": "close"},
+            )
+        source = protocol.csv_source(body if isinstance(body, bytearray) else bytearray(body), content_type)
+        del body
+        scope[LEASE].take(csv_cost(min(source.rows_bound(), settings.csv_max_rows + 1)), "CSV file")
         with anyio.move_on_after(CSV_SLOT_WAIT) as waited:
             await svc.csv_slots.acquire()
         if waited.cancelled_caught:
             raise ApiError(503, "busy scoring other CSV files; retry shortly", headers={"Retry-After": "5"})
         try:
-            with anyio.move_on_after(settings.csv_upload_timeout) as upload:
-                body = await read_body(request, settings.csv_max_bytes, " (split the file)")
-            if upload.cancelled_caught:
-                raise ApiError(
-                    408,
-                    f"the CSV upload did not finish within {settings.csv_upload_timeout:g} s",
-                    [Issue("body", f"must arrive within {settings.csv_upload_timeout:g} s")],
-                    {"Connection": "close"},
-                )
-            buffer = body if isinstance(body, bytearray) else bytearray(body)
-            del body
-            return await anyio.to_thread.run_sync(work, model, buffer, content_type)
+            return await anyio.to_thread.run_sync(work, model, source)
         finally:
             svc.csv_slots.release()
 
@@ -320,20 +372,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             headers["Content-Disposition"] = f'attachment; filename="{stem[:100]}.scored.csv"'
         return StreamingResponse(protocol.csv_chunks(scored), media_type="text/csv; charset=utf-8", headers=headers)
 
-    def _score_csv(model: Artifact, body: bytearray, content_type: str | None) -> protocol.CsvScored:
-        text, filename = protocol.csv_text(body, content_type)
+    def _score_csv(model: Artifact, source: protocol.CsvSource) -> protocol.CsvScored:
         tally = svc.metrics.batch()
-        scored = protocol.score_csv(model, text, settings.csv_max_rows, filename, on_chunk=tally.add)
+        scored = protocol.score_csv(model, source, settings.csv_max_rows, on_chunk=tally.add)
         svc.metrics.commit("csv", tally)  # only a file that was valid throughout counts
         return scored
 
     async def api_predict_csv_summary(request: Request) -> Response:
         return _json(await csv_job(request, _summarize_csv))
 
-    def _summarize_csv(model: Artifact, body: bytearray, content_type: str | None) -> bytes:
-        text, _ = protocol.csv_text(body, content_type)
+    def _summarize_csv(model: Artifact, source: protocol.CsvSource) -> bytes:
         tally = svc.metrics.batch()
-        summary = protocol.summarize_csv(model, text, settings.csv_max_rows, on_chunk=tally.add)
+        summary = protocol.summarize_csv(model, source, settings.csv_max_rows, on_chunk=tally.add)
         svc.metrics.commit("csv_summary", tally)
         return summary
 
@@ -370,7 +420,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             if not submitted:
                 return _page(model, 200)
-            body = await read_body(request, max_body, "")
+            body = await read_body(request, max_body, "", JSON_FACTOR)
             values = protocol.form_values(body, _header(request.scope, b"content-type"))
         except ApiError as exc:
             response = _page(model, exc.status, errors={FORM_ERROR_KEY: exc.message})

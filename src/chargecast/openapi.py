@@ -15,7 +15,14 @@ from typing import Any, Final
 import orjson
 
 import chargecast
-from chargecast.protocol import EXAMPLE_RECORD, LEVELS_RULE, MAX_LEVELS, MAX_RECORDS, OUTPUT_COLUMNS
+from chargecast.protocol import (
+    EXAMPLE_RECORD,
+    LEVELS_RULE,
+    MAX_LEVELS,
+    MAX_QUANTILE_CELLS,
+    MAX_RECORDS,
+    OUTPUT_COLUMNS,
+)
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
 from chargecast.settings import Settings
 
@@ -317,7 +324,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "description": "Add the forecast quantiles at these levels to every prediction, e.g. 0.05,0.5,0.95. The "
         f"value {LEVELS_RULE.removeprefix('must be ')} (levels are compared as read, so 0.5 and 0.50 repeat; "
         "spaces around items are ignored). Anything else, or the parameter twice, is a 422 naming 'quantiles' and "
-        "the rule.",
+        f"the rule. A list of records times the levels may hold at most {MAX_QUANTILE_CELLS:,} quantiles.",
         "style": "form",
         "explode": False,
         "schema": {

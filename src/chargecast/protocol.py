@@ -48,6 +48,9 @@ MAX_SHOWN_VALUE: Final = 80
 NUMBER_NAMES: Final = tuple(f.name for f in FIELDS if isinstance(f, NumberField))
 EXAMPLE_RECORD: Final[dict[str, Any]] = {f.name: f.example for f in FIELDS}
 MAX_LEVELS: Final = 99
+# A list's quantiles cost memory per record and level (~85 B each once serialised): 10,000
+# records at 99 levels took ~100 MB to answer a 1 MB body. More than this is a 422.
+MAX_QUANTILE_CELLS: Final = 100_000
 PREDICT_PARAMETERS: Final = ("explain", "quantiles")
 LEVELS_RULE: Final = (
     f"must be a comma-separated list of 1 to {MAX_LEVELS} different decimal numbers strictly between 0 and 1, "
@@ -429,6 +432,14 @@ def predict_one(model: Artifact, obj: Any, explain: bool = False, levels: Levels
     return Scored(orjson.dumps(out), row, p.charges, 1)
 
 
+def check_quantile_cells(rows: int, levels: Levels | None) -> None:
+    """Refuse (422) a list whose quantiles would be too many to answer."""
+    if levels is not None and rows * len(levels.values) > MAX_QUANTILE_CELLS:
+        asked = f"{rows:,} records x {len(levels.values)} levels"
+        rule = f"times the number of records must be at most {MAX_QUANTILE_CELLS:,} (got {asked})"
+        raise invalid([Issue("quantiles", f"{rule}: ask fewer levels or send fewer records")], what="batch")
+
+
 def predict_many(model: Artifact, items: list[Any], explain: bool = False, levels: Levels | None = None) -> Scored:
     """A list of 1 to 10,000 records, validated one by one (errors name ``[i].field``), and
     their total: the book's charges with an interval for what it will actually cost."""
@@ -439,6 +450,7 @@ def predict_many(model: Artifact, items: list[Any], explain: bool = False, level
             [Issue("body", f"must hold at most {MAX_RECORDS} records (send bigger batches to /api/v1/predict/csv)")],
             what="batch",
         )
+    check_quantile_cells(len(items), levels)
     rows: list[list[float]] = []
     issues: list[Issue] = []
     total = 0
@@ -631,19 +643,40 @@ def form_result(model: Artifact, encoded: Sequence[float]) -> FormResult:
 
 
 # -- CSV --------------------------------------------------------------------------------
+CSV_BLOCK: Final = 1 << 20  # bytes decoded at a time: the text is never held whole as a str
+_BOM: Final = b"\xef\xbb\xbf"
+
+
+@dataclass
+class CsvSource:
+    """A CSV inside a request body, by offsets (the file part of a multipart upload, or all)."""
+
+    body: bytearray
+    start: int
+    end: int
+    filename: str | None = None
+
+    def rows_bound(self) -> int:
+        """At most this many records: one per line (found at memchr speed, nothing decoded)."""
+        return self.body.count(b"\n", self.start, self.end) + 1
+
+
 @dataclass
 class CsvScored:
-    """A validated, predicted CSV: its text (kept once, to echo rows) and the three new columns."""
+    """A validated, predicted CSV: its bytes (kept once, to echo rows) and the three new columns."""
 
-    text: str
+    source: CsvSource
     charges: Array
     low: Array
     high: Array
-    filename: str | None = None
 
     @property
     def rows(self) -> int:
         return len(self.charges)
+
+    @property
+    def filename(self) -> str | None:
+        return self.source.filename
 
 
 def _lines(text: str) -> Iterator[str]:
@@ -658,6 +691,50 @@ def _lines(text: str) -> Iterator[str]:
         start = end + 1
 
 
+def _text_lines(source: CsvSource) -> Iterator[str]:
+    """The CSV's lines as text, decoded a block (about 1 MiB, cut after a newline) at a time.
+
+    Decoding everything at once held the whole upload as a str, at up to four bytes per
+    character when one character is outside Latin-1; block by block, that copy is bounded.
+    A newline byte never occurs inside a UTF-8 sequence, so cutting after one is safe.
+    """
+    body, pos, end = source.body, source.start, source.end
+    if body.startswith(_BOM, pos, end):
+        pos += len(_BOM)
+    base = pos
+    with memoryview(body) as view:
+        while pos < end:
+            stop = min(pos + CSV_BLOCK, end)
+            if stop < end:
+                cut = body.rfind(b"\n", pos, stop)
+                if cut < 0:  # one line longer than a block: take the whole line
+                    cut = body.find(b"\n", stop, end)
+                stop = end if cut < 0 else cut + 1
+            try:
+                text = str(view[pos:stop], "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ApiError(
+                    400,
+                    f"CSV is not UTF-8 text: {exc.reason} at byte {pos - base + exc.start}",
+                    [Issue("body", "must be UTF-8")],
+                ) from None
+            yield from _lines(text)
+            del text
+            pos = stop
+
+
+def _byte_lines(source: CsvSource) -> Iterator[bytes]:
+    """The CSV's lines as bytes with their endings (after a BOM), for echoing them unchanged."""
+    body, pos, end = source.body, source.start, source.end
+    if body.startswith(_BOM, pos, end):
+        pos += len(_BOM)
+    while pos < end:
+        cut = body.find(b"\n", pos, end)
+        stop = end if cut < 0 else cut + 1
+        yield bytes(body[pos:stop])
+        pos = stop
+
+
 def require_csv(content_type: str | None) -> None:
     """A CSV body or a multipart upload; checked before the (possibly large) body is read."""
     kind = media_type(content_type)
@@ -669,44 +746,29 @@ def require_csv(content_type: str | None) -> None:
         )
 
 
-def csv_text(body: bytearray, content_type: str | None) -> tuple[str, str | None]:
-    """Decode a CSV body (raw, or the file part of a multipart upload); empties ``body``.
-
-    The raw bytes are released as soon as the text exists so the two are not both held.
-    """
+def csv_source(body: bytearray, content_type: str | None) -> CsvSource:
+    """Where the CSV is in a request body: all of it, or the file part of a multipart upload."""
     kind = media_type(content_type)
-    start, end, filename = 0, len(body), None
-    if kind == "multipart/form-data":
-        parts = parse_multipart(body, content_type or "")
-        chosen = next((p for p in parts if p.name == "file"), None) or next(
-            (p for p in parts if p.filename is not None), None
-        )
-        if chosen is None:
-            raise ApiError(
-                422,
-                "multipart upload has no file part: send the CSV as the field 'file'",
-                [Issue("file", "is required")],
-            )
-        start, end, filename = chosen.start, chosen.end, chosen.filename
-    else:
+    if kind != "multipart/form-data":
         require_csv(content_type)
-    try:
-        with memoryview(body) as view:
-            text = str(view[start:end], "utf-8-sig")
-    except UnicodeDecodeError as exc:
+        return CsvSource(body, 0, len(body))
+    parts = parse_multipart(body, content_type or "")
+    chosen = next((p for p in parts if p.name == "file"), None) or next(
+        (p for p in parts if p.filename is not None), None
+    )
+    if chosen is None:
         raise ApiError(
-            400, f"CSV is not UTF-8 text: {exc.reason} at byte {exc.start}", [Issue("body", "must be UTF-8")]
-        ) from None
-    finally:
-        body.clear()
-    return text, filename
+            422,
+            "multipart upload has no file part: send the CSV as the field 'file'",
+            [Issue("file", "is required")],
+        )
+    return CsvSource(body, chosen.start, chosen.end, chosen.filename)
 
 
 def score_csv(
     model: Artifact,
-    text: str,
+    source: CsvSource,
     max_rows: int,
-    filename: str | None = None,
     on_chunk: Callable[[Array, Array], None] | None = None,
     chunk_rows: int = CSV_CHUNK_ROWS,
 ) -> CsvScored:
@@ -714,13 +776,13 @@ def score_csv(
 
     Only the six input columns are collected, as lists of (interned) strings that
     ``schema.encode_columns`` checks vectorised every ``chunk_rows`` rows; a valid chunk is
-    predicted at once and only its three result columns are kept, so memory holds the text,
-    the results and one chunk, whatever the row count. ``on_chunk(X, charges)`` sees each
+    predicted at once and only its three result columns are kept, so memory holds the upload,
+    the results and one chunk (and one decoded block), whatever the row count. ``on_chunk(X, charges)`` sees each
     predicted chunk (for metrics; they count only if the whole file turns out valid).
     Other columns pass through untouched. Rows are numbered from 1 at the first data row
     (header and blank lines not counted).
     """
-    reader = csv.reader(_lines(text))
+    reader = csv.reader(_text_lines(source))
     try:
         try:
             header = next(reader)
@@ -809,12 +871,12 @@ def score_csv(
     if n == 0:
         raise invalid([Issue("body", "must have at least one data row")], what="CSV")
     charges, low, high = (np.concatenate(part) for part in zip(*results, strict=True))
-    return CsvScored(text, charges, low, high, filename)
+    return CsvScored(source, charges, low, high)
 
 
 def summarize_csv(
     model: Artifact,
-    text: str,
+    source: CsvSource,
     max_rows: int,
     on_chunk: Callable[[Array, Array], None] | None = None,
     chunk_rows: int = CSV_CHUNK_ROWS,
@@ -828,41 +890,44 @@ def summarize_csv(
         if on_chunk is not None:
             on_chunk(X, charges)
 
-    score_csv(model, text, max_rows, on_chunk=add, chunk_rows=chunk_rows)
+    score_csv(model, source, max_rows, on_chunk=add, chunk_rows=chunk_rows)
     return summary_json(book)
 
 
 def csv_chunks(scored: CsvScored, rows_per_chunk: int = 2000) -> Iterator[bytes]:
     """The uploaded CSV with ``charges``, ``charges_low``, ``charges_high`` appended, in chunks.
 
-    Rows are echoed as sent when the file has no quoting (the common case); otherwise they
-    are re-written by the csv module. Amounts are rounded to cents.
+    Rows are echoed byte for byte when the file has no quoting (the common case); otherwise
+    they are re-written by the csv module. Amounts are rounded to cents.
     """
-    text = scored.text
-    lines = _lines(text)
-    header = next(lines)
-    eol = "\r\n" if header.endswith("\r\n") else "\n"
+    source = scored.source
     charges, low, high = scored.charges, scored.low, scored.high
     total = len(charges)
-    if '"' not in text:
-        yield (header.rstrip("\r\n") + "," + ",".join(OUTPUT_COLUMNS) + eol).encode()
+    if source.body.find(b'"', source.start, source.end) < 0:
+        lines = _byte_lines(source)
+        header = next(lines)
+        eol = b"\r\n" if header.endswith(b"\r\n") else b"\n"
+        yield header.rstrip(b"\r\n") + b"," + ",".join(OUTPUT_COLUMNS).encode() + eol
         done = 0
         while done < total:
             stop = min(done + rows_per_chunk, total)
             values = zip(charges[done:stop].tolist(), low[done:stop].tolist(), high[done:stop].tolist(), strict=True)
-            out: list[str] = []
+            out: list[bytes] = []
             for c, lo, hi in values:
-                line = next(lines).rstrip("\r\n")
+                line = next(lines).rstrip(b"\r\n")
                 while not line:  # blank lines carry no row
-                    line = next(lines).rstrip("\r\n")
-                out.append(f"{line},{c:.2f},{lo:.2f},{hi:.2f}{eol}")
-            yield "".join(out).encode()
+                    line = next(lines).rstrip(b"\r\n")
+                out.append(b"%s,%.2f,%.2f,%.2f%s" % (line, c, lo, hi, eol))
+            yield b"".join(out)
             done = stop
         return
-    reader = csv.reader(_lines(text))
+    reader = csv.reader(_text_lines(source))
+    header_row = next(reader)
+    first = source.body.find(b"\n", source.start, source.end)
+    eol_text = "\r\n" if first > source.start and source.body[first - 1] == 0x0D else "\n"
     buffer = _Buffer()
-    writer = csv.writer(buffer, lineterminator=eol)
-    writer.writerow([*next(reader), *OUTPUT_COLUMNS])
+    writer = csv.writer(buffer, lineterminator=eol_text)
+    writer.writerow([*header_row, *OUTPUT_COLUMNS])
     done = 0
     for row in reader:
         if not row:
