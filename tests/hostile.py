@@ -41,6 +41,15 @@ def request_head(method: str, path: str, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def retry_after(answer: bytes) -> float:
+    """The Retry-After of an answer's head, in seconds (1 when it has none)."""
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"retry-after" and value.strip().isdigit():
+            return float(value.strip())
+    return 1.0
+
+
 def status_of(data: bytes) -> int | None:
     """The status code of the first response line in ``data``, if one arrived."""
     if not data.startswith(b"HTTP/1.1 "):
@@ -58,6 +67,7 @@ class Outcome:
     sent: int = 0  # bytes this client managed to send
     seconds: float = 0.0
     error: str | None = None
+    tries: int = 0
 
 
 @dataclass
@@ -136,24 +146,30 @@ class Crowd:
             # Hold the connection, reading nothing, until the server gives up on us (or the test ends).
             while not self.stopping.wait(0.5):
                 if _peer_closed(sock, answer_counts=False):
-                    outcome.closed = True
+                    outcome.status, outcome.closed = status_of(_peek(sock)), True
                     return
 
         self.start(f"never-reader {path}", act)
 
-    def uploader(self, url: str, path: str, body: bytes, content_type: str = "text/csv") -> None:
-        """A legitimate client: upload, read the whole answer, record its status."""
+    def uploader(self, url: str, path: str, body: bytes, content_type: str = "text/csv", tries: int = 8) -> None:
+        """A legitimate client: upload, read the whole answer; on 503 wait Retry-After and retry."""
 
         def act(outcome: Outcome) -> None:
-            sock = self.connect(url)
-            head = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
-            sock.sendall(request_head("POST", path, head) + body)
-            outcome.sent = len(body)
-            sock.settimeout(120)
-            chunks = []
-            while chunk := sock.recv(1 << 16):
-                chunks.append(chunk)
-            outcome.status = status_of(b"".join(chunks[:1]))
+            for _ in range(tries):
+                sock = self.connect(url)
+                head = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
+                sock.sendall(request_head("POST", path, head) + body)
+                outcome.sent = len(body)
+                sock.settimeout(120)
+                chunks = []
+                while chunk := sock.recv(1 << 16):
+                    chunks.append(chunk)
+                sock.close()
+                answer = b"".join(chunks)
+                outcome.status = status_of(answer)
+                outcome.tries += 1
+                if outcome.status != 503 or self.stopping.wait(retry_after(answer)):
+                    return
 
         self.start(f"uploader {path}", act)
 
@@ -230,23 +246,48 @@ class Crowd:
         self.start(f"body-drip {path}", act)
 
 
+TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # tcpi_state values (include/net/tcp_states.h)
+
+
 def _peer_closed(sock: socket.socket, answer_counts: bool = True) -> bool:
     """Whether the server answered or closed, peeking so that what it sent stays readable.
 
     A never-reader is expected to get answer bytes; for it (``answer_counts=False``) only a
-    reset or an end of stream counts.
+    reset or the server's FIN counts, which the socket's TCP state shows even while the
+    answer's bytes are still unread in front of it.
     """
     try:
-        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        data = _now(sock, 1, socket.MSG_PEEK)
     except BlockingIOError:
         return False
     except OSError:
         return True
-    return not data or answer_counts
+    if not data or answer_counts:
+        return True
+    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state in (TCP_CLOSE, TCP_CLOSE_WAIT)
+
+
+def _now(sock: socket.socket, size: int, flags: int = 0) -> bytes:
+    """``recv`` that never waits: a socket with a timeout would first poll for that long,
+    whatever MSG_DONTWAIT says."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return sock.recv(size, flags)
+    finally:
+        sock.settimeout(timeout)
+
+
+def _peek(sock: socket.socket) -> bytes:
+    try:
+        return _now(sock, 64, socket.MSG_PEEK)
+    except OSError:
+        return b""
 
 
 def _recv_ready(sock: socket.socket) -> bytes:
     try:
-        return sock.recv(4096, socket.MSG_DONTWAIT)
+        return _now(sock, 4096)
     except OSError:
         return b""

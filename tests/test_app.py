@@ -784,6 +784,10 @@ def test_no_5xx_for_random_garbage(client: TestClient) -> None:
 
 
 # -- protocol details (no transport) ----------------------------------------------------
+def _source(text: str) -> protocol.CsvSource:
+    return protocol.csv_source(bytearray(text.encode()), "text/csv")
+
+
 def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None:
     lines = ["39,female,30.4,1,no,southeast"] * 25
     lines[6] = "17,female,30.4,1,no,southeast"  # row 7, in the second chunk of 5
@@ -791,13 +795,14 @@ def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None
     text = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines) + "\n"
     seen: list[int] = []
     with pytest.raises(protocol.ApiError) as caught:
-        protocol.score_csv(model, text, 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
+        protocol.score_csv(model, _source(text), 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
     assert caught.value.status == 422
     assert [(i.row, i.field) for i in caught.value.issues] == [(7, "age"), (23, "smoker")]
     assert seen == [5]  # prediction stops at the first bad chunk; validation goes on
     lines[6], lines[22] = lines[0], lines[0]
-    whole = protocol.score_csv(model, "age,sex,bmi,children,smoker,region\n" + "\n".join(lines), 100, chunk_rows=5)
-    one = protocol.score_csv(model, "age,sex,bmi,children,smoker,region\n" + "\n".join(lines), 100)
+    fixed = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines)
+    whole = protocol.score_csv(model, _source(fixed), 100, chunk_rows=5)
+    one = protocol.score_csv(model, _source(fixed), 100)
     assert whole.rows == 25
     assert whole.charges.tolist() == one.charges.tolist()
 
@@ -805,7 +810,7 @@ def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None
 def test_csv_ragged_rows_are_reported_with_the_bad_values_before_them(model: Artifact) -> None:
     text = "age,sex,bmi,children,smoker,region\n17,female,30.4,1,no,southeast\n39,female\n101,male,30,1,no,x\n"
     with pytest.raises(protocol.ApiError) as caught:
-        protocol.score_csv(model, text, 100, chunk_rows=5)
+        protocol.score_csv(model, _source(text), 100, chunk_rows=5)
     assert [(i.row, i.field) for i in caught.value.issues] == [(1, "age"), (2, "(row)")]
 
 

@@ -428,7 +428,8 @@ def test_worst_client_mix_stays_under_the_pod_limit(image: str) -> None:
         peak = cgroup.peak()
         print(f"memory: idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB under {len(crowd.outcomes)} clients")
         for outcome in crowd.outcomes:
-            print(f"  {outcome.name}: status={outcome.status} closed={outcome.closed} sent={outcome.sent:,}")
+            ended = f"status={outcome.status} closed={outcome.closed} sent={outcome.sent:,} tries={outcome.tries}"
+            print(f"  {outcome.name}: {ended}")
         assert cgroup.oom_kills() == 0
         assert peak < TREE_TARGET, f"peak {peak / 2**20:.0f} MiB"
         assert worker_pids(name) == workers, "a worker was restarted"
@@ -442,7 +443,13 @@ def test_worst_client_mix_stays_under_the_pod_limit(image: str) -> None:
                 assert outcome.status in {200, 503}, outcome
         assert any(o.status == 200 for o in crowd.by_name("uploader"))
         for outcome in crowd.by_name("header-"):
-            assert outcome.sent <= 1 << 20, outcome  # cut within the first MiB, not after 64
+            # Floods are answered 431 at once. What the client managed to send counts the kernel's
+            # buffers on both sides (megabytes, autotuned), not the server's: the server reads at
+            # most one 256 KiB read past the 32 KiB limit (tests/test_guard.py measures what a
+            # head pins). Either way it is stopped long before the 64 MiB or 1 GiB it tries.
+            if outcome.name != "header-drip":
+                assert outcome.status == 431 and outcome.seconds < 5, outcome
+            assert outcome.sent <= 16 << 20, outcome
         # ...and the service still works for everyone else.
         assert httpx.post(f"{url}/api/v1/predict", json=RECORD, timeout=10).status_code == 200
         small = hostile.csv_of_size(1 << 20, non_ascii=True)
