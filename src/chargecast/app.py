@@ -34,7 +34,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chargecast import headers as security
 from chargecast import openapi, protocol
 from chargecast.artifact import Artifact
-from chargecast.budget import JSON_FACTOR, Lease, MemoryBudget, answer_cost, csv_cost
+from chargecast.budget import (
+    FORM_FACTOR,
+    JSON_PER_BYTE,
+    Lease,
+    MemoryBudget,
+    answer_cost,
+    csv_cost,
+    form_cost,
+    json_cost,
+)
 from chargecast.form import render_page
 from chargecast.guard import SLOW_BODY
 from chargecast.logs import AccessLog
@@ -80,13 +89,22 @@ def _too_slow(scope: Scope) -> ApiError:
     return ApiError(408, str(scope[SLOW_BODY]), [Issue("body", limit)], {"Connection": "close"})
 
 
-async def read_body(request: Request, limit: int, hint: str = "", parse_factor: int = 0) -> bytes | bytearray:
+ParseCost = Callable[[bytes | bytearray], int]
+
+
+def _nothing(body: bytes | bytearray) -> int:
+    return 0
+
+
+async def read_body(
+    request: Request, limit: int, hint: str = "", parse_cost: ParseCost = _nothing, announced_factor: int = 0
+) -> bytes | bytearray:
     """The whole body, refused with 413 as soon as it passes ``limit`` (declared or streamed).
 
     Each chunk is paid for on the request's lease as it arrives (503 when the worker's budget
-    is spent), and once the body is whole, what parsing it will hold (``parse_factor`` times
-    its size): a stalled body holds only what it sent. A body announced by Content-Length is
-    refused at once when it could not be paid for now. The protocol flags a body that breaks
+    is spent), and once the body is whole, what parsing it will hold (``parse_cost``): a
+    stalled body holds only what it sent. A body announced by Content-Length is refused at
+    once when ``1 + announced_factor`` times its size could not be paid for now. The protocol flags a body that breaks
     the minimum rate (:mod:`chargecast.guard`): that is a 408. A body that arrives in one
     message (the usual small JSON) is returned as is, uncopied.
     """
@@ -97,7 +115,7 @@ async def read_body(request: Request, limit: int, hint: str = "", parse_factor: 
         size = int(declared)
         if size > limit:
             raise _too_large(limit, hint)
-        lease.fits(size * (1 + parse_factor), "body")
+        lease.fits(size * (1 + announced_factor), "body")
     receive = request.receive
     message = await receive()
     if message["type"] != "http.request":
@@ -106,7 +124,7 @@ async def read_body(request: Request, limit: int, hint: str = "", parse_factor: 
     if len(body) > limit:
         raise _too_large(limit, hint)
     if not message.get("more_body", False):
-        lease.take(len(body) * (1 + parse_factor), "body")
+        lease.take(len(body) + parse_cost(body), "body")
         return body
     lease.take(len(body), "body")
     buffer = bytearray(body)
@@ -122,7 +140,7 @@ async def read_body(request: Request, limit: int, hint: str = "", parse_factor: 
         lease.take(len(chunk), "body")
         buffer += chunk
         if not message.get("more_body", False):
-            lease.take(len(buffer) * parse_factor, "body")
+            lease.take(parse_cost(buffer), "body")
             return buffer
 
 
@@ -300,7 +318,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         protocol.require_json(_header(scope, b"content-type"))
         query = scope["query_string"]
         explain, levels = protocol.predict_options(query) if query else NO_OPTIONS
-        body = await read_body(request, max_body, json_hint, JSON_FACTOR)
+        body = await read_body(request, max_body, json_hint, json_cost, JSON_PER_BYTE)
         if len(body) <= INLINE_BODY:
             payload = protocol.parse_json(body)
             if type(payload) is dict and not explain:  # the hot path: scalar (quantiles too), on the loop
@@ -325,7 +343,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         model = svc.model or await svc.wait_for_model()
         protocol.parse_query(request.scope["query_string"])
         protocol.require_json(_header(request.scope, b"content-type"))
-        body = await read_body(request, max_body, "", JSON_FACTOR)
+        body = await read_body(request, max_body, "", json_cost, JSON_PER_BYTE)
         scored = protocol.predict_bare(model, protocol.parse_json(body))
         svc.metrics.observe("predict_api", scored.rows, scored.charges)
         return Response(scored.body, media_type=JSON)
@@ -420,7 +438,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             if not submitted:
                 return _page(model, 200)
-            body = await read_body(request, max_body, "", JSON_FACTOR)
+            body = await read_body(request, max_body, "", form_cost, FORM_FACTOR)
             values = protocol.form_values(body, _header(request.scope, b"content-type"))
         except ApiError as exc:
             response = _page(model, exc.status, errors={FORM_ERROR_KEY: exc.message})

@@ -24,10 +24,18 @@ from typing import Final
 from chargecast.protocol import ApiError
 from chargecast.schema import Issue
 
-# Measured peaks per input byte, with a margin (see tests/test_budget.py):
-# - orjson's objects for a list of compact records cost ~17x the JSON text; a long ASCII
-#   string with one emoji is held at 4 bytes per character (16x); 20 covers both;
-JSON_FACTOR: Final = 20
+# Measured peaks, with a margin (see tests/test_budget.py):
+# - orjson's objects cost about one object and one pointer per JSON value: a list of empty
+#   objects holds ~108 B per 3 B of text (36x), short strings ~119 B per value, a compact
+#   record ~1.4 KB; so a JSON body is charged per value (its commas and colons bound the
+#   count), plus 16x its bytes for long strings (one emoji makes Python hold a string at
+#   4 bytes per character, and decoding it peaks at 16x), plus 128 KiB for nesting, which
+#   orjson caps at 1024 levels;
+JSON_PER_BYTE: Final = 16
+JSON_PER_VALUE: Final = 128
+JSON_FIXED: Final = 128 << 10
+# - a urlencoded or multipart form (at most 64 fields) is decoded once and split: 8x its bytes;
+FORM_FACTOR: Final = 8
 # - each answered record: ~250 B of floats, dicts and JSON text; an explanation adds ~550 B;
 #   each asked quantile ~85 B.
 ANSWER_ROW: Final = 512
@@ -102,9 +110,15 @@ def over_budget(what: str) -> ApiError:
     )
 
 
-def json_cost(body_bytes: int) -> int:
-    """What parsing a JSON (or form) body of this size may hold, beyond the body itself."""
-    return body_bytes * JSON_FACTOR
+def json_cost(body: bytes | bytearray) -> int:
+    """What parsing this JSON body may hold, beyond the body itself (counted at memchr speed)."""
+    values = body.count(b",") + body.count(b":") + 1
+    return JSON_FIXED + len(body) * JSON_PER_BYTE + values * JSON_PER_VALUE
+
+
+def form_cost(body: bytes | bytearray) -> int:
+    """What decoding and splitting this form body may hold, beyond the body itself."""
+    return len(body) * FORM_FACTOR
 
 
 def answer_cost(rows: int, explain: bool, levels: int) -> int:

@@ -66,7 +66,18 @@ CHECK_EVERY: Final = 5  # uvicorn ticks (0.1 s each) between two deadline sweeps
 DRAIN_POLL: Final = 0.05
 LINGER_SECONDS: Final = 10.0  # how long the rest of a refused body is read and dropped
 _END_OF_HEAD = re.compile(rb"\n\r?\n")
+_CR_LF: Final = (b"\r", b"\n")
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops the queue
+
+
+class _Clock:
+    """A monotonic time read per request at the cost of an attribute: deadlines are swept every
+    half second, so the tick's own clock (refreshed every 0.1 s by GuardedServer) is precise enough."""
+
+    now: float = time.monotonic()
+
+
+CLOCK: Final = _Clock()
 
 
 @dataclass(frozen=True)
@@ -103,13 +114,25 @@ class HttpLimits:
         return cls(**values)
 
 
+TCP_CLOSE: Final = 7  # tcpi_state after a reset (include/net/tcp_states.h)
+
+
 def send_queue(fd: int) -> int:
-    """Bytes written to a connected socket that the peer has not acknowledged yet (0 when it is gone)."""
+    """Bytes written to a connected socket that the peer has not acknowledged yet (0 when it is gone).
+
+    SIOCOUTQ is write_seq - snd_una, which a reset leaves as it was: a socket the client reset
+    would seem to wait for ever, so a closed TCP state counts as nothing left to send.
+    """
     try:
         out = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ on a socket
+        sock = socket.socket(fileno=fd)
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        finally:
+            sock.detach()
     except OSError:
         return 0
-    return int(struct.unpack("i", out)[0])
+    return 0 if state == TCP_CLOSE else int(struct.unpack("i", out)[0])
 
 
 def _reset_and_close(fd: int) -> None:
@@ -268,6 +291,12 @@ class GuardedHttpProtocol(_HttpProtocol):
     def _head_fits(self, data: bytes) -> bool:
         """Count the bytes of the head in ``data`` (up to its blank line); within the limit?"""
         limit = self.guard.head_max_bytes
+        if not self._head_begun and data[:1] not in _CR_LF:  # the usual: a whole head in one read
+            self._head_begun = True
+            end = data.find(b"\r\n\r\n", 0, limit + 4)
+            if end >= 0:
+                self._head_bytes = end + 4
+                return end + 4 <= limit
         view = data
         if not self._head_begun:  # the parser skips CR/LF before a request line: count, don't scan
             view = data.lstrip(b"\r\n")
@@ -276,26 +305,27 @@ class GuardedHttpProtocol(_HttpProtocol):
                 return self._head_bytes <= limit
             self._head_begun = True
         window = self._carry + view[: limit + 4]
-        end = _END_OF_HEAD.search(window)
-        if end is None:
+        end_match = _END_OF_HEAD.search(window)
+        if end_match is None:
             self._head_bytes += len(view)
             self._carry = window[-3:]
         else:
-            self._head_bytes += max(0, end.end() - len(self._carry))
+            self._head_bytes += max(0, end_match.end() - len(self._carry))
         return self._head_bytes <= limit
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.guard.head_max_count:
+        count = self._header_count = self._header_count + 1
+        if count > self.guard.head_max_count:
             self._refusal = (431, f"request has more than {self.guard.head_max_count} headers")
             raise _RefusedError  # httptools turns it into a parser error; send_400_response answers ours
-        super().on_header(name, value)
+        name = name.lower()  # uvicorn's on_header, inlined: it runs for every header of every request
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        now = time.monotonic()
-        self._body_since, self._body_bytes, self._body_flagged = now, 0, 0.0
-        self._last_check = now
+        self._body_since, self._body_bytes, self._body_flagged = CLOCK.now, 0, 0.0
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -304,11 +334,11 @@ class GuardedHttpProtocol(_HttpProtocol):
 
     def on_message_complete(self) -> None:
         self._body_since = None
-        self._head_reset(time.monotonic())
+        self._in_head, self._head_bytes, self._head_begun, self._carry, self._header_count = True, 0, False, b"", 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        self._head_since = time.monotonic()  # the next head's deadline runs from the end of this answer
+        self._head_since = CLOCK.now  # the next head's deadline runs from the end of this answer
         super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -396,9 +426,9 @@ class GuardedServer(Server):
         return None
 
     async def on_tick(self, counter: int) -> bool:
+        CLOCK.now = now = time.monotonic()
         limits = self.limits
         if limits is not None:
-            now = time.monotonic()
             if LINGERING:
                 release_taken(now, limits.send_timeout)
             if counter % CHECK_EVERY == 0:
