@@ -228,3 +228,30 @@ def test_the_json_form_round_trips_and_rejects_damage(fitted: ResidualDistributi
         ResidualDistribution.from_json(dict(data, grid_levels=[0.01, 0.99, 0.01]))
     with pytest.raises(ValueError, match="level"):
         ResidualDistribution.from_json(dict(data, level=1.0))
+
+
+@pytest.mark.parametrize("excluded", [(), ("smoker",), ("age",), ("bmi",), ("smoker", "age"), ("age", "bmi")])
+def test_the_one_record_path_is_bit_identical_to_the_batch_path(excluded: tuple[str, ...]) -> None:
+    """The scalar path holds precomputed group functions and offsets: it must give exactly the
+    batch path's numbers (and the plain definition's), not approximately, at every level asked."""
+    X, mean, y = population(3_000, seed=11)
+    dist = fit_distribution(y - mean, X, 0.9, excluded)
+    edges = np.zeros((8, len(FEATURES)))
+    edges[:, AGE] = [29.999, 30, 44.999, 45, 18, 64, 30, 45]
+    edges[:, BMI] = [29.999, 30, 30, 29.999, 30.001, 15, 30, 30]
+    edges[:, SMOKER] = [0, 0, 1, 1, 1, 0, 1, 1]
+    rows = np.vstack([edges, X[:300]])
+    pred = np.linspace(-3_000.0, 40_000.0, len(rows))  # low forecasts hit the floor at zero
+    levels = [0.0005, 0.05, 0.1, 0.5, 0.8, 0.95, 0.9995]
+    low, high = dist.apply(pred, rows)
+    low8, high8 = dist.apply(pred, rows, 0.8)
+    q = dist.quantiles(pred, rows, levels)
+    groups = assign_groups(rows, dist.groups)
+    for i, row in enumerate(rows.tolist()):
+        p, k = float(pred[i]), int(groups[i])
+        assert assign_group_row(row, dist.groups) == k
+        assert dist.apply_row(p, row) == (low[i], high[i])
+        assert dist.apply_row(p, row, 0.8) == (low8[i], high8[i])
+        plain = [max(p + o, 0.0) for o in dist.offsets(k, levels)]
+        assert dist.quantiles_row(p, row, levels) == q[i].tolist() == plain
+        assert dist.quantiles_row(p, row, levels) == plain  # again, from the remembered offsets
