@@ -37,11 +37,10 @@ from sklearn.model_selection import KFold, RepeatedKFold, train_test_split
 from chargecast.artifact import Artifact
 from chargecast.data import Dataset, load_csv
 from chargecast.features import OBESE_BMI
-from chargecast.schema import FEATURES
+from chargecast.scoring import BMI_COL, GROUPS, SMOKER_COL, interval_scores
 from chargecast.train import CANDIDATES, Candidate, TrainConfig, TrainResult, train
 
 Array = npt.NDArray[np.float64]
-Mask = npt.NDArray[np.bool_]
 Bounds = tuple[Array, Array]
 
 LEVEL = 0.9
@@ -50,7 +49,6 @@ LEVELS = (0.86, 0.88, 0.90, 0.92, 0.94)
 BOOK = 100  # patients in a resampled book
 RESAMPLES = 400  # books per split
 OOF_REPEATS = 3
-AGE_COL, SMOKER_COL, BMI_COL = FEATURES.index("age"), FEATURES.index("smoker"), FEATURES.index("bmi")
 METHODS = ("ours", "constant", "previous", "equal_tailed", "cqr")
 HEADERS = {
     "ours": "ours (jackknife HD)",
@@ -59,15 +57,6 @@ HEADERS = {
     "equal_tailed": "equal-tailed 5-fold",
     "cqr": "CQR boosted",
 }
-GROUPS = (
-    "smoker",
-    "non-smoker",
-    "age 18-29",
-    "age 30-44",
-    "age 45+",
-    "bmi >= 30",
-    "bmi < 30",
-)
 
 
 # -- the previous method, copied from f239f50~1:src/chargecast/intervals.py -------------------
@@ -235,39 +224,10 @@ class SplitFigures:
     figures: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> figure -> value
 
 
-def group_masks(X: Array) -> dict[str, Mask]:
-    smoker, age, obese = X[:, SMOKER_COL] == 1.0, X[:, AGE_COL], X[:, BMI_COL] >= OBESE_BMI
-    return {
-        "smoker": smoker,
-        "non-smoker": ~smoker,
-        "age 18-29": age < 30,
-        "age 30-44": (age >= 30) & (age < 45),
-        "age 45+": age >= 45,
-        "bmi >= 30": obese,
-        "bmi < 30": ~obese,
-    }
-
-
-def winkler(y: Array, low: Array, high: Array, alpha: float = ALPHA) -> float:
-    """Interval score: width plus 2/alpha times the distance by which y falls outside."""
-    miss = np.maximum(low - y, 0.0) + np.maximum(y - high, 0.0)
-    return float(np.mean(high - low + (2 / alpha) * miss))
-
-
 def score_interval(y: Array, X: Array, low: Array, high: Array, top: npt.NDArray[np.intp]) -> dict[str, float]:
+    """chargecast's own interval scores (as `chargecast train` reports them) plus the top tenth's coverage."""
     inside = (y >= low) & (y <= high)
-    out = {
-        "coverage": float(inside.mean()),
-        "below": float(np.mean(y < low)),
-        "above": float(np.mean(y > high)),
-        "top_tenth": float(inside[top].mean()),
-        "winkler": winkler(y, low, high),
-        "width": float(np.mean(high - low)),
-    }
-    groups = {name: float(inside[m].mean()) for name, m in group_masks(X).items()}
-    out |= {f"group {name}": v for name, v in groups.items()}
-    out["worst group"] = min(groups.values())
-    return out
+    return interval_scores(y, X, low, high, ALPHA) | {"top_tenth": float(inside[top].mean())}
 
 
 def evaluate(data: Dataset, result: TrainResult) -> SplitFigures:
@@ -332,7 +292,7 @@ def evaluate(data: Dataset, result: TrainResult) -> SplitFigures:
 def evaluate_seed(data_path: Path, seed: int, repeats: int) -> SplitFigures:
     """Pool worker: train on one split (ours) and score everything on its holdout."""
     data = load_csv(data_path)
-    return evaluate(data, train(data, TrainConfig(seed=seed, repeats=repeats)))
+    return evaluate(data, train(data, TrainConfig(seed=seed, repeats=repeats, splits=0)))
 
 
 # -- the table ------------------------------------------------------------------------------
