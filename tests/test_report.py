@@ -30,8 +30,8 @@ from sklearn.model_selection import train_test_split
 
 from chargecast.data import Dataset
 from chargecast.features import design, domain_terms
-from chargecast.intervals import group_names
-from chargecast.report import LEVELS, PLOTS, _grouping, figures, render, wilson
+from chargecast.intervals import assign_groups, group_names
+from chargecast.report import LEVELS, PLOTS, _grouping, figures, render, wilson, wilson_bars
 from chargecast.schema import FEATURES
 from chargecast.train import CANDIDATES, TrainResult
 
@@ -214,6 +214,31 @@ def test_wilson_matches_scipy() -> None:
     empty_low, empty_high = wilson(0, 0)
     assert math.isnan(float(empty_low))
     assert math.isnan(float(empty_high))
+
+
+def test_wilson_bars_reach_the_wilson_interval_of_known_counts() -> None:
+    cases = [(22, 24), (0, 24), (30, 30), (246, 268), (1, 3)]
+    bars = wilson_bars([k / n for k, n in cases], [n for _, n in cases])
+    for (k, n), below, above in zip(cases, bars[0], bars[1], strict=True):
+        lo, hi = _scipy_wilson(k, n)
+        assert (below, above) == pytest.approx((k / n - lo, hi - k / n), abs=1e-12), (k, n)
+    assert wilson_bars([math.nan], [0]).tolist() == [[0.0], [0.0]]  # an empty group: no bar
+
+
+def test_coverage_plot_draws_each_groups_wilson_interval(trained: TrainResult, drawn: dict[str, Figure]) -> None:
+    """Counts recomputed from the holdout arrays; the drawn bars must span scipy's Wilson intervals."""
+    y, low, high = trained.y_test, trained.low_test, trained.high_test
+    inside = (y >= low) & (y <= high)
+    groups = assign_groups(trained.X_test, trained.distribution.groups)
+    counts = [
+        (int(inside[groups == k].sum()), int(np.sum(groups == k))) for k in range(len(trained.distribution.groups))
+    ]
+    counts.append((int(inside.sum()), len(y)))  # the "all holdout" row
+    ax_cov = drawn["interval_coverage"].axes[0]
+    segments = [seg for c in ax_cov.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    drawn_spans = sorted((float(seg[:, 0].min()), float(seg[:, 0].max())) for seg in segments)
+    assert len(drawn_spans) == len(counts)
+    np.testing.assert_allclose(drawn_spans, sorted(_scipy_wilson(k, n) for k, n in counts), atol=1e-9)
 
 
 # -- the interval text --------------------------------------------------------------------

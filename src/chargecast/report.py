@@ -134,6 +134,18 @@ def wilson(k: npt.ArrayLike, n: npt.ArrayLike, z: float = WILSON_Z) -> tuple[Arr
     return centre - half, centre + half
 
 
+def wilson_bars(share: npt.ArrayLike, n: npt.ArrayLike) -> Array:
+    """Error-bar lengths, (2, k): how far each share's 95% Wilson interval reaches below and above it.
+
+    ``share`` is a share of ``n`` patients (so ``share * n`` is a count); what matplotlib's
+    ``xerr`` takes. Empty groups get no bar; float dust at 0% and 100% is clipped to zero.
+    """
+    s, count = np.asarray(share, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    lo, hi = wilson(np.round(s * count), count)
+    out: Array = np.maximum(np.nan_to_num(np.vstack([s - lo, hi - s])), 0.0)
+    return out
+
+
 def _wilson1(share: float, n: int) -> tuple[float, float]:
     if n <= 0 or not math.isfinite(share):
         return math.nan, math.nan
@@ -929,11 +941,7 @@ def figures(
         pos = np.arange(len(labels))[::-1].astype(np.float64)  # first group on top
         point_colours = [*colours, "#333333"]
 
-        def err(share: Array) -> Array:
-            lo, hi = wilson(np.round(share * rows), rows)
-            return np.maximum(np.nan_to_num(np.vstack([share - lo, hi - share])), 0.0)  # float dust at 0%
-
-        cov_err = err(cov)
+        cov_err = wilson_bars(cov, rows)
         for i in range(len(labels)):
             ax_cov.errorbar(
                 cov[i], pos[i], xerr=cov_err[:, i : i + 1], fmt="o", color=point_colours[i], capsize=6, markersize=8
@@ -959,13 +967,13 @@ def figures(
                 np.nan_to_num(share),
                 height=bar,
                 color=colour,
-                xerr=err(share),
+                xerr=wilson_bars(share, rows),
                 ecolor="#555555",
                 capsize=3,
                 label=f"{where} the interval",
             )
         ax_tail.axvline(tail, color="black", linestyle="--", linewidth=1, label=f"expected {tail:.0%} each")
-        ax_tail.set_xlim(0, max(0.2, float(np.nanmax(np.append(err(above_s)[1] + above_s, 0.0))) * 1.05))
+        ax_tail.set_xlim(0, max(0.2, float(np.nanmax(np.append(wilson_bars(above_s, rows)[1] + above_s, 0.0))) * 1.05))
         ax_tail.set_xlabel("share of holdout patients")
         ax_tail.set_title("Misses below and above (95% Wilson)")
         ax_tail.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2)
