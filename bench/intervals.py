@@ -37,6 +37,7 @@ from sklearn.model_selection import KFold, RepeatedKFold, train_test_split
 from chargecast.artifact import Artifact
 from chargecast.data import Dataset, load_csv
 from chargecast.features import OBESE_BMI
+from chargecast.intervals import MONTE_CARLO_BOOK
 from chargecast.scoring import BMI_COL, GROUPS, SMOKER_COL, interval_scores
 from chargecast.train import CANDIDATES, Candidate, TrainConfig, TrainResult, train
 
@@ -503,7 +504,7 @@ def timings(
         f"apply_row) {t_old * 1e6:.1f} µs; forecast alone {t_point * 1e6:.1f} µs -> new/old {t_new / t_old:.2f}x"
     )
     rng = np.random.default_rng(7)
-    for n in (50, 100, 10_000):
+    for n in (20, 50, 100, 10_000):
         book = X[rng.integers(0, len(X), n)]
 
         def total(book: Array = book) -> None:
@@ -516,7 +517,7 @@ def timings(
 
         t_total = median_time(total, 9, 50)
         t_naive = median_time(naive, 9, 50)
-        how = "simulated" if n <= 64 else "Cornish-Fisher"
+        how = "simulated" if n <= MONTE_CARLO_BOOK else "Cornish-Fisher"
         print(
             f"book total of {n:>6,} patients ({how}): {t_total * 1e6:,.0f} µs median "
             f"(forecasts + total); naive sum of per-patient bounds {t_naive * 1e6:,.0f} µs"
