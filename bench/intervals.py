@@ -346,25 +346,34 @@ def _row(label: str, target: str, cells: Sequence[str], verdict: str = "") -> No
     print(text + "".join(f"{c:>{CELL_W}}" for c in cells[1:]))
 
 
+@dataclass(frozen=True)
+class _Figures:
+    """One method's figure over the random splits and on the fixed one, for the table's cells."""
+
+    splits: list[SplitFigures]
+    fixed: SplitFigures
+
+    def values(self, method: str, key: str) -> list[float]:
+        return [s.figures[method][key] for s in self.splits if key in s.figures[method]]
+
+    def fig(self, method: str, key: str) -> float:
+        return self.fixed.figures[method].get(key, math.nan)
+
+    def line(self, label: str, key: str, kind: str, target: str = "", check: Check | None = None) -> None:
+        cells = [_cell(self.values(m, key), self.fig(m, key), kind) for m in METHODS]
+        ours = self.values("ours", key)
+        verdict = _verdict(check(statistics.fmean(ours)) and check(self.fig("ours", key))) if check else ""
+        _row(label, target, cells, verdict)
+
+
 def print_table(splits: list[SplitFigures], fixed: SplitFigures) -> None:
     """Rows of figures, one column per method; cells read 'mean±sd over splits (seed 42)'.
 
     A row PASSes when both the mean over the random splits and the fixed split meet the
     target (rows marked 'seed 42' judge the fixed split only).
     """
-
-    def values(method: str, key: str) -> list[float]:
-        return [s.figures[method][key] for s in splits if key in s.figures[method]]
-
-    def fig(method: str, key: str) -> float:
-        return fixed.figures[method].get(key, math.nan)
-
-    def line(label: str, key: str, kind: str, target: str = "", check: Check | None = None) -> None:
-        cells = [_cell(values(m, key), fig(m, key), kind) for m in METHODS]
-        ours = values("ours", key)
-        verdict = _verdict(check(statistics.fmean(ours)) and check(fig("ours", key))) if check else ""
-        _row(label, target, cells, verdict)
-
+    table = _Figures(splits, fixed)
+    values, fig, line = table.values, table.fig, table.line
     print(
         f"interval figures at level {LEVEL:.2f}: cell = mean±sd over {len(splits)} random 80/20 splits "
         f"(seeds {splits[0].seed}-{splits[-1].seed}) (fixed split, seed {fixed.seed})"
@@ -433,6 +442,18 @@ def print_table(splits: list[SplitFigures], fixed: SplitFigures) -> None:
     ours_naive = _cell(values("ours", "book naive"), fig("ours", "book naive"), "share")
     ours_naive_w = _cell(values("ours", "book naive width"), fig("ours", "book naive width"), "kilo")
     print(f"  (ours, naive sum of per-patient bounds instead: coverage {ours_naive}, width {ours_naive_w})")
+
+
+def print_group_tails(splits: list[SplitFigures], fixed: SplitFigures) -> None:
+    """Calibration within each group, tail by tail: at level L about (1-L)/2 of a group's patients
+    should fall below and (1-L)/2 above. No verdict: a group has 40-190 holdout patients per split."""
+    table = _Figures(splits, fixed)
+    tail = f"{ALPHA / 2:.0%} each"
+    print(f"share below / above the {LEVEL:.0%} interval within each group (expected {tail}), same cells:")
+    _row("figure", "expected", [HEADERS[m] for m in METHODS])
+    for g in GROUPS:
+        table.line(f"  below, {g}", f"below {g}", "pct", tail)
+        table.line(f"  above, {g}", f"above {g}", "pct", tail)
 
 
 def print_quality(splits: list[SplitFigures], fixed: SplitFigures) -> None:

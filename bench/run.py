@@ -31,7 +31,17 @@ from chargecast.data import load_csv
 from chargecast.features import design, domain_terms
 from chargecast.schema import FEATURES, encode_columns
 from chargecast.train import TrainConfig, TrainResult, metadata, train
-from intervals import OldBands, SplitFigures, evaluate, evaluate_seed, print_quality, print_splits, print_table, timings
+from intervals import (
+    OldBands,
+    SplitFigures,
+    evaluate,
+    evaluate_seed,
+    print_group_tails,
+    print_quality,
+    print_splits,
+    print_table,
+    timings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Reported in issue #2 for PyCaret on the same seed-42 80/20 split (not re-run here: PyCaret is not installed).
@@ -137,6 +147,7 @@ def interval_table(data: Any, result: TrainResult, data_path: Path, seeds: list[
         "then refit on all training rows."
     )
     print_table(splits, fixed)
+    print_group_tails(splits, fixed)
     print_quality(splits, fixed)
     print_splits(splits)
     return fixed.old
