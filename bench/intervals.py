@@ -11,6 +11,8 @@ baselines are rebuilt from the training rows of each split:
   non-smoker / smoker bmi < 30 / smoker bmi >= 30;
 * equal-tailed: per group (smoker x obesity) conformal ranks floor((n+1)(1-L)/2) and
   ceil((n+1)(1+L)/2) of the same OOF residuals: the issue's 18,600 baseline;
+* equal-tailed jackknife: the same ranks and groups on the refit's jackknife residuals
+  (what ours uses), so the step from it to ours is the age split and Harrell-Davis alone;
 * CQR: boosted 5% / 95% quantile models, conformalized on 5-fold OOF scores of the
   training rows (cross-conformal: no rows are spent on a calibration split), then refit
   on all training rows. Other levels reuse the 5% / 95% models and only move the
@@ -50,12 +52,13 @@ LEVELS = (0.86, 0.88, 0.90, 0.92, 0.94)
 BOOK = 100  # patients in a resampled book
 RESAMPLES = 400  # books per split
 OOF_REPEATS = 3
-METHODS = ("ours", "constant", "previous", "equal_tailed", "cqr")
+METHODS = ("ours", "constant", "previous", "equal_tailed", "equal_tailed_jk", "cqr")
 HEADERS = {
     "ours": "ours (jackknife HD)",
     "constant": "constant band",
     "previous": "previous (narrowest)",
     "equal_tailed": "equal-tailed 5-fold",
+    "equal_tailed_jk": "equal-tailed jackknife",
     "cqr": "CQR boosted",
 }
 
@@ -168,6 +171,8 @@ class Baselines:
 
     residuals: Array  # pooled OOF residuals, (3n,)
     X_res: Array  # their rows, tiled
+    jackknife: Array  # the refit's jackknife residuals, (n,), on the training rows X
+    X_train: Array
     cqr_scores: Array  # sorted OOF conformity scores
     cqr_lo: Array  # refit quantile models on the holdout
     cqr_hi: Array
@@ -175,6 +180,7 @@ class Baselines:
     @classmethod
     def fit(cls, candidate: Candidate, X: Array, y: Array, X_test: Array, seed: int) -> Baselines:
         oof = oof_predictions(candidate, X, y, seed)
+        jackknife = candidate.jackknife_residuals(candidate.fit(X, y, [], seed), X, y, [], seed)
         scores = np.empty(len(y))
         for a, b in KFold(n_splits=5, shuffle=True, random_state=seed).split(X):
             lo = quantile_booster(ALPHA / 2, seed).fit(X[a], y[a]).predict(X[b])
@@ -182,7 +188,8 @@ class Baselines:
             scores[b] = np.maximum(lo - y[b], y[b] - hi)
         lo_test = quantile_booster(ALPHA / 2, seed).fit(X, y).predict(X_test)
         hi_test = quantile_booster(1 - ALPHA / 2, seed).fit(X, y).predict(X_test)
-        return cls((y[None, :] - oof).reshape(-1), np.tile(X, (OOF_REPEATS, 1)), np.sort(scores), lo_test, hi_test)
+        residuals = (y[None, :] - oof).reshape(-1)
+        return cls(residuals, np.tile(X, (OOF_REPEATS, 1)), jackknife, X, np.sort(scores), lo_test, hi_test)
 
     def constant(self, pred: Array, X: Array, level: float) -> Bounds:
         q = conformal_rank(np.sort(np.abs(self.residuals)), level, upper=True)
@@ -192,21 +199,30 @@ class Baselines:
         return OldBands.fit(self.residuals, self.X_res, level).apply(pred, X)
 
     def equal_tailed(self, pred: Array, X: Array, level: float) -> Bounds:
-        def four(Z: Array) -> npt.NDArray[np.intp]:
-            out: npt.NDArray[np.intp] = (2 * (Z[:, SMOKER_COL] == 1.0) + (Z[:, BMI_COL] >= OBESE_BMI)).astype(np.intp)
-            return out
+        return _equal_tailed(self.residuals, self.X_res, pred, X, level)
 
-        g_res, g = four(self.X_res), four(X)
-        lo, hi = np.zeros(4), np.zeros(4)
-        for k in range(4):
-            r = np.sort(self.residuals[g_res == k])
-            lo[k] = conformal_rank(r, (1 - level) / 2, upper=False)
-            hi[k] = conformal_rank(r, (1 + level) / 2, upper=True)
-        return np.maximum(pred + lo[g], 0.0), np.maximum(pred + hi[g], 0.0)
+    def equal_tailed_jk(self, pred: Array, X: Array, level: float) -> Bounds:
+        return _equal_tailed(self.jackknife, self.X_train, pred, X, level)
 
     def cqr(self, pred: Array, X: Array, level: float) -> Bounds:
         q = conformal_rank(self.cqr_scores, level, upper=True)
         return np.maximum(self.cqr_lo - q, 0.0), np.maximum(self.cqr_hi + q, 0.0)
+
+
+def _equal_tailed(residuals: Array, X_res: Array, pred: Array, X: Array, level: float) -> Bounds:
+    """Per smoker x obesity group, the conformal ranks of ``residuals`` at (1-L)/2 and (1+L)/2."""
+
+    def four(Z: Array) -> npt.NDArray[np.intp]:
+        out: npt.NDArray[np.intp] = (2 * (Z[:, SMOKER_COL] == 1.0) + (Z[:, BMI_COL] >= OBESE_BMI)).astype(np.intp)
+        return out
+
+    g_res, g = four(X_res), four(X)
+    lo, hi = np.zeros(4), np.zeros(4)
+    for k in range(4):
+        r = np.sort(residuals[g_res == k])
+        lo[k] = conformal_rank(r, (1 - level) / 2, upper=False)
+        hi[k] = conformal_rank(r, (1 + level) / 2, upper=True)
+    return np.maximum(pred + lo[g], 0.0), np.maximum(pred + hi[g], 0.0)
 
 
 # -- one split's figures --------------------------------------------------------------------
@@ -252,6 +268,7 @@ def evaluate(data: Dataset, result: TrainResult) -> SplitFigures:
         "constant": base.constant,
         "previous": base.previous,
         "equal_tailed": base.equal_tailed,
+        "equal_tailed_jk": base.equal_tailed_jk,
         "cqr": base.cqr,
     }
     k = math.ceil(len(y_test) / 10)
