@@ -463,7 +463,7 @@ def print_table(splits: list[SplitFigures], fixed: SplitFigures) -> None:
 
 def print_group_tails(splits: list[SplitFigures], fixed: SplitFigures) -> None:
     """Calibration within each group, tail by tail: at level L about (1-L)/2 of a group's patients
-    should fall below and (1-L)/2 above. No verdict: a group has 40-190 holdout patients per split."""
+    should fall below and (1-L)/2 above. No verdict: a group has 49-219 holdout patients per split."""
     table = _Figures(splits, fixed)
     tail = f"{ALPHA / 2:.0%} each"
     print(f"share below / above the {LEVEL:.0%} interval within each group (expected {tail}), same cells:")
