@@ -57,6 +57,18 @@ def test_one_record_matches_the_batch_path(model: Artifact) -> None:
     assert one.low <= one.charges <= one.high
 
 
+def test_one_record_path_is_bit_identical_to_the_batch_path(model: Artifact, trained: TrainResult) -> None:
+    """Every holdout row, one at a time, gives exactly the batch numbers: forecast, interval, quantiles."""
+    X = trained.X_test
+    charges, low, high = model.predict(X)
+    levels = [0.05, 0.25, 0.5, 0.75, 0.95]
+    q = model.quantiles(charges, X, levels)
+    for i, row in enumerate(X.tolist()):
+        p = model.predict_row(row)
+        assert (p.charges, p.low, p.high) == (charges[i], low[i], high[i])
+        assert model.quantiles_row(p.charges, row, levels) == q[i].tolist()
+
+
 def test_quantiles_and_totals_agree_with_the_interval(model: Artifact, trained: TrainResult) -> None:
     X = trained.X_test
     charges, low, high = model.predict(X)

@@ -45,7 +45,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     df = pd.read_csv(INSURANCE)
     X = encode_columns({c: df[c].to_numpy() for c in FEATURES})
     ds = types.SimpleNamespace(X=X, y=df["charges"].to_numpy(), rows=len(df), sha256="x", source="x")
-    result = train(ds, TrainConfig(repeats=1))  # type: ignore[arg-type, unused-ignore]
+    result = train(ds, TrainConfig(repeats=1, splits=0))  # type: ignore[arg-type, unused-ignore]
     out = tmp_path_factory.mktemp("model") / "current"
     artifact_module.write(out, result.predictor, result.distribution, {"model": result.chosen})
     return out

@@ -30,12 +30,27 @@ def test_train_writes_a_loadable_artifact_and_prints_the_leaderboard(insurance_c
     model = Artifact.load(out)
     assert model.metadata["model"] in proc.stdout
     assert model.metadata["training"]["repeats"] == 1
+    assert "over 20 random splits, same recipe: R²" in proc.stdout
+    assert model.metadata["splits"]["seeds"] == list(range(1, 21))
+    assert "## Random splits" in (out / "report.md").read_text()
 
 
 def test_train_without_sex(insurance_csv: Path, tmp_path: Path) -> None:
     assert (
         main(
-            ["train", "--data", str(insurance_csv), "--out", str(tmp_path / "m"), "--exclude", "sex", "--repeats", "1"]
+            [
+                "train",
+                "--data",
+                str(insurance_csv),
+                "--out",
+                str(tmp_path / "m"),
+                "--exclude",
+                "sex",
+                "--repeats",
+                "1",
+                "--splits",
+                "0",
+            ]
         )
         == 0
     )

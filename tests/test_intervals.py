@@ -14,18 +14,19 @@ import pytest
 from chargecast.calibration import central_offsets, fit_distribution, harrell_davis
 from chargecast.intervals import GRID, ResidualDistribution, assign_group_row, assign_groups, group_names
 from chargecast.schema import FEATURES
+from chargecast.train import CANDIDATES
 
 Array = npt.NDArray[np.float64]
 AGE, BMI, SMOKER = (FEATURES.index(f) for f in ("age", "bmi", "smoker"))
 
 
-def population(n: int, seed: int) -> tuple[Array, Array, Array]:
+def population(n: int, seed: int, smokers: float = 0.2) -> tuple[Array, Array, Array]:
     """Encoded rows, the true conditional mean, and actual charges."""
     rng = np.random.default_rng(seed)
     X = np.zeros((n, len(FEATURES)))
     X[:, AGE] = rng.integers(18, 65, n)
     X[:, BMI] = rng.uniform(17, 45, n)
-    X[:, SMOKER] = rng.random(n) < 0.2
+    X[:, SMOKER] = rng.random(n) < smokers
     smoker = X[:, SMOKER] == 1
     base = 250.0 * X[:, AGE] + np.where(smoker, 20_000 + 15_000 * (X[:, BMI] >= 30), 0.0)
     # Non-smokers: tight band, 10% pay ~13k more (no input predicts who). Smokers: wide, right-skewed.
@@ -144,6 +145,29 @@ def test_totals_cover_at_their_level_for_small_and_large_books(
         assert 0.85 <= np.mean(hits) <= 0.95, (size, np.mean(hits))
 
 
+@pytest.mark.slow  # 200 model fits, each with its own quantile grid: about 15 s
+def test_totals_cover_with_the_models_own_estimation_error() -> None:
+    """The test above forecasts with the true mean, so the model's own error never shows. Here each
+    of 200 independent training samples of 300 patients gets its own fitted model (the linear_domain
+    recipe, jackknife residuals and all) and distribution; the 90% interval for the total of 100
+    fresh patients must still hold their real total about 90% of the time. (35% smokers, so every
+    calibration group has its own 30 rows; ignoring the model's error covers only ~84% here.)"""
+    candidate = next(c for c in CANDIDATES if c.name == "linear_domain")
+    n, book = 300, 100
+    hits, model_error, noise = [], [], []
+    for r in range(200):
+        X, mean, y = population(n + book, seed=1000 + r, smokers=0.35)
+        model = candidate.fit(X[:n], y[:n], [], 0)
+        dist = fit_distribution(candidate.jackknife_residuals(model, X[:n], y[:n], [], 0), X[:n], 0.9)
+        pred = candidate.predict(model, X[n:])
+        charges, low, high = dist.total(pred, X[n:])
+        hits.append(low <= y[n:].sum() <= high)
+        model_error.append(charges - mean[n:].sum())
+        noise.append(y[n:].sum() - mean[n:].sum())
+    assert np.std(model_error) > 0.3 * np.std(noise)  # the forecasts' own error is a real share of the total's
+    assert 0.85 <= np.mean(hits) <= 0.95, np.mean(hits)
+
+
 def test_a_total_is_much_narrower_than_the_sum_of_patient_bounds(
     fitted: ResidualDistribution, fresh: tuple[Array, Array, Array]
 ) -> None:
@@ -228,3 +252,30 @@ def test_the_json_form_round_trips_and_rejects_damage(fitted: ResidualDistributi
         ResidualDistribution.from_json(dict(data, grid_levels=[0.01, 0.99, 0.01]))
     with pytest.raises(ValueError, match="level"):
         ResidualDistribution.from_json(dict(data, level=1.0))
+
+
+@pytest.mark.parametrize("excluded", [(), ("smoker",), ("age",), ("bmi",), ("smoker", "age"), ("age", "bmi")])
+def test_the_one_record_path_is_bit_identical_to_the_batch_path(excluded: tuple[str, ...]) -> None:
+    """The scalar path holds precomputed group functions and offsets: it must give exactly the
+    batch path's numbers (and the plain definition's), not approximately, at every level asked."""
+    X, mean, y = population(3_000, seed=11)
+    dist = fit_distribution(y - mean, X, 0.9, excluded)
+    edges = np.zeros((8, len(FEATURES)))
+    edges[:, AGE] = [29.999, 30, 44.999, 45, 18, 64, 30, 45]
+    edges[:, BMI] = [29.999, 30, 30, 29.999, 30.001, 15, 30, 30]
+    edges[:, SMOKER] = [0, 0, 1, 1, 1, 0, 1, 1]
+    rows = np.vstack([edges, X[:300]])
+    pred = np.linspace(-3_000.0, 40_000.0, len(rows))  # low forecasts hit the floor at zero
+    levels = [0.0005, 0.05, 0.1, 0.5, 0.8, 0.95, 0.9995]
+    low, high = dist.apply(pred, rows)
+    low8, high8 = dist.apply(pred, rows, 0.8)
+    q = dist.quantiles(pred, rows, levels)
+    groups = assign_groups(rows, dist.groups)
+    for i, row in enumerate(rows.tolist()):
+        p, k = float(pred[i]), int(groups[i])
+        assert assign_group_row(row, dist.groups) == k
+        assert dist.apply_row(p, row) == (low[i], high[i])
+        assert dist.apply_row(p, row, 0.8) == (low8[i], high8[i])
+        plain = [max(p + o, 0.0) for o in dist.offsets(k, levels)]
+        assert dist.quantiles_row(p, row, levels) == q[i].tolist() == plain
+        assert dist.quantiles_row(p, row, levels) == plain  # again, from the remembered offsets

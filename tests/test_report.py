@@ -24,10 +24,14 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from scipy.stats import binomtest
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
-from chargecast.intervals import group_names
-from chargecast.report import LEVELS, PLOTS, _grouping, figures, render, wilson
+from chargecast.data import Dataset
+from chargecast.features import design, domain_terms
+from chargecast.intervals import assign_groups, group_names
+from chargecast.report import LEVELS, PLOTS, _grouping, figures, render, wilson, wilson_bars
 from chargecast.schema import FEATURES
 from chargecast.train import CANDIDATES, TrainResult
 
@@ -212,6 +216,31 @@ def test_wilson_matches_scipy() -> None:
     assert math.isnan(float(empty_high))
 
 
+def test_wilson_bars_reach_the_wilson_interval_of_known_counts() -> None:
+    cases = [(22, 24), (0, 24), (30, 30), (246, 268), (1, 3)]
+    bars = wilson_bars([k / n for k, n in cases], [n for _, n in cases])
+    for (k, n), below, above in zip(cases, bars[0], bars[1], strict=True):
+        lo, hi = _scipy_wilson(k, n)
+        assert (below, above) == pytest.approx((k / n - lo, hi - k / n), abs=1e-12), (k, n)
+    assert wilson_bars([math.nan], [0]).tolist() == [[0.0], [0.0]]  # an empty group: no bar
+
+
+def test_coverage_plot_draws_each_groups_wilson_interval(trained: TrainResult, drawn: dict[str, Figure]) -> None:
+    """Counts recomputed from the holdout arrays; the drawn bars must span scipy's Wilson intervals."""
+    y, low, high = trained.y_test, trained.low_test, trained.high_test
+    inside = (y >= low) & (y <= high)
+    groups = assign_groups(trained.X_test, trained.distribution.groups)
+    counts = [
+        (int(inside[groups == k].sum()), int(np.sum(groups == k))) for k in range(len(trained.distribution.groups))
+    ]
+    counts.append((int(inside.sum()), len(y)))  # the "all holdout" row
+    ax_cov = drawn["interval_coverage"].axes[0]
+    segments = [seg for c in ax_cov.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    drawn_spans = sorted((float(seg[:, 0].min()), float(seg[:, 0].max())) for seg in segments)
+    assert len(drawn_spans) == len(counts)
+    np.testing.assert_allclose(drawn_spans, sorted(_scipy_wilson(k, n) for k, n in counts), atol=1e-9)
+
+
 # -- the interval text --------------------------------------------------------------------
 
 
@@ -278,7 +307,7 @@ def test_interval_text_explains_the_new_interval_only(trained: TrainResult, repo
         assert all(f"`{g}`" in text for g in trained.distribution.groups)
         assert "jackknife (leave-one-out) residuals" in text
         assert "5-fold out-of-fold residuals" in text
-        assert "`make bench`" in text
+        assert "*Random splits*" in text  # where the figures over many splits are, in the same file
         assert f"age {age.min():.0f} to {age.max():.0f}" in text
         where = "for every holdout patient" if above_median == 1.0 else f"for {_pct(above_median)} of holdout patients"
         assert f"{where}, by a median {_usd(float(np.median(pred - median)))}" in text
@@ -328,6 +357,79 @@ def test_holdout_table_splits_misses_by_side(trained: TrainResult, report: str) 
     cells = _row(_section(report, "Holdout"), "interval coverage")
     below, above = _pct(float(np.mean(y < low))), _pct(float(np.mean(y > high)))
     assert cells[1] == f"{_pct(h['coverage'])} (nominal 90%; {below} below, {above} above)"
+
+
+# -- figures over random splits -----------------------------------------------------------
+
+SPLIT_ROWS = (
+    "R²",
+    "MAE",
+    "total bias (sum of forecasts vs charges)",
+    "interval coverage at 90%",
+    "share below the interval",
+    "share above the interval",
+    "coverage in the worst of 7 groups",
+    "Winkler score, α = 0.1",
+    "mean interval width",
+)
+
+
+def _number(text: str) -> float:
+    """A report cell's number: "$1,234", "+1.2%", "91.6%" or "0.876"."""
+    plain = text.replace("$", "").replace(",", "").replace("+", "")
+    return float(plain[:-1]) / 100 if plain.endswith("%") else float(plain)
+
+
+def _mean_sd(cell: str) -> tuple[float, float]:
+    mean, sd = cell.split(" ± ")
+    return _number(mean), _number(sd)
+
+
+def test_random_splits_table_has_every_figure_as_mean_and_sd(
+    dataset: Dataset, trained: TrainResult, report: str, card: str
+) -> None:
+    """On the real data file: R² and MAE per split recomputed with scikit-learn alone (the chosen
+    recipe, no selection), the interval figures plausible, the fixed split beside them."""
+    assert trained.chosen == "linear_domain"  # the recipe recomputed below
+    r2, mae = [], []
+    for seed in range(1, 21):
+        a, b = train_test_split(np.arange(dataset.rows), test_size=0.2, random_state=seed)
+        fit = LinearRegression().fit(design(domain_terms(), dataset.X[a]), dataset.y[a])
+        pred = fit.predict(design(domain_terms(), dataset.X[b]))
+        r2.append(r2_score(dataset.y[b], pred))
+        mae.append(mean_absolute_error(dataset.y[b], pred))
+    h = trained.metrics["holdout"]
+    for text in (_section(report, "Random splits"), _section(card, "Random splits")):
+        assert "20 random 80/20 splits (seeds 1–20)" in text
+        assert "**Nothing is chosen again**" in text
+        rows = {label: _row(text, label) for label in SPLIT_ROWS}
+        assert rows["R²"][1:] == [f"{np.mean(r2):.3f} ± {np.std(r2, ddof=1):.3f}", f"{h['r2']:.3f}"]
+        assert rows["MAE"][1:] == [f"{_usd(np.mean(mae))} ± {_usd(np.std(mae, ddof=1))}", _usd(h["mae"])]
+        cov, cov_sd = _mean_sd(rows["interval coverage at 90%"][1])
+        assert 0.8 <= cov <= 1.0
+        assert cov_sd > 0
+        assert rows["interval coverage at 90%"][2] == _pct(h["coverage"])
+        for tail in ("share below the interval", "share above the interval"):
+            share, sd = _mean_sd(rows[tail][1])
+            assert 0.02 <= share <= 0.08, tail
+            assert sd > 0, tail
+        worst, worst_sd = _mean_sd(rows["coverage in the worst of 7 groups"][1])
+        assert 0.7 <= worst <= cov
+        assert worst_sd > 0
+        width, width_sd = _mean_sd(rows["mean interval width"][1])
+        score, score_sd = _mean_sd(rows["Winkler score, α = 0.1"][1])
+        assert 0 < width_sd < width < score  # the score is the width plus penalties for misses
+        assert score_sd > 0
+        assert _number(rows["mean interval width"][2]) == pytest.approx(h["mean_interval_width"], abs=0.5)
+        bias, bias_sd = _mean_sd(rows["total bias (sum of forecasts vs charges)"][1])
+        assert abs(bias) < 0.05
+        assert bias_sd > 0
+
+
+def test_no_random_splits_is_said_not_hidden(trained: TrainResult) -> None:
+    files = render(dataclasses.replace(trained, splits=[]), METADATA)
+    for name in ("report.md", "model_card.md"):
+        assert "No random splits were run" in _section(files[name].decode(), "Random splits")
 
 
 # -- the rest of the report ---------------------------------------------------------------

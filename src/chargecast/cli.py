@@ -39,6 +39,7 @@ def _train(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         level=args.level,
         exclude=tuple(args.exclude),
+        splits=args.splits,
     )
     with Progress(
         TextColumn("cross-validating"),
@@ -77,6 +78,13 @@ def _train(args: argparse.Namespace) -> int:
         f"RMSE {h['rmse']:,.0f}  coverage {h['coverage']:.3f}  mean width {h['mean_interval_width']:,.0f}  "
         f"total bias {h['total_bias']:+.2%}"
     )
+    if result.splits:
+        s = train.split_summary(result)
+        out.print(
+            f"over {len(result.splits)} random splits, same recipe: R² {s['r2']['mean']:.4f} ± {s['r2']['sd']:.4f}  "
+            f"coverage {s['coverage']['mean']:.3f} ± {s['coverage']['sd']:.3f}  "
+            f"Winkler {s['winkler']['mean']:,.0f} ± {s['winkler']['sd']:,.0f}"
+        )
     meta = train.metadata(result)
     render = None
     try:
@@ -154,6 +162,12 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FEATURE",
         help="train without this input (repeatable); the API still accepts and ignores it",
+    )
+    t.add_argument(
+        "--splits",
+        type=int_at_least(0),
+        default=20,
+        help="refit the chosen model on this many random splits (seeds 1..N) for the report's mean ± sd (default 20)",
     )
     t.set_defaults(func=_train)
 

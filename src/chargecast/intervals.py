@@ -16,8 +16,9 @@ serving needs, numpy only, with scalar twins for the one-record hot path.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
 from itertools import pairwise
 from statistics import NormalDist
 from typing import Any
@@ -36,6 +37,7 @@ GRID_STEP = 0.001
 GRID = np.round(np.arange(1, 1000) * GRID_STEP, 3)  # levels 0.001 ... 0.999 where quantiles are stored
 MONTE_CARLO_BOOK = 32  # books up to this size get a simulated total; larger ones Cornish-Fisher
 MONTE_CARLO_DRAWS = 2000
+LEVEL_CACHE = 4096  # distinct quantile levels whose per-group offsets a distribution remembers
 _NORMAL = NormalDist()
 
 
@@ -61,21 +63,64 @@ def _layout(names: Sequence[str]) -> tuple[int, int, bool]:
 def assign_groups(X: Array, names: Sequence[str]) -> npt.NDArray[np.intp]:
     """Index into ``names`` for every encoded row."""
     n_non, n_smo, split = _layout(names)
-    age_band = np.searchsorted(np.asarray(AGE_BANDS), X[:, AGE_COL], side="right") if n_non == 3 else 0
-    if not split:
-        return np.broadcast_to(np.asarray(age_band, dtype=np.intp), (X.shape[0],)).copy()
-    obese = (X[:, BMI_COL] >= OBESE_BMI).astype(np.intp) if n_smo == 2 else 0
-    groups: npt.NDArray[np.intp] = np.where(X[:, SMOKER_COL] == 1.0, n_non + obese, age_band).astype(np.intp)
+    groups: npt.NDArray[np.intp]
+    if n_non == 3:
+        groups = np.searchsorted(np.asarray(AGE_BANDS), X[:, AGE_COL], side="right").astype(np.intp, copy=False)
+    else:
+        groups = np.zeros(X.shape[0], dtype=np.intp)
+    if split:
+        smokers = (X[:, BMI_COL] >= OBESE_BMI).astype(np.intp) if n_smo == 2 else np.zeros(X.shape[0], np.intp)
+        smokers += n_non
+        np.copyto(groups, smokers, where=X[:, SMOKER_COL] == 1.0)
     return groups
 
 
-def assign_group_row(row: Sequence[float], names: Sequence[str]) -> int:
-    """Scalar twin of :func:`assign_groups` for the one-record hot path."""
+RowGrouper = Callable[[Sequence[float]], int]
+
+
+@cache
+def row_grouper(names: tuple[str, ...]) -> RowGrouper:
+    """Scalar twin of :func:`assign_groups` for the one-record hot path, built once per layout.
+
+    The layout is decided here, not on every call: the returned function only compares the
+    row's inputs with constants it holds in its closure.
+    """
     n_non, n_smo, split = _layout(names)
-    band = (0 if row[AGE_COL] < AGE_BANDS[0] else 1 if row[AGE_COL] < AGE_BANDS[1] else 2) if n_non == 3 else 0
-    if split and row[SMOKER_COL] == 1.0:
-        return n_non + (int(row[BMI_COL] >= OBESE_BMI) if n_smo == 2 else 0)
-    return band
+    age, bmi, smoker = AGE_COL, BMI_COL, SMOKER_COL
+    young, middle = AGE_BANDS
+    obese_bmi = OBESE_BMI
+    lean, heavy = n_non, n_non + (1 if n_smo == 2 else 0)  # smokers below / at or above bmi 30
+
+    if not split and n_non == 3:
+
+        def by_age(row: Sequence[float]) -> int:
+            a = row[age]
+            return 0 if a < young else 1 if a < middle else 2
+
+        return by_age
+    if not split:
+        return lambda row: 0
+    if n_non == 3:
+
+        def full(row: Sequence[float]) -> int:
+            if row[smoker] == 1.0:
+                return heavy if row[bmi] >= obese_bmi else lean
+            a = row[age]
+            return 0 if a < young else 1 if a < middle else 2
+
+        return full
+
+    def by_smoking(row: Sequence[float]) -> int:
+        if row[smoker] == 1.0:
+            return heavy if row[bmi] >= obese_bmi else lean
+        return 0
+
+    return by_smoking
+
+
+def assign_group_row(row: Sequence[float], names: Sequence[str]) -> int:
+    """Scalar twin of :func:`assign_groups` (hot paths hold :func:`row_grouper`'s function)."""
+    return row_grouper(tuple(names))(row)
 
 
 def check_levels(levels: Sequence[float]) -> None:
@@ -101,6 +146,10 @@ class ResidualDistribution:
     var: list[float]
     third: list[float]  # third central moment: the skew that a book's total inherits
     counts: list[int]
+    # Built once at load for the one-record hot path (see __post_init__).
+    _group_row: RowGrouper = field(init=False, repr=False, compare=False)
+    _default: list[tuple[float, float]] = field(init=False, repr=False, compare=False)
+    _by_level: dict[float, tuple[float, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         k = len(self.groups)
@@ -113,9 +162,12 @@ class ResidualDistribution:
                 raise ValueError("a group's quantile grid must not decrease")
         if not 0.0 < self.level < 1.0:
             raise ValueError(f"interval level {self.level} must lie strictly between 0 and 1")
-        # The default interval's offsets, precomputed for the hot path.
-        tails = ((1 - self.level) / 2, (1 + self.level) / 2)
-        object.__setattr__(self, "_default", [tuple(self._offset(k, t) for t in tails) for k in range(k)])
+        # What one record needs, decided once: its group's function for this layout, the
+        # default interval's offsets, and every group's offsets at the levels asked so far.
+        object.__setattr__(self, "_group_row", row_grouper(tuple(self.groups)))
+        object.__setattr__(self, "_by_level", {})
+        lo, hi = (self._at(t) for t in self._tails(None))
+        object.__setattr__(self, "_default", list(zip(lo, hi, strict=True)))
 
     # -- quantile function -----------------------------------------------------------
     def _offset(self, k: int, q: float) -> float:
@@ -129,17 +181,31 @@ class ResidualDistribution:
         frac = pos - i
         return g[i] + frac * (g[i + 1] - g[i])
 
+    def _at(self, q: float) -> tuple[float, ...]:
+        """Every group's offset at level ``q``, remembered (up to LEVEL_CACHE levels) for the next call."""
+        found = self._by_level.get(q)
+        if found is None:
+            found = tuple(float(self._offset(k, q)) for k in range(len(self.groups)))
+            if len(self._by_level) < LEVEL_CACHE:
+                self._by_level[q] = found
+        return found
+
     def offsets(self, k: int, levels: Sequence[float]) -> list[float]:
         return [self._offset(k, q) for q in levels]
 
     def quantiles_row(self, pred: float, row: Sequence[float], levels: Sequence[float]) -> list[float]:
-        k = assign_group_row(row, self.groups)
-        return [max(pred + self._offset(k, q), 0.0) for q in levels]
+        k = self._group_row(row)
+        known, at = self._by_level.get, self._at
+        out = []
+        for q in levels:
+            v = pred + (known(q) or at(q))[k]
+            out.append(0.0 if v < 0.0 else v)  # max(v, 0.0), without the call
+        return out
 
     def quantiles(self, pred: Array, X: Array, levels: Sequence[float]) -> Array:
         """(n, len(levels)) forecast quantiles."""
         g = assign_groups(X, self.groups)
-        table = np.array([[self._offset(k, q) for q in levels] for k in range(len(self.groups))])
+        table = np.array([self._at(q) for q in levels], dtype=np.float64).T.reshape(len(self.groups), len(levels))
         out: Array = np.maximum(pred[:, None] + table[g], 0.0)
         return out
 
@@ -149,16 +215,22 @@ class ResidualDistribution:
         return (1 - level) / 2, (1 + level) / 2
 
     def apply_row(self, pred: float, row: Sequence[float], level: float | None = None) -> tuple[float, float]:
-        k = assign_group_row(row, self.groups)
+        k = self._group_row(row)
         if level is None:
-            lo, hi = self._default[k]  # type: ignore[attr-defined]
+            lo, hi = self._default[k]
         else:
-            lo, hi = (self._offset(k, t) for t in self._tails(level))
-        return max(pred + lo, 0.0), max(pred + hi, 0.0)
+            lo, hi = (self._at(t)[k] for t in self._tails(level))
+        lo, hi = pred + lo, pred + hi
+        return (0.0 if lo < 0.0 else lo), (0.0 if hi < 0.0 else hi)  # max(·, 0.0), without the calls
 
     def apply(self, pred: Array, X: Array, level: float | None = None) -> tuple[Array, Array]:
-        q = self.quantiles(pred, X, self._tails(level))
-        return q[:, 0], q[:, 1]
+        g = assign_groups(X, self.groups)
+        out = []
+        for t in self._tails(level):
+            bound = np.asarray(self._at(t)).take(g)  # one contiguous array per end
+            bound += pred
+            out.append(np.maximum(bound, 0.0, out=bound))
+        return out[0], out[1]
 
     # -- a book's total ------------------------------------------------------------------
     def total(self, pred: Array, X: Array, level: float | None = None) -> tuple[float, float, float]:

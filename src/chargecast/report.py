@@ -2,9 +2,9 @@
 
 Reviewers (engineers, actuaries) need the numbers a run produced next to the caveats that
 qualify them, in files that travel with the model. The fitted numbers come from the
-:class:`~chargecast.train.TrainResult`; what is computed here only re-reads its holdout
-(tail shares, Wilson intervals, coverage across levels, the constant band's misses),
-training ranges and the contribution summary. matplotlib is imported inside
+:class:`~chargecast.train.TrainResult`, the random splits' figures included; what is
+computed here only re-reads its holdout (tail shares, Wilson intervals, coverage across
+levels, the constant band's misses), training ranges and the contribution summary. matplotlib is imported inside
 :func:`render`, so importing this module costs nothing on the serving path.
 """
 
@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from chargecast.intervals import MIN_GROUP, assign_groups
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
+from chargecast.scoring import GROUPS, winkler
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -133,6 +134,18 @@ def wilson(k: npt.ArrayLike, n: npt.ArrayLike, z: float = WILSON_Z) -> tuple[Arr
     return centre - half, centre + half
 
 
+def wilson_bars(share: npt.ArrayLike, n: npt.ArrayLike) -> Array:
+    """Error-bar lengths, (2, k): how far each share's 95% Wilson interval reaches below and above it.
+
+    ``share`` is a share of ``n`` patients (so ``share * n`` is a count); what matplotlib's
+    ``xerr`` takes. Empty groups get no bar; float dust at 0% and 100% is clipped to zero.
+    """
+    s, count = np.asarray(share, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    lo, hi = wilson(np.round(s * count), count)
+    out: Array = np.maximum(np.nan_to_num(np.vstack([s - lo, hi - s])), 0.0)
+    return out
+
+
 def _wilson1(share: float, n: int) -> tuple[float, float]:
     if n <= 0 or not math.isfinite(share):
         return math.nan, math.nan
@@ -236,6 +249,7 @@ def _report(result: TrainResult, metadata: Mapping[str, Any], mean_abs: Array, f
         ),
         f"Cross-validation for comparison: R² {_r2(cv['r2_mean'])} ± {_r2(cv['r2_std'])}, "
         f"MAE {_money(cv['mae_mean'])}, coverage {_pct(cv['coverage'])}.",
+        *_splits_section(result, metadata),
         *_interval_section(result, facts),
         *_exclusion_section(result),
         *_pycaret_section(result),
@@ -301,14 +315,6 @@ class _Holdout:
     train_rows: list[int]  # training rows (calibration residuals) per group
 
 
-def _winkler(y: Array, low: Array, high: Array, alpha: float) -> float:
-    """Winkler interval score: width plus 2/alpha times how far a miss falls outside (lower is better)."""
-    if not len(y):
-        return math.nan
-    miss = np.maximum(low - y, 0.0) + np.maximum(y - high, 0.0)
-    return float(np.mean(high - low + 2.0 / alpha * miss))
-
-
 def _holdout(result: TrainResult) -> _Holdout:
     dist, X, y, pred = result.distribution, result.X_test, result.y_test, result.pred_test
     low, high, n, alpha = result.low_test, result.high_test, len(result.y_test), 1.0 - result.distribution.level
@@ -333,10 +339,10 @@ def _holdout(result: TrainResult) -> _Holdout:
         rows=n,
         below=share(y < low),
         above=share(y > high),
-        winkler=_winkler(y, low, high, alpha),
+        winkler=winkler(y, low, high, alpha),
         const_below=share(y < c_low),
         const_above=share(y > c_high),
-        const_winkler=_winkler(y, c_low, c_high, alpha),
+        const_winkler=winkler(y, c_low, c_high, alpha),
         above_median=share(pred > median),
         median_gap=float(np.median(pred - median)) if n else math.nan,
         non_smokers=len(extra),
@@ -472,9 +478,53 @@ def _group_table(result: TrainResult, f: _Holdout) -> str:
 def _single_draw(f: _Holdout) -> str:
     return (
         f"This is one holdout of {f.rows} patients, and a group's figures rest on a few dozen of them: "
-        "the Wilson interval is how far chance alone moves a coverage of that size. Quality and "
-        "interval figures over 20 random 80/20 splits are printed by `make bench`."
+        "the Wilson interval is how far chance alone moves a coverage of that size. The section "
+        "*Random splits* gives the quality and interval figures as mean ± sd over random splits."
     )
+
+
+# (figure key, label with {level} and {alpha}, how to format the mean and the fixed split, and the sd)
+_SPLIT_ROWS: tuple[tuple[str, str, Any, Any], ...] = (
+    ("r2", "R²", _r2, _r2),
+    ("mae", "MAE", _money, _money),
+    ("total_bias", "total bias (sum of forecasts vs charges)", lambda x: f"{x:+.1%}", _pct),
+    ("coverage", "interval coverage at {level:.0%}", _pct, _pct),
+    ("below", "share below the interval", _pct, _pct),
+    ("above", "share above the interval", _pct, _pct),
+    ("worst group", "coverage in the worst of 7 groups", _pct, _pct),
+    ("winkler", "Winkler score, α = {alpha:.2g}", _money, _money),
+    ("width", "mean interval width", _money, _money),
+)
+
+
+def _splits_section(result: TrainResult, metadata: Mapping[str, Any]) -> list[str]:
+    """Every quality and interval figure as mean ± sd over the random splits, beside the fixed split."""
+    from chargecast.train import split_summary  # only reached with a TrainResult, so sklearn is loaded
+
+    c, n = result.config, len(result.splits)
+    if not n:
+        return ["## Random splits", "No random splits were run for this model (trained with `--splits 0`)."]
+    summary = split_summary(result)
+    seeds = [int(s["seed"]) for s in result.splits]
+    level, alpha = result.distribution.level, 1 - result.distribution.level
+    rows = []
+    for key, label, fmt, fmt_sd in _SPLIT_ROWS:
+        fig = summary[key]
+        name = label.format(level=level, alpha=alpha)
+        rows.append([name, f"{fmt(fig['mean'])} ± {fmt_sd(fig['sd'])}", fmt(fig["fixed"])])
+    source = _data_info(result, metadata)["source"]
+    split = f"{round(100 * (1 - c.test_size)):d}/{round(100 * c.test_size):d}"
+    return [
+        "## Random splits",
+        f"The chosen recipe (`{result.chosen}` with its {level:.0%} interval) refit on {n} random "
+        f"{split} splits (seeds {seeds[0]}–{seeds[-1]}) of `{source}`, each scored on its own "
+        "holdout, beside this model's fixed split. **Nothing is chosen again**: model family, inputs "
+        "and interval method are the ones selected on the fixed split, whose training rows overlap "
+        "these holdouts, so the spread shows how much one holdout's figures move with the draw, "
+        "not what a fresh selection would give (`make bench` reruns the selection on each split). "
+        f"The worst group is the lowest coverage among {', '.join(GROUPS)}.",
+        _table(["figure", f"mean ± sd over {n} splits", f"fixed split (seed {c.seed})"], rows),
+    ]
 
 
 def _level_table(f: _Holdout) -> str:
@@ -715,6 +765,7 @@ def _model_card(result: TrainResult, metadata: Mapping[str, Any], facts: _Holdou
         ),
         "Cross-validated coverage calibrates each fold model on the other folds' residuals: it checks "
         "the procedure. The holdout column measures the interval this model ships with.",
+        *_splits_section(result, metadata),
         "## Intervals",
         *_meaning(result, facts),
         "Holdout coverage and tails by group:",
@@ -890,11 +941,7 @@ def figures(
         pos = np.arange(len(labels))[::-1].astype(np.float64)  # first group on top
         point_colours = [*colours, "#333333"]
 
-        def err(share: Array) -> Array:
-            lo, hi = wilson(np.round(share * rows), rows)
-            return np.maximum(np.nan_to_num(np.vstack([share - lo, hi - share])), 0.0)  # float dust at 0%
-
-        cov_err = err(cov)
+        cov_err = wilson_bars(cov, rows)
         for i in range(len(labels)):
             ax_cov.errorbar(
                 cov[i], pos[i], xerr=cov_err[:, i : i + 1], fmt="o", color=point_colours[i], capsize=6, markersize=8
@@ -920,13 +967,13 @@ def figures(
                 np.nan_to_num(share),
                 height=bar,
                 color=colour,
-                xerr=err(share),
+                xerr=wilson_bars(share, rows),
                 ecolor="#555555",
                 capsize=3,
                 label=f"{where} the interval",
             )
         ax_tail.axvline(tail, color="black", linestyle="--", linewidth=1, label=f"expected {tail:.0%} each")
-        ax_tail.set_xlim(0, max(0.2, float(np.nanmax(np.append(err(above_s)[1] + above_s, 0.0))) * 1.05))
+        ax_tail.set_xlim(0, max(0.2, float(np.nanmax(np.append(wilson_bars(above_s, rows)[1] + above_s, 0.0))) * 1.05))
         ax_tail.set_xlabel("share of holdout patients")
         ax_tail.set_title("Misses below and above (95% Wilson)")
         ax_tail.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2)

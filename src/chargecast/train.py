@@ -3,7 +3,9 @@
 The held-out rows are scored exactly once, after the choice is made and the winner is
 refit on the whole training part. The predictive distribution is calibrated on the
 refit's jackknife residuals (see :mod:`chargecast.calibration`), so no rows are spent
-on a separate calibration split.
+on a separate calibration split. One split is one draw: the chosen recipe is then refit,
+with its interval and without choosing again, on random 80/20 splits of the whole file,
+so the report can give every figure as mean ± sd beside the fixed split's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from chargecast.features import design, domain_terms, drop_features, tutorial_te
 from chargecast.intervals import ResidualDistribution, assign_groups
 from chargecast.predictors import LinearTerms, Predictor, TreeGrid
 from chargecast.schema import FEATURES
+from chargecast.scoring import interval_scores, mean_sd, point_scores
 
 Array = npt.NDArray[np.float64]
 MAX_GRID_CELLS = 8_000_000
@@ -175,16 +178,6 @@ CANDIDATES: tuple[Candidate, ...] = (
 )
 
 
-def scores(y: Array, pred: Array) -> dict[str, float]:
-    err = pred - y
-    return {
-        "r2": float(1 - np.sum(err**2) / np.sum((y - y.mean()) ** 2)),
-        "mae": float(np.mean(np.abs(err))),
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "total_bias": float(err.sum() / y.sum()),
-    }
-
-
 @dataclass
 class CVResult:
     """Out-of-fold results of one candidate over all repeats."""
@@ -220,6 +213,7 @@ class TrainConfig:
     repeats: int = 3
     level: float = 0.9
     exclude: tuple[str, ...] = ()
+    splits: int = 20  # random 80/20 splits (seeds 1..splits) the chosen recipe is refit on; 0: none
 
 
 @dataclass
@@ -244,6 +238,7 @@ class TrainResult:
     exclusion: dict[str, Any] | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    splits: list[dict[str, float]] = field(default_factory=list)  # see repeated_splits
 
 
 def _splits(n: int, config: TrainConfig) -> Iterator[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp]]]:
@@ -268,7 +263,7 @@ def cross_validate(
     for repeat, a, b in _splits(len(y), config):
         model = candidate.fit(X[a], y[a], excluded, config.seed)
         oof[repeat, b] = candidate.predict(model, X[b])
-        fold_scores.append(scores(y[b], oof[repeat, b]))
+        fold_scores.append(point_scores(y[b], oof[repeat, b]))
         folds.append((repeat, b))
         tick()
     seconds = time.perf_counter() - start
@@ -323,15 +318,13 @@ def train(
     best = results[0]
     candidate = next(c for c in CANDIDATES if c.name == best.name)
 
-    model = candidate.fit(X, y, excluded, config.seed)
+    model, residuals, dist = _fit_with_interval(candidate, X, y, excluded, config, config.seed)
     predictor = candidate.compile(model, X)
-    residuals = candidate.jackknife_residuals(model, X, y, excluded, config.seed)
-    dist = fit_distribution(residuals, X, config.level, config.exclude)
 
     pred = predictor.predict(X_test)
     low, high = dist.apply(pred, X_test)
     coverage, width = _interval_stats(y_test, low, high)
-    holdout = scores(y_test, pred) | {"coverage": coverage, "mean_interval_width": width}
+    holdout = point_scores(y_test, pred) | {"coverage": coverage, "mean_interval_width": width}
     summary = best.summary()
     metrics = {
         "holdout": {k: holdout[k] for k in ("r2", "mae", "rmse", "coverage", "mean_interval_width", "total_bias")},
@@ -349,7 +342,7 @@ def train(
     if with_exclusion:
         ex = cross_validate(candidate, X, y, config, [*excluded, FEATURES.index("sex")], tick)
         ex_model = candidate.fit(X, y, [*excluded, FEATURES.index("sex")], config.seed)
-        ex_hold = scores(y_test, candidate.predict(ex_model, X_test))
+        ex_hold = point_scores(y_test, candidate.predict(ex_model, X_test))
         exclusion = {
             "feature": "sex",
             "model": best.name,
@@ -357,6 +350,7 @@ def train(
             "holdout": {k: ex_hold[k] for k in ("r2", "mae", "rmse")},
         }
 
+    splits = repeated_splits(dataset, config, candidate, excluded)
     return TrainResult(
         config,
         dataset,
@@ -376,7 +370,59 @@ def train(
         exclusion,
         time.perf_counter() - start,
         {"reference_test_pred": candidate.predict(model, X_test)},
+        splits,
     )
+
+
+def _fit_with_interval(
+    candidate: Candidate, X: Array, y: Array, excluded: Sequence[int], config: TrainConfig, seed: int
+) -> tuple[Any, Array, ResidualDistribution]:
+    """The recipe: fit, then the predictive distribution from the fit's jackknife residuals."""
+    model = candidate.fit(X, y, excluded, seed)
+    residuals = candidate.jackknife_residuals(model, X, y, excluded, seed)
+    return model, residuals, fit_distribution(residuals, X, config.level, config.exclude)
+
+
+SPLIT_FIGURES = ("r2", "mae", "total_bias", "coverage", "below", "above", "worst group", "winkler", "width")
+
+
+def repeated_splits(
+    dataset: Dataset, config: TrainConfig, candidate: Candidate, excluded: Sequence[int]
+) -> list[dict[str, float]]:
+    """The chosen recipe refit with its interval on random splits (seeds 1..config.splits) of the whole file.
+
+    Nothing is chosen again: the model family, its features and the interval method are the
+    ones selected on the fixed split, so these figures show how much one holdout's numbers
+    move with the draw, not what a fresh selection would give (``make bench`` reruns that).
+    Each split scores the refit as it would ship, with the fitted model's own predictions
+    (a compiled predictor gives the same numbers).
+    """
+    out = []
+    idx = np.arange(dataset.rows)
+    alpha = 1.0 - config.level
+    for seed in range(1, config.splits + 1):
+        train_idx, test_idx = train_test_split(idx, test_size=config.test_size, random_state=seed)
+        X, y = dataset.X[train_idx], dataset.y[train_idx]
+        X_test, y_test = dataset.X[test_idx], dataset.y[test_idx]
+        model, _, dist = _fit_with_interval(candidate, X, y, excluded, config, seed)
+        pred = candidate.predict(model, X_test)
+        low, high = dist.apply(pred, X_test)
+        scored = point_scores(y_test, pred) | interval_scores(y_test, X_test, low, high, alpha)
+        out.append({"seed": float(seed)} | {k: scored[k] for k in SPLIT_FIGURES})
+    return out
+
+
+def split_summary(result: TrainResult) -> dict[str, dict[str, float]]:
+    """Each of :data:`SPLIT_FIGURES` as mean and sd over the random splits, and on the fixed split."""
+    h = result.metrics["holdout"]
+    fixed = {k: h[k] for k in ("r2", "mae", "total_bias")} | interval_scores(
+        result.y_test, result.X_test, result.low_test, result.high_test, 1.0 - result.distribution.level
+    )
+    out = {}
+    for key in SPLIT_FIGURES:
+        mean, sd = mean_sd(s[key] for s in result.splits)
+        out[key] = {"mean": mean, "sd": sd, "fixed": fixed[key]}
+    return out
 
 
 def interval_by_group(dist: ResidualDistribution, X: Array, y: Array, low: Array, high: Array) -> list[dict[str, Any]]:
@@ -464,4 +510,10 @@ def metadata(result: TrainResult) -> dict[str, Any]:
             "constant_band": result.constant_band,
         },
         "exclusion": result.exclusion,
+        "splits": {
+            "seeds": [int(s["seed"]) for s in result.splits],
+            "test_size": c.test_size,
+            "recipe": f"{result.chosen} with its interval, refit on each split without choosing again",
+            "figures": split_summary(result) if result.splits else {},
+        },
     }
