@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final, TypeVar
 
@@ -97,7 +97,12 @@ def _nothing(body: bytes | bytearray) -> int:
 
 
 async def read_body(
-    request: Request, limit: int, hint: str = "", parse_cost: ParseCost = _nothing, announced_factor: int = 0
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    hint: str = "",
+    parse_cost: ParseCost = _nothing,
+    announced_factor: int = 0,
 ) -> bytes | bytearray:
     """The whole body, refused with 413 as soon as it passes ``limit`` (declared or streamed).
 
@@ -108,7 +113,6 @@ async def read_body(
     the minimum rate (:mod:`chargecast.guard`): that is a 408. A body that arrives in one
     message (the usual small JSON) is returned as is, uncopied.
     """
-    scope = request.scope
     lease: Lease = scope[LEASE]
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit():
@@ -116,7 +120,6 @@ async def read_body(
         if size > limit:
             raise _too_large(limit, hint)
         lease.fits(size * (1 + announced_factor), "body")
-    receive = request.receive
     message = await receive()
     if message["type"] != "http.request":
         raise ClientDisconnect()
@@ -193,9 +196,9 @@ class Service:
             raise ApiError(503, f"not ready: {reason}", [Issue("model", "is not loaded")], {"Retry-After": "1"})
         return self.model
 
-    def authorize(self, request: Request) -> None:
+    def authorize(self, scope: Scope) -> None:
         if self.keys:
-            protocol.check_bearer(_header(request.scope, b"authorization"), self.keys)
+            protocol.check_bearer(_header(scope, b"authorization"), self.keys)
 
     def _load_and_warm(self) -> Artifact:
         model = Artifact.load(self.settings.model_dir, self.settings.model_sha256)
@@ -235,10 +238,16 @@ class Service:
 class Observe:
     """Per request: a request id, the in-progress gauge, count and latency by route and status, the access log."""
 
-    def __init__(self, app: ASGIApp, service: Service, routes: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, service: Service, routes: frozenset[str], direct: Mapping[tuple[str, str], ASGIApp]
+    ) -> None:
         self.app = app
         self.service = service
         self.routes = routes
+        # Raw ASGI endpoints called straight from here, past Starlette's exception middleware
+        # and router: the hot route's forecast costs less than those layers. They handle their
+        # own errors; other methods on the same path still go through the router (405).
+        self.direct = direct
         self._prefix = os.urandom(4).hex() + "-"
         self._counter = itertools.count(1)
 
@@ -280,7 +289,7 @@ class Observe:
         metrics.started(route)
         lease = scope[LEASE] = Lease(self.service.budget)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.direct.get((method, path), self.app)(scope, receive, send_with_id)
         finally:
             lease.release()  # the answer has been handed to the socket (or never will be)
             elapsed = time.perf_counter() - start
@@ -293,6 +302,29 @@ def _pay_for_answer(lease: Lease, payload: Any, explain: bool, levels: protocol.
     rows = len(payload) if type(payload) is list else 1
     protocol.check_quantile_cells(rows, levels)  # a 422 for too many, before a 503 for too big
     lease.take(answer_cost(rows, explain, len(levels.values) if levels is not None else 0), "answer")
+
+
+_JSON_TYPE: Final = (b"content-type", JSON.encode())
+
+
+async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """A JSON answer straight to ASGI (what Starlette's Response would send, minus its cost)."""
+    raw = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AsgiEndpoint:
+    """Marks a function as a raw ASGI endpoint for Starlette's Route (a plain function would be
+    wrapped as Request -> Response)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -311,25 +343,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
     json_hint = " (send bigger batches to /api/v1/predict/csv)"
 
     # -- JSON API ------------------------------------------------------------------------
-    async def api_predict(request: Request) -> Response:
-        svc.authorize(request)
-        model = svc.model or await svc.wait_for_model()
-        scope = request.scope
-        protocol.require_json(_header(scope, b"content-type"))
-        query = scope["query_string"]
-        explain, levels = protocol.predict_options(query) if query else NO_OPTIONS
-        body = await read_body(request, max_body, json_hint, json_cost, JSON_PER_BYTE)
-        if len(body) <= INLINE_BODY:
-            payload = protocol.parse_json(body)
-            if type(payload) is dict and not explain:  # the hot path: scalar (quantiles too), on the loop
-                scored = protocol.predict_one(model, payload, levels=levels)
+    async def api_predict(scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /api/v1/predict``, in raw ASGI: the hot route skips Starlette's Request and
+        Response objects and its per-route exception wrapper, which cost more than the forecast."""
+        try:
+            svc.authorize(scope)
+            model = svc.model or await svc.wait_for_model()
+            protocol.require_json(_header(scope, b"content-type"))
+            query = scope["query_string"]
+            explain, levels = protocol.predict_options(query) if query else NO_OPTIONS
+            body = await read_body(scope, receive, max_body, json_hint, json_cost, JSON_PER_BYTE)
+            if len(body) <= INLINE_BODY:
+                payload = protocol.parse_json(body)
+                if type(payload) is dict and not explain:  # the hot path: scalar (quantiles too), on the loop
+                    scored = protocol.predict_one(model, payload, levels=levels)
+                else:
+                    _pay_for_answer(scope[LEASE], payload, explain, levels)
+                    scored = await anyio.to_thread.run_sync(protocol.predict_payload, model, payload, explain, levels)
             else:
-                _pay_for_answer(scope[LEASE], payload, explain, levels)
-                scored = await anyio.to_thread.run_sync(protocol.predict_payload, model, payload, explain, levels)
-        else:
-            scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain, levels, scope[LEASE])
+                scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain, levels, scope[LEASE])
+        except ApiError as exc:
+            await _send_json(send, exc.status, exc.body(), exc.headers)
+            return
+        except ClientDisconnect:
+            await _send_json(send, 499, b"")  # nobody listens (uvicorn drops it); the status is for the logs
+            return
         svc.metrics.observe("api", scored.rows, scored.charges)
-        return Response(scored.body, media_type=JSON)
+        await _send_json(send, 200, scored.body)
 
     def _parse_and_predict(
         model: Artifact, body: bytes | bytearray, explain: bool, levels: protocol.Levels | None, lease: Lease
@@ -339,11 +379,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return protocol.predict_payload(model, payload, explain, levels)
 
     async def predict_api(request: Request) -> Response:
-        svc.authorize(request)
+        svc.authorize(request.scope)
         model = svc.model or await svc.wait_for_model()
         protocol.parse_query(request.scope["query_string"])
         protocol.require_json(_header(request.scope, b"content-type"))
-        body = await read_body(request, max_body, "", json_cost, JSON_PER_BYTE)
+        body = await read_body(request.scope, request.receive, max_body, "", json_cost, JSON_PER_BYTE)
         scored = protocol.predict_bare(model, protocol.parse_json(body))
         svc.metrics.observe("predict_api", scored.rows, scored.charges)
         return Response(scored.body, media_type=JSON)
@@ -355,14 +395,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         upload holds only the memory it has actually sent (paid for on its lease, and cut by
         the minimum body rate), never a slot that a real request waits for.
         """
-        svc.authorize(request)
+        svc.authorize(request.scope)
         model = svc.model or await svc.wait_for_model()
         scope = request.scope
         protocol.parse_query(scope["query_string"])
         content_type = _header(scope, b"content-type")
         protocol.require_csv(content_type)
         with anyio.move_on_after(settings.csv_upload_timeout) as upload:
-            body = await read_body(request, settings.csv_max_bytes, " (split the file)")
+            body = await read_body(scope, request.receive, settings.csv_max_bytes, " (split the file)")
         if upload.cancelled_caught:
             raise ApiError(
                 408,
@@ -406,7 +446,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return summary
 
     async def model_route(request: Request) -> Response:
-        svc.authorize(request)
+        svc.authorize(request.scope)
         if svc.model is None:
             await svc.wait_for_model()
         protocol.parse_query(request.scope["query_string"])
@@ -431,14 +471,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # (a browser cannot send one: an identity-aware proxy in front adds it). The key comes
         # first, and its refusal shows neither the form nor the model's details.
         try:
-            svc.authorize(request)
+            svc.authorize(request.scope)
             model = svc.model or await svc.wait_for_model()
         except ApiError as exc:
             return _message_page(exc)
         try:
             if not submitted:
                 return _page(model, 200)
-            body = await read_body(request, max_body, "", form_cost, FORM_FACTOR)
+            body = await read_body(request.scope, request.receive, max_body, "", form_cost, FORM_FACTOR)
             values = protocol.form_values(body, _header(request.scope, b"content-type"))
         except ApiError as exc:
             response = _page(model, exc.status, errors={FORM_ERROR_KEY: exc.message})
@@ -475,7 +515,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return HTMLResponse(svc.docs_html, headers=svc.docs_headers)
 
     routes = [
-        Route("/api/v1/predict", api_predict, methods=["POST"]),
+        Route("/api/v1/predict", AsgiEndpoint(api_predict), methods=["POST"]),
         Route("/api/v1/predict/csv", api_predict_csv, methods=["POST"]),
         Route("/api/v1/predict/csv/summary", api_predict_csv_summary, methods=["POST"]),
         Route("/api/v1/model", model_route, methods=["GET"]),
@@ -509,7 +549,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     }
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Observe, service=svc, routes=frozenset(r.path for r in routes))],
+        middleware=[
+            Middleware(
+                Observe,
+                service=svc,
+                routes=frozenset(r.path for r in routes),
+                direct={("POST", "/api/v1/predict"): api_predict},
+            )
+        ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

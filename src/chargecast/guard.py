@@ -66,7 +66,7 @@ CHECK_EVERY: Final = 5  # uvicorn ticks (0.1 s each) between two deadline sweeps
 DRAIN_POLL: Final = 0.05
 LINGER_SECONDS: Final = 10.0  # how long the rest of a refused body is read and dropped
 _END_OF_HEAD = re.compile(rb"\n\r?\n")
-_CR_LF: Final = (b"\r", b"\n")
+_feed: Final = _HttpProtocol.data_received
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops the queue
 
 
@@ -209,14 +209,19 @@ class GuardedHttpProtocol(_HttpProtocol):
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._lingering: float | None = None  # since when the rest of a refused body is dropped
+        self._dropping = False  # refused or lingering: what arrives is dropped unread
         self._body_since: float | None = None
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self.guard = self._limits()
+        # A read that starts with a request line and has its blank line within the limit holds a
+        # whole head (CR/LF before a request line, which the parser skips, take the long way).
+        self._head_window = self.guard.head_max_bytes
         now = time.monotonic()
         self._aborted = False
         self._refusal: tuple[int, str] | None = None
         self._head_reset(now)
         self._body_bytes = 0
+        self._answered: object = None  # the last cycle whose complete answer a sweep saw
         self._body_flagged = 0.0
         self._last_check = now
         self._stuck_size, self._stuck_since = 0, now
@@ -235,7 +240,7 @@ class GuardedHttpProtocol(_HttpProtocol):
         self._head_bytes = 0
         self._head_begun = False  # a byte other than CR or LF has arrived
         self._carry = b""
-        self._header_count = 0
+        self._body_since = None
 
     def linger(self) -> bool:
         """Start a lingering close if an answer went out before its request body had arrived.
@@ -245,10 +250,11 @@ class GuardedHttpProtocol(_HttpProtocol):
         """
         cycle = self.cycle
         if self._lingering is not None or self._aborted or self._body_since is None:
-            return False
+            return False  # no body is on its way (on_message_complete clears _body_since)
         if cycle is None or not cycle.response_complete:
             return False
         self._lingering = time.monotonic()
+        self._dropping = True
         with contextlib.suppress(OSError, RuntimeError, AttributeError):
             self.transport.transport.write_eof()  # type: ignore[attr-defined]  # FIN after the answer
         return True
@@ -280,66 +286,67 @@ class GuardedHttpProtocol(_HttpProtocol):
         super().connection_lost(exc)
 
     # -- the request head ----------------------------------------------------------------
+    # data_received, on_header and on_message_complete are the only parser hooks: the others
+    # run for every request too, and what they would record is read off uvicorn's cycle.
     def data_received(self, data: bytes) -> None:
-        if self.parser is None or self._lingering is not None:  # refused: the rest is dropped unread
+        if self._dropping:  # refused or lingering: the rest is dropped unread
             return
-        if self._in_head and not self._head_fits(data):
-            self._refuse(431, f"request head is larger than {self.guard.head_max_bytes} bytes")
-            return
-        super().data_received(data)
-
-    def _head_fits(self, data: bytes) -> bool:
-        """Count the bytes of the head in ``data`` (up to its blank line); within the limit?"""
-        limit = self.guard.head_max_bytes
-        if not self._head_begun and data[:1] not in _CR_LF:  # the usual: a whole head in one read
+        before = self.cycle
+        if not self._in_head:
+            head = 0
+            self._body_bytes += len(data)  # counted here rather than per parser callback
+        elif not self._head_begun and data[0] > 32 and (end := data.find(b"\r\n\r\n", 0, self._head_window)) > 0:
+            head = self._head_bytes = end + 4  # the usual: a whole head in one read, within the limit
             self._head_begun = True
-            end = data.find(b"\r\n\r\n", 0, limit + 4)
-            if end >= 0:
-                self._head_bytes = end + 4
-                return end + 4 <= limit
-        view = data
+        else:
+            head = self._head_part(data)
+            if head < 0:
+                self._refuse(431, f"request head is larger than {self.guard.head_max_bytes} bytes")
+                return
+        _feed(self, data)  # uvicorn's data_received: feeds the parser, answers 400 to garbage
+        started = self.cycle
+        if started is not before and started is not None and started.more_body and not self._dropping:
+            # A head completed in this read and its body is still on its way.
+            self._in_head, self._body_since, self._body_flagged = False, CLOCK.now, 0.0
+            self._body_bytes = len(data) - head
+
+    def on_message_complete(self) -> None:
+        # The request is whole (or answered already): what comes next is a new head. Reset here,
+        # before uvicorn's own callback, which returns early once the answer is complete.
+        self._in_head, self._head_bytes, self._head_begun, self._carry = True, 0, False, b""
+        self._body_since = None
+        super().on_message_complete()
+
+    def _head_part(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to the request head (up to its blank line), or -1
+        once the head is over the limit."""
+        limit = self.guard.head_max_bytes
+        view, skipped = data, 0
         if not self._head_begun:  # the parser skips CR/LF before a request line: count, don't scan
             view = data.lstrip(b"\r\n")
-            self._head_bytes += len(data) - len(view)
+            skipped = len(data) - len(view)
+            self._head_bytes += skipped
             if not view:
-                return self._head_bytes <= limit
+                return skipped if self._head_bytes <= limit else -1
             self._head_begun = True
         window = self._carry + view[: limit + 4]
         end_match = _END_OF_HEAD.search(window)
         if end_match is None:
-            self._head_bytes += len(view)
+            used = len(view)
             self._carry = window[-3:]
         else:
-            self._head_bytes += max(0, end_match.end() - len(self._carry))
-        return self._head_bytes <= limit
+            used = max(0, end_match.end() - len(self._carry))
+        self._head_bytes += used
+        return skipped + used if self._head_bytes <= limit else -1
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        count = self._header_count = self._header_count + 1
-        if count > self.guard.head_max_count:
+        if len(self.headers) >= self.guard.head_max_count:  # uvicorn starts a new list per request
             self._refusal = (431, f"request has more than {self.guard.head_max_count} headers")
             raise _RefusedError  # httptools turns it into a parser error; send_400_response answers ours
         name = name.lower()  # uvicorn's on_header, inlined: it runs for every header of every request
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._body_since, self._body_bytes, self._body_flagged = CLOCK.now, 0, 0.0
-        super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        self._body_bytes += len(body)
-        super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        self._body_since = None
-        self._in_head, self._head_bytes, self._head_begun, self._carry, self._header_count = True, 0, False, b"", 0
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        self._head_since = CLOCK.now  # the next head's deadline runs from the end of this answer
-        super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:
@@ -361,6 +368,7 @@ class GuardedHttpProtocol(_HttpProtocol):
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.parser = None  # type: ignore[assignment]
+        self._dropping = True
 
     # -- deadlines, checked by GuardedServer ---------------------------------------------
     def check_deadlines(self, now: float) -> None:
@@ -385,7 +393,11 @@ class GuardedHttpProtocol(_HttpProtocol):
             return
         cycle = self.cycle
         if self._in_head and (cycle is None or cycle.response_complete):
-            if now - self._head_since > limits.head_timeout:
+            if cycle is not None and cycle is not self._answered:
+                # The next head's deadline runs from the end of the previous answer, seen here
+                # (up to one sweep late, in the client's favour) rather than hooked per request.
+                self._answered, self._head_since = cycle, now
+            elif now - self._head_since > limits.head_timeout:
                 if self._head_bytes:
                     self._refuse(408, f"the request head did not arrive within {limits.head_timeout:g} s")
                 else:

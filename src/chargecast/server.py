@@ -152,6 +152,9 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
             access_log=False,  # the app writes its own JSON access line
             timeout_graceful_shutdown=int(environ["CHARGECAST_SHUTDOWN_TIMEOUT"]),
             server_header=False,
+            # Nothing here uses the client's address (no limit is per address: behind a load
+            # balancer many clients share one), so X-Forwarded-* rewriting would be pure cost.
+            proxy_headers=False,
             lifespan="on",
             http=GuardedHttpProtocol,  # header, body and send limits; SIGTERM waits for slow clients
         )
