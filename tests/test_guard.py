@@ -11,6 +11,7 @@ import contextlib
 import json
 import resource
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import uvicorn
 import hostile
 from chargecast.app import Service, create_app
 from chargecast.budget import CSV_FIXED
-from chargecast.guard import GuardedHttpProtocol, GuardedServer, HttpLimits
+from chargecast.guard import GuardedHttpProtocol, GuardedServer, HttpLimits, send_queue
 from chargecast.settings import Settings
 
 LIMITS = HttpLimits(
@@ -405,3 +406,47 @@ def _rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # pragma: no cover - not Linux
+
+
+def test_after_an_early_answer_the_next_head_on_the_connection_is_still_limited(server: Running) -> None:
+    """A route that answers without reading its body (405 here) leaves the connection open: the
+    rest of that body, then a new head, must not escape the head limit."""
+    sock = connect(server)
+    sock.sendall(head("POST", "/healthz", **{"Content-Length": "10"}))
+    first = b""
+    sock.settimeout(3)
+    while b"\r\n\r\n" not in first:
+        first += sock.recv(4096)
+    assert first.startswith(b"HTTP/1.1 405")
+    start = time.monotonic()
+    with contextlib.suppress(OSError):
+        sock.sendall(b"0123456789" + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"a" * 200_000)
+    rest = answer(sock, 5)
+    elapsed = time.monotonic() - start
+    sock.close()
+    # Cut by the head limit (431), or by the head deadline when the whole head came in one read.
+    assert rest.startswith((b"HTTP/1.1 431", b"HTTP/1.1 408")), rest[:80]
+    assert elapsed < LIMITS.head_timeout + 1.5
+
+
+def test_a_socket_the_client_reset_has_nothing_left_to_send() -> None:
+    """SIOCOUTQ keeps counting bytes after a reset; send_queue must not, or a drain waits for ever."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(listener.getsockname())
+    served, _ = listener.accept()
+    served.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        served.send(b"x" * (4 << 20))
+    assert send_queue(served.fileno()) > 0  # the client has not taken it
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    deadline = time.monotonic() + 3
+    while send_queue(served.fileno()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert send_queue(served.fileno()) == 0
+    served.close()
+    listener.close()
