@@ -12,7 +12,6 @@ import json
 import resource
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -21,13 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 import hostile
 from chargecast.app import Service, create_app
 from chargecast.budget import CSV_FIXED
 from chargecast.guard import GuardedHttpProtocol, GuardedServer, HttpLimits, send_queue
 from chargecast.settings import Settings
+from tools import served
 
 LIMITS = HttpLimits(
     head_max_bytes=4096,
@@ -60,24 +59,9 @@ def guarded(model_dir: Path, limits: HttpLimits = LIMITS, **settings: Any) -> It
         pass
 
     Protocol.limits = limits
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     app = create_app(Settings(model_dir=model_dir, log_level="warning", **settings))
-    config = uvicorn.Config(app, http=Protocol, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-    server = GuardedServer(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started or httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.05)
+    with served(app, GuardedServer, http=Protocol, timeout_graceful_shutdown=2) as url:
         yield Running(url, app.state.service)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from chargecast.app import create_app
 from chargecast.settings import Settings
+from tools import served
 
 RECORD = '"sex":"male","bmi":34.1,"children":2,"smoker":"yes","region":"northwest"'
 
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(Settings(model_dir=model_dir, csv_upload_timeout=0.5, log_level="warning"))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while not srv.started or httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.05)
+    with served(create_app(Settings(model_dir=model_dir, csv_upload_timeout=0.5, log_level="warning"))) as url:
         yield url
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.mark.parametrize("depth", [999, 1023])
