@@ -45,6 +45,6 @@ EXPOSE 8080 9090
 # Readiness, not mere liveness: healthy means the verified model answers. Python, not curl: the
 # official slim image has no curl. 9090 is /metrics, for operators (publish it only to them).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/readyz', timeout=2)"]
+    CMD ["python3", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('CHARGECAST_PORT', '8080'), timeout=2)"]
 # The server is PID 1 and handles SIGTERM itself: it stops accepting, drains, exits.
 ENTRYPOINT ["chargecast", "serve"]

@@ -27,11 +27,11 @@ def address(url: str) -> tuple[str, int]:
 def csv_of_size(size: int, non_ascii: bool = False, row_bytes: int = 72) -> bytes:
     """A valid CSV of about ``size`` bytes; a ``note`` column pads rows to ``row_bytes``.
 
-    With ``non_ascii`` the padding is "é" (two UTF-8 bytes): one such character is what made
-    Python hold a whole upload at four bytes per character.
+    With ``non_ascii`` each note holds one emoji among ASCII letters: one character beyond
+    U+FFFF is what makes Python hold a whole decoded text at four bytes per character.
     """
     pad_bytes = row_bytes - len(CSV_ROW) - 1
-    pad = ("é" * (pad_bytes // 2)).encode() if non_ascii else b"x" * pad_bytes
+    pad = "\U0001f600".encode() + b"x" * (pad_bytes - 4) if non_ascii else b"x" * pad_bytes
     row = CSV_ROW + pad + b"\n"
     return CSV_COLUMNS + row * max(1, (size - len(CSV_COLUMNS)) // len(row))
 

@@ -484,3 +484,19 @@ def test_every_api_route_refuses_repeated_or_unknown_parameters(client: TestClie
         issues = error_issues(response, 422)
         assert {i["field"] for i in issues} <= {"x", "explain"}, (url, issues)
         assert issues
+
+
+@pytest.mark.parametrize("query", ["explain=true&explain=false", "x=1", "age=30"])
+def test_the_form_takes_no_query_parameters_either(client: TestClient, query: str) -> None:
+    for response in (client.get(f"/?{query}"), client.post(f"/predict?{query}", data=FORM)):
+        assert response.status_code == 422, response.text[:200]
+        assert "query" in response.text or "not a query parameter" in response.text
+
+
+def test_a_form_field_sent_twice_is_a_422_naming_it(client: TestClient) -> None:
+    body = "&".join(f"{k}={v}" for k, v in FORM.items()) + "&age=70"
+    response = client.post("/predict", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 422
+    assert "age" in response.text
+    assert "more than once" in response.text
+    assert "Expected cost" not in response.text  # no forecast for a guess

@@ -264,6 +264,12 @@ def test_a_tree_grid_model_round_trips_through_npz(dataset: Any, trained: TrainR
         ({"training_ranges": [1, 2]}, "field 'training_ranges' must be an object"),
         ({"leaderboard": {}}, "field 'leaderboard' must be a list"),
         ({"created_at": 20240101}, "field 'created_at' must be a string"),
+        ({"training_ranges": {"age": [18, 64]}}, r"field 'training_ranges.age' must be an object"),
+        ({"training_ranges": {"age": {"min": 70, "max": 18}}}, r"field 'training_ranges.age' must have min <= max"),
+        ({"training_ranges": {"age": {"min": "abc", "max": 64}}}, r"field 'training_ranges.age.min' must be a number"),
+        ({"training_ranges": {"age": {"min": 18}}}, r"field 'training_ranges.age.max' must be a number"),
+        ({"training_ranges": {"sex": {"female": -1}}}, r"field 'training_ranges.sex.female' must be a count"),
+        ({"training_ranges": {"sex": {"female": 1.5}}}, r"field 'training_ranges.sex.female' must be a count"),
     ],
 )
 def test_metadata_fields_of_the_wrong_type_are_named_with_their_rule(

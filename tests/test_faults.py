@@ -372,3 +372,58 @@ def test_sigterm_lets_a_slow_download_take_every_byte(tmp_path: Path, model_dir:
     assert not [e for e in events if e["event"] == "exiting with bytes not yet taken by clients"]
     drained = [e for e in events if e["event"] == "clients took the last bytes"]
     assert drained, events
+
+
+def test_workers_started_by_sighup_still_die_with_the_supervisor(tmp_path: Path, model_dir: Path) -> None:
+    """SIGHUP replaces the workers; the replacements must be ours (PR_SET_PDEATHSIG, guarded), not
+    uvicorn's plain ones, or a killed supervisor would leave them holding the port."""
+    with serving(tmp_path, ["--workers", "2", "--model", str(model_dir)]) as server:
+        old = workers(server, 2)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: not (children(server.proc.pid) & old) and len(children(server.proc.pid)) == 2, "replaced")
+        new = children(server.proc.pid)
+        wait_for(lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200, "the new workers serve")
+        with socket.create_connection(("127.0.0.1", server.port)) as silent:  # guarded: the head deadline holds
+            silent.settimeout(15)
+            assert silent.recv(1) == b""  # closed by the server after CHARGECAST_HEAD_TIMEOUT, not left open
+        server.proc.kill()
+        server.proc.wait()
+        wait_for(lambda: not any(alive(pid) for pid in new), "the new workers are gone", seconds=5)
+
+
+def _load(url: str, stop: threading.Event, statuses: list[int | str]) -> None:
+    with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        while not stop.is_set():
+            try:
+                statuses.append(client.post(f"{url}/api/v1/predict", json=RECORD).status_code)
+            except httpx.TransportError as exc:
+                statuses.append(type(exc).__name__)
+
+
+def test_a_worker_killed_under_load_is_replaced_and_the_others_keep_answering(tmp_path: Path, model_dir: Path) -> None:
+    with serving(tmp_path, ["--workers", "2", "--model", str(model_dir)]) as server:
+        pids = workers(server, 2)
+        stop = threading.Event()
+        statuses: list[int | str] = []
+        threads = [threading.Thread(target=_load, args=(server.url, stop, statuses)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            victim = min(pids)
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: len(children(server.proc.pid) - {victim}) == 2, "a new worker runs")
+            time.sleep(2.0)
+            before = len(statuses)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        assert statuses.count(200) > 100
+        answered_badly = [s for s in statuses if isinstance(s, int) and s != 200]
+        assert not answered_badly, "only connection drops, never an error answer"
+        assert len([s for s in statuses if s != 200]) <= 8  # at most the requests in flight on the dead worker
+        assert set(statuses[before:]) == {200}  # after the replacement, everything answers
+        deaths = [e for e in server.log_lines() if e.get("event") == "worker died"]
+        assert [(e["level"], e["worker_pid"], e["exit"]) for e in deaths] == [("error", victim, "killed by SIGKILL")]

@@ -23,6 +23,8 @@ import httpx
 import orjson
 import pytest
 
+from chargecast.settings import Settings
+
 pytestmark = pytest.mark.slow
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -268,3 +270,11 @@ def test_serve_refuses_a_directory_without_a_model(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert re.search(r"metadata\.json: not found", done.stderr), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_metrics_default_to_their_own_port_9090_as_documented() -> None:
+    """The manifests, the PodMonitoring and the README name 9090; the default must be the same."""
+    assert Settings().metrics_port == 9090
+    assert Settings().metrics_port != Settings().port
+    deployment = (SRC.parent / "deploy" / "k8s" / "base" / "deployment.yaml").read_text()
+    assert "containerPort: 9090" in deployment

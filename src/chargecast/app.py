@@ -476,6 +476,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except ApiError as exc:
             return _message_page(exc)
         try:
+            protocol.parse_query(request.scope["query_string"])  # the form takes none, like the API
             if not submitted:
                 return _page(model, 200)
             body = await read_body(request.scope, request.receive, max_body, "", form_cost, FORM_FACTOR)

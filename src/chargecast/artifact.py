@@ -291,7 +291,22 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     ):
         if name in m:
             _rule(name, isinstance(m[name], kind) and not isinstance(m[name], bool), f"must be {label}")
+    for name, spec in m.get("training_ranges", {}).items():
+        _check_range(f"training_ranges.{name}", spec)
     return m
+
+
+def _check_range(name: str, spec: Any) -> None:
+    """A numeric input's ``{"min", "max"}`` (min <= max) or a category's counts."""
+    _rule(name, isinstance(spec, dict), "must be an object")
+    if "min" in spec or "max" in spec:
+        for end in ("min", "max"):
+            _rule(f"{name}.{end}", _is_number(spec.get(end)), "must be a number")
+        _rule(name, spec["min"] <= spec["max"], "must have min <= max")
+        return
+    for category, count in spec.items():
+        ok = isinstance(count, int) and not isinstance(count, bool) and count >= 0
+        _rule(f"{name}.{category}", ok, "must be a count (a whole number >= 0)")
 
 
 def read_verified(path: Path | str, sha256: str | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:

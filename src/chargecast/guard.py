@@ -225,7 +225,8 @@ class GuardedHttpProtocol(_HttpProtocol):
         self._body_flagged = 0.0
         self._last_check = now
         self._stuck_size, self._stuck_since = 0, now
-        if len(self.connections) > self.guard.max_connections:
+        # Closed connections still handing their last bytes to a client hold a socket too.
+        if len(self.connections) + len(LINGERING) > self.guard.max_connections:
             log.warning("refused a connection", extra={"fields": {"open": len(self.connections)}})
             self._abort()
             return
@@ -410,6 +411,9 @@ class GuardedHttpProtocol(_HttpProtocol):
             return
         if now <= self._body_since + limits.body_grace + self._body_bytes / limits.body_min_rate:
             return
+        if cycle.response_complete:  # answered already (401, 404, 415...): the rest is not worth waiting for
+            self.transport.transport.close()  # type: ignore[attr-defined]
+            return
         if not self._body_flagged:
             message = (
                 f"the body arrived slower than {limits.body_min_rate:,} bytes/s "
@@ -418,8 +422,11 @@ class GuardedHttpProtocol(_HttpProtocol):
             self.scope[SLOW_BODY] = message  # type: ignore[typeddict-unknown-key]
             self._body_flagged = now
             cycle.message_event.set()  # wake the app's receive(): it answers 408 itself
-        elif now - self._body_flagged > 1.0 and not cycle.response_started:
-            self._refuse(408, str(self.scope.get(SLOW_BODY)))  # the app is not reading: answer for it
+        elif now - self._body_flagged > 1.0:
+            if not cycle.response_started:
+                self._refuse(408, str(self.scope.get(SLOW_BODY)))  # the app is not reading: answer for it
+            else:
+                self.transport.transport.close()  # type: ignore[attr-defined]
 
 
 class _RefusedError(Exception):

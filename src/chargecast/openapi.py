@@ -494,7 +494,8 @@ def build(settings: Settings) -> dict[str, Any]:
             "Cache-Control: no-store (forecasts and errors carry patient data) and X-Content-Type-Options: nosniff, "
             "and is never to be framed; the HTML pages also carry a Content-Security-Policy that runs no script and "
             "fetches nothing. With API keys set, every route that returns a forecast or the model's details needs "
-            "one, the form included; health, readiness, metrics and these documents stay open.",
+            "one, the form included; health, readiness and these documents stay open. Metrics are not served on "
+            "this port (see CHARGECAST_METRICS_PORT).",
         },
         "paths": paths,
         "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},

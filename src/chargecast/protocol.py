@@ -616,9 +616,15 @@ def form_values(body: bytes | bytearray, content_type: str | None) -> dict[str, 
             [Issue("Content-Type", "must be a form encoding", kind)],
         )
     values: dict[str, str] = {}
+    repeated: list[str] = []
     for key, value in pairs:
-        if key in FIELD_BY_NAME and key not in values:
+        if key in FIELD_BY_NAME:
+            if key in values:  # age=30&age=70: which one the person meant is not ours to guess
+                repeated.append(key)
             values[key] = value
+    if repeated:
+        issues = [Issue(key, "must be given once (the form sent it more than once)") for key in dict.fromkeys(repeated)]
+        raise invalid(issues, what="form")
     return values
 
 

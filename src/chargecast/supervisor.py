@@ -96,6 +96,22 @@ class Supervisor(Multiprocess):
     def init_processes(self) -> None:
         self.processes = [self._new_worker() for _ in range(self.processes_num)]
 
+    def restart_all(self) -> None:
+        """SIGHUP: replace each worker with one of ours (dies with the supervisor, guarded), the
+        replacement serving before the old one is retired; uvicorn's would start plain workers."""
+        for idx, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._new_worker()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                log.error("a new worker was not ready in time; keeping the old one", extra={"fields": {"pid": old.pid}})
+                return
+            old.terminate()
+            old.join()
+            self.processes[idx] = new
+
     def handle_ttin(self) -> None:  # pragma: no cover - uvicorn's scaling signal, kept with our workers
         self.processes_num += 1
         self.processes.append(self._new_worker())
