@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chargecast import artifact as artifact_module
-from chargecast.artifact import Artifact
 from chargecast.batch import score_file
+from chargecast.model import artifact as artifact_module
+from chargecast.model.artifact import Artifact
 from chargecast.schema import FEATURES, FIELDS, CategoryField, encode_columns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +46,11 @@ def make_records(n: int, path: Path, seed: int = 0) -> None:
 
 def quick_model(data: Path, out: Path) -> Artifact:
     """Train a model as the tests do (one CV repeat), for when no --model is given."""
-    if importlib.util.find_spec("chargecast.data") is None:  # written on another branch
-        stub = types.ModuleType("chargecast.data")
+    if importlib.util.find_spec("chargecast.training.data") is None:  # written on another branch
+        stub = types.ModuleType("chargecast.training.data")
         stub.__dict__["Dataset"] = object
-        sys.modules["chargecast.data"] = stub
-    from chargecast.train import TrainConfig, train
+        sys.modules["chargecast.training.data"] = stub
+    from chargecast.training.train import TrainConfig, train
 
     df = pd.read_csv(data)
     X = encode_columns({c: df[c].to_numpy() for c in FEATURES})

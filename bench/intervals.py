@@ -36,12 +36,12 @@ import numpy.typing as npt
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.model_selection import KFold, RepeatedKFold, train_test_split
 
-from chargecast.artifact import Artifact
-from chargecast.data import Dataset, load_csv
-from chargecast.features import OBESE_BMI
-from chargecast.intervals import MONTE_CARLO_BOOK
-from chargecast.scoring import BMI_COL, GROUPS, SMOKER_COL, interval_scores
-from chargecast.train import CANDIDATES, Candidate, TrainConfig, TrainResult, train
+from chargecast.model.artifact import Artifact
+from chargecast.model.features import OBESE_BMI
+from chargecast.model.intervals import MONTE_CARLO_BOOK
+from chargecast.training.data import Dataset, load_csv
+from chargecast.training.scoring import BMI_COL, GROUPS, SMOKER_COL, interval_scores
+from chargecast.training.train import CANDIDATES, Candidate, TrainConfig, TrainResult, train
 
 Array = npt.NDArray[np.float64]
 Bounds = tuple[Array, Array]

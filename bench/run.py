@@ -26,11 +26,11 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from chargecast.artifact import Artifact, write
-from chargecast.data import load_csv
-from chargecast.features import design, domain_terms
+from chargecast.model.artifact import Artifact, write
+from chargecast.model.features import design, domain_terms
 from chargecast.schema import FEATURES, encode_columns
-from chargecast.train import TrainConfig, TrainResult, metadata, train
+from chargecast.training.data import load_csv
+from chargecast.training.train import TrainConfig, TrainResult, metadata, train
 from intervals import (
     OldBands,
     SplitFigures,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from chargecast import artifact
-from chargecast.artifact import Artifact
-from chargecast.data import Dataset, load_csv
-from chargecast.train import TrainConfig, TrainResult, metadata, train
+from chargecast.model import artifact
+from chargecast.model.artifact import Artifact
+from chargecast.training.data import Dataset, load_csv
+from chargecast.training.train import TrainConfig, TrainResult, metadata, train
 
 
 @pytest.fixture(scope="session")

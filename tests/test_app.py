@@ -25,12 +25,12 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from chargecast import app as app_module
-from chargecast import openapi, protocol
-from chargecast.app import create_app
-from chargecast.artifact import Artifact
 from chargecast.batch import score_file
+from chargecast.model.artifact import Artifact
 from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, encode_records
+from chargecast.serving import app as app_module
+from chargecast.serving import openapi, protocol
+from chargecast.serving.app import create_app
 from chargecast.settings import Settings
 
 RECORD: dict[str, Any] = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}

@@ -27,10 +27,10 @@ from pydantic import ValidationError
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from chargecast import app as app_module
-from chargecast import protocol
-from chargecast.app import create_app
 from chargecast.schema import MAX_REPORTED_ISSUES
+from chargecast.serving import app as app_module
+from chargecast.serving import protocol
+from chargecast.serving.app import create_app
 from chargecast.settings import Settings
 
 RECORD: dict[str, Any] = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from chargecast import artifact
-from chargecast.artifact import Artifact, ArtifactError
+from chargecast.model import artifact
+from chargecast.model.artifact import Artifact, ArtifactError
 from chargecast.schema import ValidationError
-from chargecast.train import TrainResult
+from chargecast.training.train import TrainResult
 
 RECORD: dict[str, Any] = {"age": 52, "sex": "male", "bmi": 34.1, "children": 2, "smoker": "yes", "region": "northwest"}
 
@@ -232,7 +232,7 @@ def test_the_committed_model_loads_and_meets_the_targets() -> None:
 
 def test_a_tree_grid_model_round_trips_through_npz(dataset: Any, trained: TrainResult, tmp_path: Path) -> None:
     """Boosting never wins on this data, but when it does its grid must save and load exactly."""
-    from chargecast.train import BoostingCandidate
+    from chargecast.training.train import BoostingCandidate
 
     candidate = BoostingCandidate()
     grid = candidate.compile(candidate.fit(dataset.X, dataset.y, [], seed=0), dataset.X)

@@ -19,19 +19,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from chargecast import artifact as artifact_module
-from chargecast.artifact import Artifact
-from chargecast.batch import OUTPUT_COLUMNS, TOTAL_BLOCK, BatchError, BookTotal, score_file
-from chargecast.intervals import MONTE_CARLO_BOOK
+from chargecast.batch import OUTPUT_COLUMNS, BatchError, score_file
+from chargecast.model import artifact as artifact_module
+from chargecast.model.artifact import Artifact
+from chargecast.model.intervals import MONTE_CARLO_BOOK
+from chargecast.model.totals import TOTAL_BLOCK, BookTotal
 from chargecast.schema import FEATURES, FIELDS, CategoryField, ValidationError, encode_columns
 
-if importlib.util.find_spec("chargecast.data") is None:
+if importlib.util.find_spec("chargecast.training.data") is None:
     # The real module is written on another branch; train() needs only X, y and rows.
-    _stub = types.ModuleType("chargecast.data")
+    _stub = types.ModuleType("chargecast.training.data")
     _stub.__dict__["Dataset"] = object
-    sys.modules["chargecast.data"] = _stub
+    sys.modules["chargecast.training.data"] = _stub
 
-from chargecast.train import TrainConfig, train
+from chargecast.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 INSURANCE = ROOT.parent / "shared" / "data" / "insurance.csv"
@@ -587,7 +588,7 @@ MEASURE = """
     import json, resource, sys, tracemalloc
     from pathlib import Path
     import pyarrow as pa
-    from chargecast.artifact import Artifact
+    from chargecast.model.artifact import Artifact
     from chargecast.batch import score_file
 
     model = Artifact.load(sys.argv[1])

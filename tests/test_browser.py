@@ -19,10 +19,11 @@ import pytest
 import uvicorn
 
 from browser import CHROMIUM, Browser
-from chargecast import protocol, schema
-from chargecast.app import create_app
-from chargecast.artifact import Artifact
-from chargecast.form import REFERENCE, dollars
+from chargecast import schema
+from chargecast.model.artifact import Artifact
+from chargecast.serving import protocol
+from chargecast.serving.app import create_app
+from chargecast.serving.form import REFERENCE, dollars
 from chargecast.settings import Settings
 
 pytestmark = [

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from chargecast import protocol
-from chargecast.artifact import Artifact
-from chargecast.budget import Lease, MemoryBudget, answer_cost, csv_cost, form_cost, json_cost
+from chargecast.model.artifact import Artifact
+from chargecast.serving import protocol
+from chargecast.serving.budget import Lease, MemoryBudget, answer_cost, csv_cost, form_cost, json_cost
 
 RECORD = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
 EMOJI = "\U0001f600"

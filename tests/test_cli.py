@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from chargecast.artifact import Artifact
 from chargecast.cli import main
-from chargecast.data import load_csv
+from chargecast.model.artifact import Artifact
+from chargecast.training.data import load_csv
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

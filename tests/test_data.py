@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from chargecast.data import DataError, Dataset, fetch_canonical, load_csv, load_dataset
 from chargecast.schema import FEATURES, Issue, ValidationError, decode
 from chargecast.settings import Settings
+from chargecast.training.data import DataError, Dataset, fetch_canonical, load_csv, load_dataset
 
 # Documented facts about the canonical file.
 CANONICAL_ROWS = 1338

@@ -15,7 +15,7 @@ import pytest
 
 from chargecast import __version__
 from chargecast.cli import main
-from chargecast.deploy import (
+from chargecast.deploy.gke import (
     GKE_IMAGE_PLACEHOLDER,
     DeployError,
     GkeOptions,
@@ -403,7 +403,7 @@ def test_no_external_ip_is_a_bounded_wait(fakes: Fakes, monkeypatch: pytest.Monk
 
 def test_a_render_that_misses_the_digest_is_caught(fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the overlay's placeholder image changed, the wrapper would silently deploy the placeholder."""
-    monkeypatch.setattr("chargecast.deploy.GKE_IMAGE_PLACEHOLDER", "example/renamed")
+    monkeypatch.setattr("chargecast.deploy.gke.GKE_IMAGE_PLACEHOLDER", "example/renamed")
     with pytest.raises(DeployError, match=r"step 'render manifests': the output lacks .*@sha256:"):
         run_plan(plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT)), sleep=lambda _: None)
     assert not any(c.startswith("kubectl apply") for c in fakes.calls())

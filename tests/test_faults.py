@@ -368,7 +368,7 @@ def test_sigterm_lets_a_slow_download_take_every_byte(tmp_path: Path, model_dir:
     assert lines[-1].startswith(b"39,female,30.4,1,no,southeast,")
     # When the server exited, all but what fits in the client's small buffers had been read.
     assert had_at_exit > len(client.received) - 512 * 1024, (had_at_exit, len(client.received))
-    events = [line for line in server.log_lines() if line.get("logger") == "chargecast.guard"]
+    events = [line for line in server.log_lines() if line.get("logger") == "chargecast.serving.guard"]
     assert not [e for e in events if e["event"] == "exiting with bytes not yet taken by clients"]
     drained = [e for e in events if e["event"] == "clients took the last bytes"]
     assert drained, events

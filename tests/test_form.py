@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from chargecast import protocol, schema
-from chargecast.app import create_app
-from chargecast.artifact import Artifact
-from chargecast.form import (
+from chargecast import schema
+from chargecast.model.artifact import Artifact
+from chargecast.schema import FIELDS, CategoryField, NumberField
+from chargecast.serving import protocol
+from chargecast.serving.app import create_app
+from chargecast.serving.form import (
     PALETTE,
     REFERENCE,
     TEXT_PAIRS,
@@ -31,7 +33,6 @@ from chargecast.form import (
     sign_class,
     signed_dollars,
 )
-from chargecast.schema import FIELDS, CategoryField, NumberField
 from chargecast.settings import Settings
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

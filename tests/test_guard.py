@@ -25,11 +25,11 @@ import pytest
 from starlette.types import Message
 
 import hostile
-from chargecast import app as app_module
-from chargecast import guard
-from chargecast.app import PIECE, Service, create_app
-from chargecast.budget import CSV_FIXED, answer_cost, form_cost, json_cost
-from chargecast.guard import GuardedHttpProtocol, GuardedServer, HttpLimits, send_queue
+from chargecast.serving import app as app_module
+from chargecast.serving import guard
+from chargecast.serving.app import PIECE, Service, create_app
+from chargecast.serving.budget import CSV_FIXED, answer_cost, form_cost, json_cost
+from chargecast.serving.guard import GuardedHttpProtocol, GuardedServer, HttpLimits, send_queue
 from chargecast.settings import Settings
 from tools import served
 

@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from chargecast.calibration import central_offsets, fit_distribution, harrell_davis
-from chargecast.intervals import GRID, ResidualDistribution, assign_group_row, assign_groups, group_names
+from chargecast.model.intervals import GRID, ResidualDistribution, assign_group_row, assign_groups, group_names
 from chargecast.schema import FEATURES
-from chargecast.train import CANDIDATES
+from chargecast.training.calibration import central_offsets, fit_distribution, harrell_davis
+from chargecast.training.train import CANDIDATES
 
 Array = npt.NDArray[np.float64]
 AGE, BMI, SMOKER = (FEATURES.index(f) for f in ("age", "bmi", "smoker"))

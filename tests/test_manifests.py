@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]  # stubs (types-PyYAML) are optional here
 
-from chargecast.deploy import GKE_IMAGE_PLACEHOLDER
+from chargecast.deploy.gke import GKE_IMAGE_PLACEHOLDER
 from tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ from schemathesis import checks
 from schemathesis.generation.case import Case
 from starlette.applications import Starlette
 
-from chargecast import openapi
-from chargecast.app import create_app
+from chargecast.serving import openapi
+from chargecast.serving.app import create_app
 from chargecast.settings import Settings
 
 MAX_EXAMPLES = 50

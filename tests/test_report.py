@@ -28,12 +28,12 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
-from chargecast.data import Dataset
-from chargecast.features import design, domain_terms
-from chargecast.intervals import assign_groups, group_names
-from chargecast.report import LEVELS, PLOTS, _grouping, figures, render, wilson, wilson_bars
+from chargecast.model.features import design, domain_terms
+from chargecast.model.intervals import assign_groups, group_names
 from chargecast.schema import FEATURES
-from chargecast.train import CANDIDATES, TrainResult
+from chargecast.training.data import Dataset
+from chargecast.training.report import LEVELS, PLOTS, _grouping, figures, render, wilson, wilson_bars
+from chargecast.training.train import CANDIDATES, TrainResult
 
 pytestmark = pytest.mark.slow
 
@@ -504,7 +504,7 @@ def test_a_group_without_holdout_rows_renders(trained: TrainResult) -> None:
 
 def test_importing_the_module_stays_cheap() -> None:
     heavy = "{'matplotlib', 'sklearn', 'pandas', 'scipy'}"
-    code = f"import sys, chargecast.report; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, chargecast.training.report; print(sorted({heavy} & set(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

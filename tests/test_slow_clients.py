@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chargecast.app import create_app
+from chargecast.serving.app import create_app
 from chargecast.settings import Settings
 from tools import served
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from chargecast.data import Dataset
-from chargecast.features import design, domain_terms
-from chargecast.predictors import LinearTerms, Predictor
+from chargecast.model.features import design, domain_terms
+from chargecast.model.predictors import LinearTerms, Predictor
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
-from chargecast.train import CANDIDATES, BoostingCandidate, TrainConfig, TrainResult, train
+from chargecast.training.data import Dataset
+from chargecast.training.train import CANDIDATES, BoostingCandidate, TrainConfig, TrainResult, train
 
 
 def random_rows(n: int, seed: int = 0) -> np.ndarray:

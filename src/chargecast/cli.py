@@ -13,7 +13,7 @@ from typing import Any
 
 from chargecast import __version__
 from chargecast.argtypes import fraction, int_at_least, port
-from chargecast.deploy import add_deploy_parser
+from chargecast.deploy.gke import add_deploy_parser
 
 
 class UserError(Exception):
@@ -25,9 +25,10 @@ def _train(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from chargecast import artifact, train
-    from chargecast.data import load_dataset
+    from chargecast.model import artifact
     from chargecast.settings import get_settings
+    from chargecast.training import train
+    from chargecast.training.data import load_dataset
 
     console = Console(stderr=True)
     dataset = load_dataset(args.data, get_settings())
@@ -88,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
     meta = train.metadata(result)
     render = None
     try:
-        from chargecast import report
+        from chargecast.training import report
     except ImportError:  # report needs the [train] extra's matplotlib
         console.print("[yellow]matplotlib missing: no report written[/]")
     else:
@@ -104,8 +105,8 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from chargecast.artifact import Artifact
     from chargecast.batch import score_file
+    from chargecast.model.artifact import Artifact
     from chargecast.settings import get_settings
 
     model = Artifact.load(args.model or get_settings().model_dir)
@@ -126,7 +127,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from chargecast.server import ServeError, serve
+    from chargecast.serving.server import ServeError, serve
     from chargecast.settings import Settings
 
     given = {
@@ -201,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; maps every known failure to a one-line message and exit code."""
-    from chargecast.artifact import ArtifactError
+    from chargecast.model.artifact import ArtifactError
     from chargecast.schema import ValidationError
 
     args = parser().parse_args(argv)
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
     )
     try:
-        from chargecast.data import DataError
+        from chargecast.training.data import DataError
 
         known = (*known, DataError)
         from chargecast.batch import BatchError

@@ -10,8 +10,6 @@ import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from chargecast.guard import HttpLimits
-
 CANONICAL_DATA_URL = "https://raw.githubusercontent.com/pycaret/datasets/main/data/common/insurance.csv"
 CANONICAL_DATA_SHA256 = "6e3894cf7d9210613f62c866684055decea694345cd4f244ecd7167041578c68"
 
@@ -102,10 +100,6 @@ class Settings(BaseSettings):
                 "forecast needs a key; remove this variable (an identity-aware proxy can add the key for browsers)"
             )
         return value
-
-    def http_limits(self) -> HttpLimits:
-        """The per-connection limits the HTTP protocol enforces (:mod:`chargecast.guard`)."""
-        return HttpLimits(**{name: getattr(self, name) for name in HttpLimits.ENV})
 
 
 @lru_cache(maxsize=1)

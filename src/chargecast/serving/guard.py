@@ -59,7 +59,7 @@ try:  # whichever HTTP implementation uvicorn's "auto" would pick
 except ImportError:  # pragma: no cover - httptools is in the lock file
     from uvicorn.protocols.http.h11_impl import H11Protocol as _HttpProtocol  # type: ignore[assignment]
 
-log = logging.getLogger("chargecast.guard")
+log = logging.getLogger("chargecast.serving.guard")
 
 SLOW_BODY: Final = "chargecast.slow_body"  # scope key: the body broke its rate; value is the message
 CHECK_EVERY: Final = 5  # uvicorn ticks (0.1 s each) between two deadline sweeps

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import betainc
 
-from chargecast.intervals import GRID, MIN_GROUP, ResidualDistribution, assign_groups, group_names
+from chargecast.model.intervals import GRID, MIN_GROUP, ResidualDistribution, assign_groups, group_names
 
 Array = npt.NDArray[np.float64]
 

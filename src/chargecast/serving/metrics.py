@@ -304,7 +304,7 @@ class Metrics:
         In multiprocess mode it is merged from every process's files; otherwise this
         process's own registry (tests, a bare ASGI import).
         """
-        from chargecast.supervisor import render_families, render_metrics
+        from chargecast.serving.supervisor import render_families, render_metrics
 
         path = multiprocess_dir()
         if self.multiprocess and path:

@@ -29,8 +29,8 @@ import numpy.typing as npt
 
 import chargecast
 from chargecast import schema
-from chargecast.intervals import ResidualDistribution
-from chargecast.predictors import Predictor, from_spec
+from chargecast.model.intervals import ResidualDistribution
+from chargecast.model.predictors import Predictor, from_spec
 
 Array = npt.NDArray[np.float64]
 FORMAT = 2  # 2: the interval is a per-group residual quantile grid

@@ -15,7 +15,8 @@ from typing import Any, Final
 import orjson
 
 import chargecast
-from chargecast.protocol import (
+from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
+from chargecast.serving.protocol import (
     EXAMPLE_RECORD,
     LEVELS_RULE,
     MAX_LEVELS,
@@ -23,7 +24,6 @@ from chargecast.protocol import (
     MAX_RECORDS,
     OUTPUT_COLUMNS,
 )
-from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
 from chargecast.settings import Settings
 
 JSON: Final = "application/json"

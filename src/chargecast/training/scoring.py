@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from chargecast.features import OBESE_BMI
+from chargecast.model.features import OBESE_BMI
 from chargecast.schema import FEATURES
 
 Array = npt.NDArray[np.float64]

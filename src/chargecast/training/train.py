@@ -2,7 +2,7 @@
 
 The held-out rows are scored exactly once, after the choice is made and the winner is
 refit on the whole training part. The predictive distribution is calibrated on the
-refit's jackknife residuals (see :mod:`chargecast.calibration`), so no rows are spent
+refit's jackknife residuals (see :mod:`chargecast.training.calibration`), so no rows are spent
 on a separate calibration split. One split is one draw: the chosen recipe is then refit,
 with its interval and without choosing again, on random 80/20 splits of the whole file,
 so the report can give every figure as mean ± sd beside the fixed split's.
@@ -22,13 +22,13 @@ from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold, RepeatedKFold, train_test_split
 
-from chargecast.calibration import central_offsets, fit_distribution
-from chargecast.data import Dataset
-from chargecast.features import design, domain_terms, drop_features, tutorial_terms
-from chargecast.intervals import ResidualDistribution, assign_groups
-from chargecast.predictors import LinearTerms, Predictor, TreeGrid
+from chargecast.model.features import design, domain_terms, drop_features, tutorial_terms
+from chargecast.model.intervals import ResidualDistribution, assign_groups
+from chargecast.model.predictors import LinearTerms, Predictor, TreeGrid
 from chargecast.schema import FEATURES
-from chargecast.scoring import interval_scores, mean_sd, point_scores
+from chargecast.training.calibration import central_offsets, fit_distribution
+from chargecast.training.data import Dataset
+from chargecast.training.scoring import interval_scores, mean_sd, point_scores
 
 Array = npt.NDArray[np.float64]
 MAX_GRID_CELLS = 8_000_000
@@ -53,7 +53,7 @@ class Candidate:
         """Residuals of models fitted without the row itself, approximated by 20-fold CV.
 
         Calibration needs errors of models as close to the refit as possible; 5-fold
-        models (80% of the rows) are visibly more spread, see :mod:`chargecast.calibration`.
+        models (80% of the rows) are visibly more spread, see :mod:`chargecast.training.calibration`.
         """
         out = np.empty(len(y))
         for a, b in KFold(n_splits=JACKKNIFE_FOLDS, shuffle=True, random_state=seed).split(X):

@@ -9,7 +9,7 @@ misses fall on both sides in equal shares, and the width grows smoothly with the
 
 Groups are the data's risk regimes: non-smokers by age band (their extra-charge tail and
 base level shift with age), smokers by obesity. Training fills the grid from jackknife
-residuals of the refit model (see :mod:`chargecast.calibration`); this module is what
+residuals of the refit model (see :mod:`chargecast.training.calibration`); this module is what
 serving needs, numpy only, with scalar twins for the one-record hot path.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from chargecast.features import OBESE_BMI
+from chargecast.model.features import OBESE_BMI
 from chargecast.schema import FEATURES
 
 Array = npt.NDArray[np.float64]

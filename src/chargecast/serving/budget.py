@@ -21,8 +21,8 @@ from __future__ import annotations
 import threading
 from typing import Final
 
-from chargecast.protocol import ApiError
 from chargecast.schema import Issue
+from chargecast.serving.protocol import ApiError
 
 # Measured peaks, with a margin (see tests/test_budget.py):
 # - orjson's objects cost about one object and one pointer per JSON value: a list of empty

@@ -2,7 +2,7 @@
 
 Everything here works on bytes, strings and the model, never on sockets or ASGI, so the
 rules (what a valid body is, which status a mistake gets, how an error reads) are tested
-without a server and the routes in :mod:`chargecast.app` stay thin. Every mistake becomes
+without a server and the routes in :mod:`chargecast.serving.app` stay thin. Every mistake becomes
 an :class:`ApiError` with one JSON shape:
 ``{"error": {"status": int, "message": str, "issues": [{"field", "rule", "value"?, "row"?}]}}``.
 """
@@ -24,9 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from chargecast.artifact import Artifact
-from chargecast.batch import BookTotal, summary_json, total_json
-from chargecast.form import FormResult
+from chargecast.model.artifact import Artifact
+from chargecast.model.totals import BookTotal, summary_json, total_json
 from chargecast.schema import (
     FEATURES,
     FIELD_BY_NAME,
@@ -38,6 +37,7 @@ from chargecast.schema import (
     encode_columns,
     validate_record,
 )
+from chargecast.serving.form import FormResult
 
 Array = npt.NDArray[np.float64]
 MAX_RECORDS: Final = 10_000

@@ -1,7 +1,7 @@
 """The ASGI app: thin Starlette routes over :mod:`protocol`, :mod:`metrics` and the model.
 
 Routes only move bytes: they read the body within its limit, hand it to
-:mod:`chargecast.protocol` and send back what it made. The model loads in the background
+:mod:`chargecast.serving.protocol` and send back what it made. The model loads in the background
 after start-up, so ``/healthz`` answers at once and ``/readyz`` says 503 until the model
 is loaded and a warm-up prediction succeeded. Starlette rather than FastAPI: the
 prediction itself takes microseconds, so per-request framework overhead is what matters.
@@ -31,10 +31,11 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chargecast import headers as security
-from chargecast import openapi, protocol
-from chargecast.artifact import Artifact
-from chargecast.budget import (
+from chargecast.model.artifact import Artifact
+from chargecast.schema import Issue
+from chargecast.serving import headers as security
+from chargecast.serving import openapi, protocol
+from chargecast.serving.budget import (
     FORM_FACTOR,
     JSON_PER_BYTE,
     Lease,
@@ -44,15 +45,14 @@ from chargecast.budget import (
     form_cost,
     json_cost,
 )
-from chargecast.form import render_page
-from chargecast.guard import SLOW_BODY
-from chargecast.logs import AccessLog
-from chargecast.metrics import Metrics
-from chargecast.protocol import ApiError
-from chargecast.schema import Issue
+from chargecast.serving.form import render_page
+from chargecast.serving.guard import SLOW_BODY
+from chargecast.serving.logs import AccessLog
+from chargecast.serving.metrics import Metrics
+from chargecast.serving.protocol import ApiError
 from chargecast.settings import Settings
 
-log = logging.getLogger("chargecast.app")
+log = logging.getLogger("chargecast.serving.app")
 T = TypeVar("T")
 JSON: Final = "application/json"
 FORM_ERROR_KEY: Final = ""  # render_page shows errors[""] as a message that belongs to no field
@@ -110,7 +110,7 @@ async def read_body(
     is spent), and once the body is whole, what parsing it will hold (``parse_cost``): a
     stalled body holds only what it sent. A body announced by Content-Length is refused at
     once when ``1 + announced_factor`` times its size could not be paid for now. The protocol flags a body that breaks
-    the minimum rate (:mod:`chargecast.guard`): that is a 408. A body that arrives in one
+    the minimum rate (:mod:`chargecast.serving.guard`): that is a 408. A body that arrives in one
     message (the usual small JSON) is returned as is, uncopied.
     """
     lease: Lease = scope[LEASE]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from chargecast.features import Term, design, factor_column, factor_value, from_json, term_features, to_json
+from chargecast.model.features import Term, design, factor_column, factor_value, from_json, term_features, to_json
 from chargecast.schema import FEATURES
 
 Array = npt.NDArray[np.float64]
@@ -38,7 +38,7 @@ class Predictor(Protocol):
 
 
 class LinearTerms:
-    """``intercept + sum(coef * term(x))`` over the terms of :mod:`chargecast.features`."""
+    """``intercept + sum(coef * term(x))`` over the terms of :mod:`chargecast.model.features`."""
 
     kind = "linear"
 

@@ -9,7 +9,7 @@ resident for the server's life) and by each worker, which unpickles :class:`Work
 - :class:`Supervisor` logs a worker's death at ERROR with its signal or exit code, drops the
   dead worker's live gauges, and stops the whole server (non-zero) when a worker could not
   start or could not load the verified model: a restart would fail the same way.
-- each worker runs :class:`chargecast.guard.GuardedServer`: connection limits and deadlines,
+- each worker runs :class:`chargecast.serving.guard.GuardedServer`: connection limits and deadlines,
   and on SIGTERM a wait until the bytes already written have been taken by the clients.
 - :func:`metrics_server` serves ``/metrics`` on its own port from the supervisor, merged
   over every worker's files, with patient-input histograms published as bucket counts only.
@@ -31,9 +31,9 @@ from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-from chargecast.guard import GuardedServer
+from chargecast.serving.guard import GuardedServer
 
-log = logging.getLogger("chargecast.supervisor")
+log = logging.getLogger("chargecast.serving.supervisor")
 
 PR_SET_PDEATHSIG: Final = 1
 # Histograms of what patients sent (and what they were told): a diff of two scrapes around one
@@ -156,7 +156,7 @@ class Supervisor(Multiprocess):
             self.bury(process.pid, process.exitcode)
             if process.exitcode == STARTUP_FAILURE:
                 # It could not start, or could not load the model verified at start-up (see
-                # chargecast.app): every replacement would fail the same way. Stop, non-zero.
+                # chargecast.serving.app): every replacement would fail the same way. Stop, non-zero.
                 log.error("a worker could not start or load the verified model; stopping the server")
                 self.exit_code = 1
                 self._release()

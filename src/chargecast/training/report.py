@@ -2,7 +2,7 @@
 
 Reviewers (engineers, actuaries) need the numbers a run produced next to the caveats that
 qualify them, in files that travel with the model. The fitted numbers come from the
-:class:`~chargecast.train.TrainResult`, the random splits' figures included; what is
+:class:`~chargecast.training.train.TrainResult`, the random splits' figures included; what is
 computed here only re-reads its holdout (tail shares, Wilson intervals, coverage across
 levels, the constant band's misses), training ranges and the contribution summary. matplotlib is imported inside
 :func:`render`, so importing this module costs nothing on the serving path.
@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from chargecast.intervals import MIN_GROUP, assign_groups
+from chargecast.model.intervals import MIN_GROUP, assign_groups
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
-from chargecast.scoring import GROUPS, winkler
+from chargecast.training.scoring import GROUPS, winkler
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from chargecast.train import TrainResult
+    from chargecast.training.train import TrainResult
 
 Array = npt.NDArray[np.float64]
 
@@ -183,7 +183,7 @@ def _libraries(metadata: Mapping[str, Any]) -> dict[str, str]:
     libs = metadata.get("libraries")
     if isinstance(libs, Mapping) and libs:
         return {str(k): str(v) for k, v in libs.items()}
-    from chargecast.artifact import library_versions
+    from chargecast.model.artifact import library_versions
 
     return library_versions()
 
@@ -499,7 +499,7 @@ _SPLIT_ROWS: tuple[tuple[str, str, Any, Any], ...] = (
 
 def _splits_section(result: TrainResult, metadata: Mapping[str, Any]) -> list[str]:
     """Every quality and interval figure as mean ± sd over the random splits, beside the fixed split."""
-    from chargecast.train import split_summary  # only reached with a TrainResult, so sklearn is loaded
+    from chargecast.training.train import split_summary  # only reached with a TrainResult, so sklearn is loaded
 
     c, n = result.config, len(result.splits)
     if not n:
@@ -570,7 +570,7 @@ def _constant_band(result: TrainResult, f: _Holdout) -> str:
 
 
 def _calibration(result: TrainResult, f: _Holdout) -> list[str]:
-    from chargecast.train import JACKKNIFE_FOLDS  # only reached with a TrainResult, so sklearn is loaded
+    from chargecast.training.train import JACKKNIFE_FOLDS  # only reached with a TrainResult, so sklearn is loaded
 
     exact = result.predictor.kind == "linear"
     how = (

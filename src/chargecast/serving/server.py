@@ -6,11 +6,11 @@ the process here, non-zero with one line, before anything listens. The verified 
 copied into a private (0700) temporary directory and workers load only that copy, checked
 against metadata.json's sha256 (``CHARGECAST_MODEL_SHA256``), so a worker restarted later
 serves exactly the version verified at start, whatever happened to the files on disk since.
-Then it ``exec``s ``python -m chargecast.server``, a lean supervisor that never imports
+Then it ``exec``s ``python -m chargecast.serving.server``, a lean supervisor that never imports
 pydantic or numpy: it stays resident for the server's life, and the memory budget is for
 the whole tree. Same pid, so signals and exit codes reach whoever started ``chargecast serve``.
 
-The supervisor (:func:`supervise`, parts in :mod:`chargecast.supervisor`) creates a fresh
+The supervisor (:func:`supervise`, parts in :mod:`chargecast.serving.supervisor`) creates a fresh
 prometheus multiprocess directory before any worker exists, serves ``/metrics`` on its own
 port (``CHARGECAST_METRICS_PORT``, 0 = none), runs the workers, and removes the directory and
 the model copy once every worker has exited. On SIGTERM workers stop accepting, let in-flight
@@ -29,12 +29,12 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from chargecast.guard import HttpLimits
+from chargecast.serving.guard import HttpLimits
 
 if TYPE_CHECKING:  # the supervisor must not import pydantic: it stays resident
     from chargecast.settings import Settings
 
-APP = "chargecast.app:create_app"
+APP = "chargecast.serving.app:create_app"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _EXPORTED = (
     "model_dir",
@@ -89,7 +89,7 @@ def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> No
 
 def serve(settings: Settings) -> NoReturn:
     """Validate, verify the model once, snapshot it, export, and become the lean supervisor."""
-    from chargecast.artifact import load_verified, snapshot
+    from chargecast.model.artifact import load_verified, snapshot
 
     check_model(settings.model_dir)
     if settings.metrics_port and settings.metrics_port == settings.port:
@@ -106,11 +106,11 @@ def serve(settings: Settings) -> NoReturn:
         export_settings(settings, env)
         env[SNAPSHOT_ENV] = str(snap)
         env["CHARGECAST_MODEL_SOURCE"] = str(source)
-        package_root = str(Path(__file__).resolve().parents[1])  # so `-m chargecast.server` resolves as here
+        package_root = str(Path(__file__).resolve().parents[1])  # so `-m chargecast.serving.server` resolves as here
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "chargecast.server"], env)
+        os.execve(sys.executable, [sys.executable, "-m", "chargecast.serving.server"], env)
     except BaseException:
         shutil.rmtree(snap, ignore_errors=True)
         raise
@@ -122,9 +122,9 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
 
     import uvicorn
 
-    from chargecast.guard import GuardedHttpProtocol
-    from chargecast.logs import uvicorn_log_config
-    from chargecast.supervisor import Supervisor, metrics_server
+    from chargecast.serving.guard import GuardedHttpProtocol
+    from chargecast.serving.logs import uvicorn_log_config
+    from chargecast.serving.supervisor import Supervisor, metrics_server
 
     workers = int(environ["CHARGECAST_WORKERS"])
     level = environ["CHARGECAST_LOG_LEVEL"]
@@ -158,7 +158,7 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
             lifespan="on",
             http=GuardedHttpProtocol,  # header, body and send limits; SIGTERM waits for slow clients
         )
-        log = logging.getLogger("chargecast.server")
+        log = logging.getLogger("chargecast.serving.server")
         metrics_port = int(environ.get("CHARGECAST_METRICS_PORT", "0"))
         if metrics_port:
             try:
@@ -193,5 +193,5 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
 if __name__ == "__main__":
     missing = [k for k in ("CHARGECAST_WORKERS", "CHARGECAST_HOST", "CHARGECAST_PORT") if k not in os.environ]
     if missing:
-        sys.exit("python -m chargecast.server is started by `chargecast serve`; run that instead")
+        sys.exit("python -m chargecast.serving.server is started by `chargecast serve`; run that instead")
     sys.exit(supervise())

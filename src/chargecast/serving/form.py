@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from chargecast.artifact import Artifact
+from chargecast.model.artifact import Artifact
 from chargecast.schema import FIELD_BY_NAME, FIELDS, CategoryField, Field, NumberField
 
 TITLE: Final = "Estimate a patient's medical charges"

@@ -1,0 +1,1 @@
+"""Training: data loading, model selection, the report. Needs the train extra (scikit-learn, pandas)."""
