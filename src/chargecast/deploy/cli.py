@@ -15,6 +15,15 @@ from chargecast.deploy.gke import APP, OVERLAY, GkeOptions, plan_gke, plan_rollb
 from chargecast.deploy.plan import Plan, format_plan
 from chargecast.deploy.runner import DeployError, run_plan
 
+# --option, default, what a valid value matches (GCP naming rules), help
+NAMES: tuple[tuple[str, str | None, str, str], ...] = (
+    ("--region", "us-central1", r"[a-z]+-[a-z]+[0-9]+", "region of the registry and of an Autopilot cluster"),
+    ("--zone", None, r"[a-z]+-[a-z]+[0-9]+-[a-z]", "zone of the Standard cluster (default: REGION-b)"),
+    ("--cluster", APP, r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?", "cluster name"),
+    ("--repository", APP, r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?", "Artifact Registry repository"),
+    ("--tag", None, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "image tag (default: the git short SHA, else the version)"),
+)
+
 
 def default_root() -> Path:
     """The checkout this module lives in (editable install), else the working directory."""
@@ -107,40 +116,20 @@ def _add_gke(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "creating the repository and the cluster when missing. Safe to repeat. The project is given to "
         "each command in its environment: gcloud's configuration is not changed.",
     )
-    gke.add_argument("--project", required=True, type=project_id, help="Google Cloud project ID")
     gke.add_argument(
-        "--region",
-        default="us-central1",
-        type=matching(r"[a-z]+-[a-z]+[0-9]+", "region"),
-        help="region of the registry and of an Autopilot cluster (default: us-central1)",
+        "--project",
+        required=True,
+        type=project_id,
+        help="Google Cloud project ID: 6 to 30 lowercase letters, digits and hyphens, starting with a letter",
     )
-    gke.add_argument(
-        "--cluster",
-        default=APP,
-        type=matching(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?", "cluster name"),
-        help=f"cluster name (default: {APP})",
-    )
-    gke.add_argument(
-        "--repository",
-        default=APP,
-        type=matching(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?", "repository name"),
-        help=f"Artifact Registry repository (default: {APP})",
-    )
-    gke.add_argument(
-        "--tag",
-        type=matching(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "image tag"),
-        help="image tag (default: the git short SHA, else the package version)",
-    )
+    for flag, default, pattern, help_text in NAMES:
+        shown = f"{help_text} (default: {default})" if default else help_text
+        gke.add_argument(flag, default=default, type=matching(pattern, flag.removeprefix("--")), help=shown)
     gke.add_argument(
         "--nodes",
         type=int_at_least(1),
         metavar="N",
         help="create a Standard cluster of N nodes in one zone instead of an Autopilot cluster",
-    )
-    gke.add_argument(
-        "--zone",
-        type=matching(r"[a-z]+-[a-z]+[0-9]+-[a-z]", "zone"),
-        help="zone of the Standard cluster (default: REGION-b)",
     )
     gke.add_argument(
         "--build",
