@@ -1,16 +1,22 @@
-"""The artifact: round trip, verification before parsing, and atomic writes."""
+"""The artifact: round trip, verification before parsing, and publishing that survives a killed writer."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from chargecast.model import artifact
+from chargecast.model import artifact, publish
 from chargecast.model.artifact import Artifact, ArtifactError
 from chargecast.schema import ValidationError
 from chargecast.training.train import TrainResult
@@ -161,10 +167,105 @@ def test_failed_write_leaves_the_old_artifact_untouched(copy: Path, trained: Tra
     assert [p.name for p in copy.parent.iterdir()] == ["model"]
 
 
-def test_rewrite_replaces_atomically(copy: Path, trained: TrainResult) -> None:
-    meta = artifact.write(copy, trained.predictor, trained.distribution, {"model": "again"})
-    assert Artifact.load(copy).metadata["version"] == meta["version"]
-    assert [p.name for p in copy.parent.iterdir()] == ["model"]
+def test_a_failure_while_writing_files_leaves_no_trace(
+    copy: Path, trained: TrainResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    real_put = publish.Draft.put
+
+    def put(draft: publish.Draft, rel: str, data: bytes) -> None:
+        if rel == "arrays.npz":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_put(draft, rel, data)
+
+    monkeypatch.setattr(publish.Draft, "put", put)
+    with pytest.raises(OSError, match="No space left"):
+        artifact.write(copy, trained.predictor, trained.distribution, {})
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert list(publish.versions_dir(copy).iterdir()) == []
+
+
+def test_each_write_publishes_a_version_and_keeps_only_the_one_before(copy: Path, trained: TrainResult) -> None:
+    """The committed model is a plain directory: the first write keeps it as the previous version."""
+    edit_metadata(copy, model="committed")
+    before = "committed"
+    for n in range(3):
+        meta = artifact.write(copy, trained.predictor, trained.distribution, {"model": f"write {n}"})
+        assert copy.is_symlink()
+        assert not Path(os.readlink(copy)).is_absolute(), "a relative link survives copying the tree"
+        assert copy.resolve().name.startswith(meta["version"])  # the same model twice a day: "-2" is appended
+        assert Artifact.load(copy).metadata["model"] == f"write {n}"
+        kept = [Artifact.load(p).metadata["model"] for p in publish.versions_dir(copy).iterdir()]
+        assert sorted(kept) == sorted([before, f"write {n}"]), "the previous one kept for rollback, older pruned"
+        before = f"write {n}"
+    assert sorted(p.name for p in copy.parent.iterdir()) == [".model.versions", "model"]
+
+
+# Run in a child process: write a new model, SIGKILLed just before its Nth file-system step.
+KILLED_WRITER = """
+import os, shutil, signal, sys
+from chargecast.model import artifact, publish
+
+out, source, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = artifact.Artifact.load(source)
+steps = 0
+
+
+def deadly(module, name):
+    real = getattr(module, name)
+
+    def step(*args, **kwargs):
+        global steps
+        steps += 1
+        if steps == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    setattr(module, name, step)
+
+
+for module, name in [(os, "fsync"), (os, "rename"), (os, "replace"), (os, "symlink"), (os, "unlink"),
+                     (os, "rmdir"), (shutil, "rmtree"), (publish, "_exchange")]:
+    deadly(module, name)
+artifact.write(out, model.predictor, model.distribution, {"model": "new"},
+               lambda meta: {"report.md": b"report", "plots/residuals.png": b"png"})
+print(steps)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["committed directory", "published link"])
+def test_a_writer_killed_at_any_step_leaves_the_old_model_or_the_new(
+    model_dir: Path, trained: TrainResult, tmp_path: Path, layout: str
+) -> None:
+    seen: list[str] = []
+    for kill_at in itertools.count(1):
+        out = tmp_path / str(kill_at) / "current"
+        if layout == "committed directory":
+            shutil.copytree(model_dir, out)
+            edit_metadata(out, model="old")
+        else:
+            artifact.write(out, trained.predictor, trained.distribution, {"model": "old"})
+        child = subprocess.run(
+            [sys.executable, "-c", KILLED_WRITER, str(out), str(model_dir), str(kill_at)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seen.append(Artifact.load(out).metadata["model"])  # a complete, verified model, or this raises
+        if child.returncode != -signal.SIGKILL:
+            assert child.returncode == 0, child.stderr
+            assert int(child.stdout) == kill_at - 1
+            break
+        # The next write recovers: what the killed one left is pruned, the one before is kept.
+        artifact.write(out, trained.predictor, trained.distribution, {"model": "again"})
+        assert Artifact.load(out).metadata["model"] == "again"
+        assert sorted(p.name for p in out.parent.iterdir()) == [".current.versions", "current"]
+        kept = [Artifact.load(p).metadata["model"] for p in publish.versions_dir(out).iterdir()]
+        assert sorted(kept) == ["again", seen[-1]]
+    swap = seen.index("new")
+    assert swap > 1
+    assert seen == ["old"] * swap + ["new"] * (len(seen) - swap), "one swap, never back"
 
 
 def rehash(path: Path) -> None:

@@ -1,71 +1,45 @@
 """``chargecast deploy``: the plan it makes, its dry run, and its runner against fake cloud tools.
 
+The plan is checked for properties, not against a copy of itself: the order every step needs,
+each command's exact flags for given options, a probe before everything that creates, the image
+deployed by digest, the project given in the environment and never by `gcloud config set`.
+
 gcloud, kubectl, docker and git are replaced by one small shell script on PATH that logs every
-call and plays the part a test asks for (not logged in, a failing command, an existing cluster,
-a load balancer IP that appears on the third poll). Only ``kubectl kustomize`` is real, so the
-happy path renders the repository's own gke overlay with the pushed digest.
+call with the environment it got, and plays the part a test asks for (not logged in, a failing
+command, an existing cluster, a load balancer IP that appears on the third poll). Only ``kubectl
+kustomize`` is real, so the happy path renders the repository's own gke overlay with the pushed digest.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chargecast import __version__
 from chargecast.cli import main
-from chargecast.deploy.gke import (
-    GKE_IMAGE_PLACEHOLDER,
-    DeployError,
-    GkeOptions,
-    Plan,
-    default_tag,
-    format_plan,
-    plan_gke,
-    run_plan,
-    show_command,
-)
+from chargecast.deploy import gke
+from chargecast.deploy.cli import default_root, default_tag
+from chargecast.deploy.gke import GKE_IMAGE_PLACEHOLDER, PROJECT_RULE, GkeOptions, plan_gke
+from chargecast.deploy.plan import Plan, Step, format_plan, show_command
+from chargecast.deploy.runner import DeployError, run_plan
 from tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = "us-central1-docker.pkg.dev/demo-project/chargecast/chargecast"
-
-# What a first deploy with the default options runs, step by step ("check tools" runs nothing).
-AUTOPILOT = [
-    ("check tools", ""),
-    ("check login", "gcloud auth list --filter=status:ACTIVE '--format=value(account)'"),
-    ("set project", "gcloud config set project demo-project"),
-    ("enable APIs", "gcloud services enable container.googleapis.com artifactregistry.googleapis.com"),
-    (
-        "create repository",
-        "gcloud artifacts repositories create chargecast --repository-format=docker --location=us-central1 "
-        "'--description=chargecast images'",
-    ),
-    ("configure docker", "gcloud auth configure-docker us-central1-docker.pkg.dev --quiet"),
-    ("build image", f"docker build --platform=linux/amd64 --tag={IMAGE}:TAG {ROOT}"),
-    ("push image", f"docker push {IMAGE}:TAG"),
-    ("resolve digest", f"gcloud artifacts docker images describe {IMAGE}:TAG '--format=value(image_summary.digest)'"),
-    ("render manifests", 'kubectl kustomize "${WORKDIR}"'),
-    ("create cluster", "gcloud container clusters create-auto chargecast --location=us-central1"),
-    ("get credentials", "gcloud container clusters get-credentials chargecast --location=us-central1"),
-    ("apply manifests", "kubectl apply -f -"),
-    ("wait for rollout", "kubectl rollout status deployment/chargecast --timeout=5m"),
-    ("wait for external IP", "kubectl get service chargecast -o 'jsonpath={.status.loadBalancer.ingress[0].ip}'"),
-]
-# --nodes 2: a zonal Standard cluster, so exactly two nodes.
-STANDARD = {
-    "create cluster": "gcloud container clusters create chargecast --location=us-central1-b --num-nodes=2 "
-    "--enable-managed-prometheus",
-    "get credentials": "gcloud container clusters get-credentials chargecast --location=us-central1-b",
-}
+TOOLS = ("gcloud", "kubectl", "docker", "git", "gke-gcloud-auth-plugin")
 
 FAKE = r"""#!/bin/sh
 # Stands in for gcloud, kubectl, docker, git and the GKE auth plugin: logs the call, then acts.
 name=${0##*/}
 call="$name $*"
 printf '%s\n' "$call" >> "$FAKE_DIR/calls.log"
+printf '%s\t%s\t%s\n' "$call" "${CLOUDSDK_CORE_PROJECT-(unset)}" "${CLOUDSDK_CORE_DISABLE_PROMPTS-(unset)}" \
+  >> "$FAKE_DIR/env.log"
 if [ -n "$FAKE_FAIL" ]; then
   case "$call" in
     "$FAKE_FAIL"*) printf 'ERROR: (%s) simulated failure\n' "$name" >&2; exit 1 ;;
@@ -73,6 +47,7 @@ if [ -n "$FAKE_FAIL" ]; then
 fi
 case "$call" in
   "gcloud auth list"*) [ -n "$FAKE_NO_LOGIN" ] || echo dev@example.com ;;
+  "gcloud projects describe"*) echo "$3" ;;
   "gcloud artifacts repositories describe"*) [ -n "$FAKE_HAVE_REPO" ] || { echo NOT_FOUND >&2; exit 1; } ;;
   "gcloud container clusters describe"*) [ -n "$FAKE_HAVE_CLUSTER" ] || { echo NOT_FOUND >&2; exit 1; } ;;
   "gcloud artifacts docker images describe"*) echo "$FAKE_DIGEST" ;;
@@ -105,6 +80,14 @@ class Fakes:
         log = self.dir / "calls.log"
         return log.read_text().splitlines() if log.exists() else []
 
+    def environments(self) -> dict[str, set[tuple[str, str]]]:
+        """For each tool, the (CLOUDSDK_CORE_PROJECT, CLOUDSDK_CORE_DISABLE_PROMPTS) values it ran with."""
+        seen: dict[str, set[tuple[str, str]]] = {}
+        for line in (self.dir / "env.log").read_text().splitlines():
+            call, project, prompts = line.split("\t")
+            seen.setdefault(call.split(" ")[0], set()).add((project, prompts))
+        return seen
+
     def remove(self, tool: str) -> None:
         (self.bin / tool).unlink()
 
@@ -115,7 +98,7 @@ def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
     kubectl = dev_tool("kubectl")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("gcloud", "kubectl", "docker", "git", "gke-gcloud-auth-plugin"):
+    for tool in TOOLS:
         (bin_dir / tool).write_text(FAKE)
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
@@ -128,90 +111,232 @@ def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
     return Fakes(tmp_path, bin_dir)
 
 
-def steps(plan: Plan) -> list[tuple[str, str]]:
-    return [(s.name, show_command(s.argv)) for s in plan.steps]
+def options(**changes: Any) -> GkeOptions:
+    return GkeOptions(**{"project": "demo-project", "tag": "v1", "root": ROOT, **changes})
 
 
-def expected(tag: str, nodes: int | None = None) -> list[tuple[str, str]]:
-    rows = [(name, command.replace("TAG", tag)) for name, command in AUTOPILOT]
-    if nodes is not None:
-        rows = [(name, STANDARD.get(name, command)) for name, command in rows]
-    return rows
+def by_name(plan: Plan) -> dict[str, Step]:
+    return {s.name: s for s in plan.steps}
 
 
-def listed(output: str) -> list[tuple[str, str]]:
-    """The "NN. step: command" lines of a dry run."""
-    rows = []
-    for line in output.splitlines():
-        number, sep, rest = line.partition(". ")
-        if sep and number.strip().isdigit():
-            name, _, command = rest.partition(": ")
-            rows.append((name, "" if command.endswith("must be on PATH") else command))
-    return rows
+def command(plan: Plan, step: str) -> str:
+    return show_command(by_name(plan)[step].argv)
 
 
-# -- the plan -----------------------------------------------------------------------------------
+VARIANTS = [
+    pytest.param({}, id="autopilot"),
+    pytest.param({"nodes": 2}, id="standard"),
+    pytest.param({"nodes": 3, "zone": "europe-west4-c", "region": "europe-west4"}, id="standard-zone"),
+    pytest.param({"build": "cloud", "cluster": "ml", "repository": "images"}, id="cloud-build"),
+    pytest.param({"project": "example.com:demo-project"}, id="domain-scoped"),
+]
 
 
-def test_autopilot_plan_is_the_documented_sequence() -> None:
-    plan = plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT))
-    assert steps(plan) == expected("v1")
-    by_name = {s.name: s for s in plan.steps}
-    assert by_name["check tools"].tools == ("gcloud", "gke-gcloud-auth-plugin", "kubectl", "docker")
-    # Idempotency: what exists is described first and not created again.
-    assert show_command(by_name["create repository"].skip_if) == (
-        "gcloud artifacts repositories describe chargecast --location=us-central1"
-    )
-    assert show_command(by_name["create cluster"].skip_if) == (
-        "gcloud container clusters describe chargecast --location=us-central1 '--format=value(name)'"
-    )
-    # Deployed by digest, rendered from a copy of the overlay: the repository is never edited.
-    render = by_name["render manifests"]
-    assert render.copies == (("k8s", ROOT / "deploy" / "k8s"),)
+# -- the plan: order, flags, probes, digest, project --------------------------------------------
+
+
+@pytest.mark.parametrize("changes", VARIANTS)
+def test_every_step_comes_after_what_it_needs(changes: dict[str, Any]) -> None:
+    names = [s.name for s in plan_gke(options(**changes)).steps]
+    assert len(names) == len(set(names))
+    assert names[:3] == ["check tools", "check login", "check project"], "checks first, before anything changes"
+    needs = [
+        ("enable APIs", "create repository"),  # the registry API is off in a new project
+        ("create repository", "build image"),
+        ("build image", "resolve digest"),
+        ("resolve digest", "render manifests"),  # the manifests name the digest
+        ("render manifests", "create cluster"),  # a broken manifest fails before minutes of cluster creation
+        ("create cluster", "get credentials"),
+        ("get credentials", "apply manifests"),
+        ("apply manifests", "wait for rollout"),
+        ("wait for rollout", "wait for external IP"),
+    ]
+    if changes.get("build") != "cloud":
+        needs += [("configure docker", "push image"), ("build image", "push image"), ("push image", "resolve digest")]
+    for before, after in needs:
+        assert names.index(before) < names.index(after), f"{before} must run before {after}"
+    assert names[-1] == "wait for external IP"
+
+
+@pytest.mark.parametrize("changes", VARIANTS)
+def test_the_project_goes_in_the_environment_never_into_gcloud_config(changes: dict[str, Any]) -> None:
+    o = options(**changes)
+    plan = plan_gke(o)
+    assert plan.env == (("CLOUDSDK_CORE_PROJECT", o.project),)
+    for step in plan.steps:
+        for argv in (step.argv, step.skip_if):
+            assert argv[:2] != ("gcloud", "config"), step.name
+            assert "config" not in argv or argv[:3] == ("gcloud", "auth", "configure-docker"), step.name
+
+
+@pytest.mark.parametrize("changes", VARIANTS)
+def test_what_a_step_creates_is_probed_first_by_the_same_name_and_location(changes: dict[str, Any]) -> None:
+    creating = [s for s in plan_gke(options(**changes)).steps if {"create", "create-auto"} & set(s.argv)]
+    assert [s.name for s in creating] == ["create repository", "create cluster"]
+    for step in creating:
+        verb = next(i for i, a in enumerate(step.argv) if a.startswith("create"))
+        assert step.skip_if[:verb] == step.argv[:verb]  # gcloud artifacts repositories / container clusters
+        assert step.skip_if[verb] == "describe"
+        assert step.skip_if[verb + 1] == step.argv[verb + 1]  # the same name
+        location = [a for a in step.argv if a.startswith("--location=")]
+        assert location
+        assert [a for a in step.skip_if if a.startswith("--location=")] == location
+
+
+@pytest.mark.parametrize("changes", VARIANTS)
+def test_the_image_is_deployed_by_the_digest_of_what_was_just_pushed(changes: dict[str, Any]) -> None:
+    o = options(**changes)
+    steps = by_name(plan_gke(o))
+    pushed = f"--tag={o.ref}" if o.build == "cloud" else o.ref
+    assert pushed in (steps["build image"].argv if o.build == "cloud" else steps["push image"].argv)
+    digest = steps["resolve digest"]
+    assert o.ref in digest.argv
+    assert digest.capture == "DIGEST"
+    assert digest.require_output
+    render = steps["render manifests"]
+    assert render.copies == (("k8s", ROOT / "deploy" / "k8s"),), "a copy: the repository is never edited"
     ((name, text),) = render.files
     assert name == "kustomization.yaml"
     assert f"name: {GKE_IMAGE_PLACEHOLDER}\n" in text
-    assert f"newName: {IMAGE}\n" in text
-    assert "digest: ${DIGEST}" in text
-    assert render.must_contain == IMAGE + "@${DIGEST}"
+    assert f"newName: {o.image}\n" in text
+    assert "digest: ${DIGEST}\n" in text
+    assert render.must_contain == f"{o.image}@${{DIGEST}}"
+    assert steps["apply manifests"].stdin == "${MANIFESTS}" == "${" + render.capture + "}"
+    assert not any(o.tag in " ".join(s.argv) for s in steps.values() if s.argv[:1] == ("kubectl",))
 
 
-def test_standard_cluster_plan_with_two_nodes() -> None:
-    plan = plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT, nodes=2))
-    assert steps(plan) == expected("v1", nodes=2)
-    describe = next(s for s in plan.steps if s.name == "create cluster").skip_if
-    assert "--location=us-central1-b" in describe
+@pytest.mark.parametrize(
+    ("changes", "step", "expected"),
+    [
+        ({}, "check project", "gcloud projects describe demo-project '--format=value(projectId)'"),
+        ({}, "enable APIs", "gcloud services enable container.googleapis.com artifactregistry.googleapis.com"),
+        (
+            {"build": "cloud"},
+            "enable APIs",
+            "gcloud services enable container.googleapis.com artifactregistry.googleapis.com cloudbuild.googleapis.com",
+        ),
+        (
+            {"region": "europe-west4", "repository": "images"},
+            "create repository",
+            "gcloud artifacts repositories create images --repository-format=docker --location=europe-west4 "
+            "'--description=chargecast images'",
+        ),
+        ({}, "configure docker", "gcloud auth configure-docker us-central1-docker.pkg.dev --quiet"),
+        ({"tag": "v7"}, "build image", f"docker build --platform=linux/amd64 --tag={IMAGE}:v7 {ROOT}"),
+        (
+            {"build": "cloud", "region": "europe-west4"},
+            "build image",
+            f"gcloud builds submit --tag=europe-west4-docker.pkg.dev/demo-project/chargecast/chargecast:v1 {ROOT}",
+        ),
+        (
+            {"project": "example.com:demo-project"},
+            "push image",
+            "docker push us-central1-docker.pkg.dev/example.com/demo-project/chargecast/chargecast:v1",
+        ),
+        (
+            {},
+            "resolve digest",
+            f"gcloud artifacts docker images describe {IMAGE}:v1 '--format=value(image_summary.digest)'",
+        ),
+        ({}, "create cluster", "gcloud container clusters create-auto chargecast --location=us-central1"),
+        (
+            {"nodes": 2},
+            "create cluster",
+            "gcloud container clusters create chargecast --location=us-central1-b --num-nodes=2 "
+            "--enable-managed-prometheus",
+        ),
+        (
+            {"nodes": 3, "zone": "us-central1-f", "cluster": "ml"},
+            "create cluster",
+            "gcloud container clusters create ml --location=us-central1-f --num-nodes=3 --enable-managed-prometheus",
+        ),
+        (
+            {"nodes": 2},
+            "get credentials",
+            "gcloud container clusters get-credentials chargecast --location=us-central1-b",
+        ),
+        ({}, "apply manifests", "kubectl apply -f -"),
+        ({}, "wait for rollout", "kubectl rollout status deployment/chargecast --timeout=5m"),
+        (
+            {},
+            "wait for external IP",
+            "kubectl get service chargecast -o 'jsonpath={.status.loadBalancer.ingress[0].ip}'",
+        ),
+    ],
+)
+def test_each_command_has_exactly_the_flags_its_options_call_for(
+    changes: dict[str, Any], step: str, expected: str
+) -> None:
+    assert command(plan_gke(options(**changes)), step) == expected
 
 
 def test_cloud_build_needs_no_docker() -> None:
-    plan = plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT, build="cloud", region="europe-west4"))
+    plan = plan_gke(options(build="cloud"))
     names = [s.name for s in plan.steps]
     assert "configure docker" not in names
     assert "push image" not in names
+    assert not any(s.argv[:1] == ("docker",) for s in plan.steps)
     assert plan.steps[0].tools == ("gcloud", "gke-gcloud-auth-plugin", "kubectl")
-    commands = dict(steps(plan))
-    image = "europe-west4-docker.pkg.dev/demo-project/chargecast/chargecast"
-    assert commands["build image"] == f"gcloud builds submit --tag={image}:v1 {ROOT}"
-    assert commands["enable APIs"].endswith("artifactregistry.googleapis.com cloudbuild.googleapis.com")
+    assert plan_gke(options()).steps[0].tools == ("gcloud", "gke-gcloud-auth-plugin", "kubectl", "docker")
 
 
-def test_zone_and_names_are_honoured() -> None:
-    options = GkeOptions(
-        project="demo-project", tag="v1", root=ROOT, nodes=3, zone="us-central1-f", cluster="ml", repository="images"
-    )
-    commands = dict(steps(plan_gke(options)))
-    assert commands["create cluster"] == (
-        "gcloud container clusters create ml --location=us-central1-f --num-nodes=3 --enable-managed-prometheus"
-    )
-    assert commands["push image"] == "docker push us-central1-docker.pkg.dev/demo-project/images/chargecast:v1"
+# -- project IDs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("project", "problem"),
+    [
+        ("Bad_Project", "contains 'B', 'P', '_'"),
+        ("short", "has 5 characters"),
+        ("a" * 31, "has 31 characters"),
+        ("1project", "starts with '1'"),
+        ("-project", "starts with '-'"),
+        ("project-", "ends with a hyphen"),
+        ("my project", "contains ' '"),
+        ("Example.com:demo-project", "has an invalid domain prefix 'Example.com'"),
+    ],
+)
+def test_an_invalid_project_id_is_refused_with_the_rule_and_nothing_runs(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], project: str, problem: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["deploy", "gke", f"--project={project}"])  # "=": "-project" would look like an option
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --project: invalid project ID {project!r}: it {problem}; {PROJECT_RULE}" in err
+    assert "6 to 30 characters: lowercase letters, digits and hyphens, starting with a letter" in err
+    assert "Traceback" not in err
+    assert fakes.calls() == [], "not even git"
+    with pytest.raises(ValueError, match="invalid project ID"):
+        options(project=project)
+
+
+@pytest.mark.parametrize("project", ["a12345", "a" * 30, "demo-project", "p-2024", "example.com:demo-project"])
+def test_valid_project_ids_are_accepted(fakes: Fakes, capsys: pytest.CaptureFixture[str], project: str) -> None:
+    assert main(["deploy", "gke", "--project", project, "--tag", "v1", "--dry-run"]) == 0
+    assert f"CLOUDSDK_CORE_PROJECT={project}" in capsys.readouterr().out
 
 
 # -- the dry run --------------------------------------------------------------------------------
 
 
+def listed(output: str) -> list[tuple[str, str, list[str]]]:
+    """The "NN. step: command" lines of a dry run, each with the indented lines under it."""
+    rows: list[tuple[str, str, list[str]]] = []
+    for line in output.splitlines():
+        number, sep, rest = line.partition(". ")
+        if sep and number.strip().isdigit():
+            assert int(number) == len(rows) + 1, "numbered in order, from 1"
+            name, _, shown = rest.partition(": ")
+            rows.append((name, shown, []))
+        elif rows and line.startswith("    "):
+            rows[-1][2].append(line.strip())
+    return rows
+
+
 @pytest.mark.parametrize("nodes", [None, 2])
 @pytest.mark.parametrize("tag", ["v7", None])
-def test_dry_run_prints_every_command_in_order_and_runs_none(
+def test_dry_run_lists_every_step_with_its_reason_and_runs_none(
     fakes: Fakes, capsys: pytest.CaptureFixture[str], tag: str | None, nodes: int | None
 ) -> None:
     argv = ["deploy", "gke", "--project", "demo-project", "--dry-run"]
@@ -219,21 +344,33 @@ def test_dry_run_prints_every_command_in_order_and_runs_none(
     argv += ["--nodes", str(nodes)] if nodes else []
     assert main(argv) == 0
     out = capsys.readouterr().out
+    rows = listed(out)
+    assert [name for name, _, _ in rows] == [s.name for s in plan_gke(options(nodes=nodes)).steps]
+    for name, _, details in rows:
+        reasons = [d for d in details if d.startswith("# ")]
+        assert len(reasons) == 1, f"{name} says why it is there, once"
+        assert len(reasons[0]) > 20, name
+    shown = {name: text for name, text, _ in rows}
     # Without --tag the tag is the git short SHA (the fake git says abc1234).
-    assert listed(out) == expected(tag or "abc1234", nodes)
+    assert shown["build image"].endswith(f"--tag={IMAGE}:{tag or 'abc1234'} {ROOT}")
+    assert shown["check tools"] == "gcloud, gke-gcloud-auth-plugin, kubectl, docker must be on PATH"
+    assert ("--num-nodes=2" in shown["create cluster"]) == (nodes == 2)
+    under = {name: d for name, _, d in rows}
+    probe = "gcloud artifacts repositories describe chargecast --location=us-central1"
+    assert f"skipped when this succeeds: {probe}" in under["create repository"]
+    assert "repeated every 5 s, at most 60 times, until it prints something" in under["wait for external IP"]
+    assert "|     digest: ${DIGEST}" in under["render manifests"]
     assert "None of them was run" in out
-    assert "not even the tool and login checks" in out
-    assert "digest: ${DIGEST}" in out
+    assert "Every step runs with CLOUDSDK_CORE_PROJECT=demo-project in its environment" in out
+    assert "`export CLOUDSDK_CORE_PROJECT=demo-project` first" in out
     assert "chargecast is serving at http://${EXTERNAL_IP}/" in out
     # Not one cloud tool was started; git only to name the tag.
-    assert [c for c in fakes.calls() if not c.startswith("git ")] == []
-    assert all(" rev-parse " in c or " status " in c for c in fakes.calls())
-    if tag:
-        assert fakes.calls() == []
+    assert all(c.startswith("git -C ") for c in fakes.calls())
+    assert (fakes.calls() == []) == bool(tag)
 
 
 def test_dry_run_needs_no_tools_at_all(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
-    for tool in ("gcloud", "kubectl", "docker", "git", "gke-gcloud-auth-plugin"):
+    for tool in TOOLS:
         fakes.remove(tool)
     assert main(["deploy", "gke", "--project", "demo-project", "--dry-run"]) == 0
     assert f"{IMAGE}:v{__version__}" in capsys.readouterr().out
@@ -245,6 +382,7 @@ def test_dry_run_needs_no_tools_at_all(fakes: Fakes, capsys: pytest.CaptureFixtu
         (
             "status",
             [
+                ("check tools", "kubectl must be on PATH"),
                 ("rollout status", "kubectl rollout status deployment/chargecast --timeout=2m"),
                 ("list objects", "kubectl get deploy,hpa,pods,svc -l app.kubernetes.io/name=chargecast"),
             ],
@@ -252,6 +390,7 @@ def test_dry_run_needs_no_tools_at_all(fakes: Fakes, capsys: pytest.CaptureFixtu
         (
             "rollback",
             [
+                ("check tools", "kubectl must be on PATH"),
                 ("undo rollout", "kubectl rollout undo deployment/chargecast"),
                 ("wait for rollout", "kubectl rollout status deployment/chargecast --timeout=5m"),
             ],
@@ -262,7 +401,9 @@ def test_status_and_rollback_dry_runs(
     fakes: Fakes, capsys: pytest.CaptureFixture[str], command: str, expected_steps: list[tuple[str, str]]
 ) -> None:
     assert main(["deploy", command, "--dry-run"]) == 0
-    assert listed(capsys.readouterr().out) == [("check tools", ""), *expected_steps]
+    out = capsys.readouterr().out
+    assert [(name, shown) for name, shown, _ in listed(out)] == expected_steps
+    assert "CLOUDSDK_CORE_PROJECT" not in out, "kubectl's current context needs no project"
     assert fakes.calls() == []
 
 
@@ -309,6 +450,18 @@ def test_not_logged_in(fakes: Fakes, capfd: pytest.CaptureFixture[str], monkeypa
     assert fakes.calls() == ["gcloud auth list --filter=status:ACTIVE --format=value(account)"]
 
 
+def test_an_unknown_project_stops_before_anything_is_created(
+    fakes: Fakes, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "gcloud projects describe")
+    assert deploy() == 2
+    err = capfd.readouterr().err
+    assert "step 'check project': `gcloud projects describe demo-project" in err
+    assert "gcloud projects list" in err
+    assert fakes.calls()[-1].startswith("gcloud projects describe demo-project")
+    assert len(fakes.calls()) == 2
+
+
 def test_a_failed_step_stops_the_run_and_says_which(
     fakes: Fakes, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,39 +491,35 @@ def test_happy_path_first_deploy(
     fakes: Fakes, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_IP_AFTER", "3")  # the load balancer needs two more polls
+    monkeypatch.setenv("CLOUDSDK_CORE_PROJECT", "someone-elses-project")  # the user's own setting loses
     naps: list[float] = []
-    values = run_plan(plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT)), sleep=naps.append)
+    plan = plan_gke(options())
+    values = run_plan(plan, sleep=naps.append)
     calls = fakes.calls()
     render = next(c for c in calls if c.startswith("kubectl kustomize "))
-    assert calls == [
-        "gcloud auth list --filter=status:ACTIVE --format=value(account)",
-        "gcloud config set project demo-project",
-        "gcloud services enable container.googleapis.com artifactregistry.googleapis.com",
-        "gcloud artifacts repositories describe chargecast --location=us-central1",
-        "gcloud artifacts repositories create chargecast --repository-format=docker --location=us-central1 "
-        "--description=chargecast images",
-        "gcloud auth configure-docker us-central1-docker.pkg.dev --quiet",
-        f"docker build --platform=linux/amd64 --tag={IMAGE}:v1 {ROOT}",
-        f"docker push {IMAGE}:v1",
-        f"gcloud artifacts docker images describe {IMAGE}:v1 --format=value(image_summary.digest)",
-        render,
-        "gcloud container clusters describe chargecast --location=us-central1 --format=value(name)",
-        "gcloud container clusters create-auto chargecast --location=us-central1",
-        "gcloud container clusters get-credentials chargecast --location=us-central1",
-        "kubectl apply -f -",
-        "kubectl rollout status deployment/chargecast --timeout=5m",
-        *["kubectl get service chargecast -o jsonpath={.status.loadBalancer.ingress[0].ip}"] * 3,
-    ]
+    # What ran is the plan, in order: each create after its probe found nothing, the IP polled 3 times.
+    ran: list[str] = []
+    for step in plan.steps:
+        if step.skip_if:
+            ran.append(" ".join(step.skip_if))
+        ran += [render if step.name == "render manifests" else " ".join(step.argv)] * (3 if step.poll else 1)
+    assert calls == [c for c in ran if c]  # "check tools" runs nothing
+    assert not any(c.startswith("gcloud config") for c in calls)
+    # Every tool got the project (and no prompts) from the environment the runner gave it ...
+    assert fakes.environments() == {tool: {("demo-project", "1")} for tool in ("gcloud", "docker", "kubectl")}
+    # ... while this process's own environment is as it was.
+    assert os.environ["CLOUDSDK_CORE_PROJECT"] == "someone-elses-project"
     assert naps == [5.0, 5.0]
     assert values["DIGEST"] == DIGEST
     assert values["EXTERNAL_IP"] == "203.0.113.7"
     out = capfd.readouterr().out
     assert f"chargecast is serving at http://203.0.113.7/ ({IMAGE}@{DIGEST})" in out
-    assert "[15/15] wait for external IP" in out
+    assert f"[{len(plan.steps)}/{len(plan.steps)}] wait for external IP" in out
     # What reached the cluster: the real overlay, pinned to the pushed digest.
     applied = (fakes.dir / "applied.yaml").read_text()
     assert f"image: {IMAGE}@{DIGEST}" in applied
     assert GKE_IMAGE_PLACEHOLDER not in applied
+    assert ":v1" not in applied
     assert "kind: PodMonitoring" in applied
     # The temporary render directory is gone and the repository untouched.
     assert not Path(render.split(" ", 2)[2]).exists()
@@ -385,6 +534,7 @@ def test_second_deploy_skips_what_exists(
     calls = fakes.calls()
     assert not any(" repositories create " in c for c in calls)
     assert not any(" clusters create" in c for c in calls)
+    assert "gcloud artifacts repositories describe chargecast --location=us-central1" in calls
     assert "gcloud container clusters describe chargecast --location=us-central1-b --format=value(name)" in calls
     assert calls[-1].startswith("kubectl get service chargecast")
     out = capfd.readouterr().out
@@ -396,16 +546,16 @@ def test_no_external_ip_is_a_bounded_wait(fakes: Fakes, monkeypatch: pytest.Monk
     monkeypatch.setenv("FAKE_IP_AFTER", "1000")
     naps: list[float] = []
     with pytest.raises(DeployError, match=r"step 'wait for external IP': .* printed nothing for 300 s") as caught:
-        run_plan(plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT)), sleep=naps.append)
+        run_plan(plan_gke(options()), sleep=naps.append)
     assert "kubectl describe service chargecast" in str(caught.value)
     assert len(naps) == 59
 
 
 def test_a_render_that_misses_the_digest_is_caught(fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the overlay's placeholder image changed, the wrapper would silently deploy the placeholder."""
-    monkeypatch.setattr("chargecast.deploy.gke.GKE_IMAGE_PLACEHOLDER", "example/renamed")
+    monkeypatch.setattr(gke, "GKE_IMAGE_PLACEHOLDER", "example/renamed")
     with pytest.raises(DeployError, match=r"step 'render manifests': the output lacks .*@sha256:"):
-        run_plan(plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT)), sleep=lambda _: None)
+        run_plan(plan_gke(options()), sleep=lambda _: None)
     assert not any(c.startswith("kubectl apply") for c in fakes.calls())
 
 
@@ -453,17 +603,18 @@ def test_status_without_kubectl(fakes: Fakes, capfd: pytest.CaptureFixture[str])
 @pytest.mark.parametrize(
     "argv",
     [
-        ["deploy", "gke", "--project", "Bad_Project"],
         ["deploy", "gke", "--project", "demo-project", "--nodes", "0"],
         ["deploy", "gke", "--project", "demo-project", "--tag", "bad tag"],
+        ["deploy", "gke", "--project", "demo-project", "--region", "Europe"],
         ["deploy", "gke"],
     ],
 )
-def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_are_usage_errors(argv: list[str], fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+    assert fakes.calls() == []
 
 
 def test_zone_needs_nodes(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
@@ -474,6 +625,11 @@ def test_zone_needs_nodes(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> N
 def test_source_without_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert deploy("--source", str(tmp_path), "--dry-run") == 2
     assert "deploy/k8s/overlays/gke not found" in capsys.readouterr().err
+
+
+def test_the_default_source_is_this_checkout_wherever_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_root() == ROOT
 
 
 def test_default_tag(fakes: Fakes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -488,6 +644,6 @@ def test_placeholders_stay_expandable_in_the_listing() -> None:
     assert show_command(["kubectl", "kustomize", "${WORKDIR}"]) == 'kubectl kustomize "${WORKDIR}"'
     assert show_command(["echo", 'a "$b" ${DIGEST}']) == 'echo "a \\"\\$b\\" ${DIGEST}"'
     assert show_command(["--format=value(account)"]) == "'--format=value(account)'"
-    listing = format_plan(plan_gke(GkeOptions(project="demo-project", tag="v1", root=ROOT)))
-    assert "skipped when this succeeds: gcloud artifacts repositories describe" in listing
-    assert "repeated every 5 s, at most 60 times" in listing
+    assert " 1. check tools: gcloud, gke-gcloud-auth-plugin, kubectl, docker must be on PATH" in format_plan(
+        plan_gke(options())
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 from chargecast import __version__
 from chargecast.argtypes import fraction, int_at_least, port
-from chargecast.deploy.gke import add_deploy_parser
+from chargecast.deploy.cli import add_deploy_parser
 
 
 class UserError(Exception):

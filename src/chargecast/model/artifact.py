@@ -16,8 +16,6 @@ import math
 import os
 import platform
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -31,6 +29,7 @@ import chargecast
 from chargecast import schema
 from chargecast.model.intervals import ResidualDistribution
 from chargecast.model.predictors import Predictor, from_spec
+from chargecast.model.publish import Draft
 
 Array = npt.NDArray[np.float64]
 FORMAT = 2  # 2: the interval is a per-group residual quantile grid
@@ -315,10 +314,13 @@ def read_verified(path: Path | str, sha256: str | None = None) -> tuple[dict[str
     Returns the metadata and the verified bytes of every file, metadata.json included, so
     a caller can build the model from them or copy them without reading the disk again.
     """
-    root = Path(path)
+    given = Path(path)
+    # Resolved once: every file comes from the one version ``models/current`` links to now,
+    # however often a writer swaps the link meanwhile.
+    root = given.resolve()
     meta_path = root / METADATA_FILE
     if not meta_path.is_file():
-        raise ArtifactError(f"{meta_path}: not found (is {root} a chargecast model directory?)")
+        raise ArtifactError(f"{given / METADATA_FILE}: not found (is {given} a chargecast model directory?)")
     raw = meta_path.read_bytes()
     if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
         raise ArtifactError(f"{METADATA_FILE}: sha256 is not the one verified at start-up (files changed)")
@@ -334,7 +336,7 @@ def read_verified(path: Path | str, sha256: str | None = None) -> tuple[dict[str
     contents: dict[str, bytes] = {METADATA_FILE: raw}
     for rel, expected in files.items():
         file = (root / rel).resolve()
-        if root.resolve() not in file.parents:
+        if root not in file.parents:
             raise ArtifactError(f"{rel}: path escapes the artifact directory")
         if not file.is_file():
             raise ArtifactError(f"{rel}: listed in metadata.json but missing")
@@ -373,46 +375,34 @@ def write(
     metadata: dict[str, Any],
     extra_files: Callable[[dict[str, Any]], Mapping[str, bytes]] | None = None,
 ) -> dict[str, Any]:
-    """Write an artifact atomically: build in a temp dir beside ``out_dir``, then swap it in.
+    """Publish a new version at ``out_dir``: a reader finds the old model or the new one, never
+    neither, even when the writer is killed half-way (see :mod:`chargecast.model.publish`).
 
     ``metadata`` gets ``format``, ``version``, ``created_at``, ``libraries``, ``schema``
     and ``files`` added. ``extra_files`` (report, model card) is called with that final
     metadata, so what it renders names the real version. Returns the final metadata.
+    Every byte is made before the disk is touched, so a failure there leaves no trace.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a non-root server must read it
-        spec = {"predictor": predictor.to_json(), "interval": distribution.to_json()}
-        (tmp / MODEL_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
-        arrays = predictor.arrays() or {"empty": np.zeros(0)}
-        with (tmp / ARRAYS_FILE).open("wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        files = {rel: sha256_file(tmp / rel) for rel in (MODEL_FILE, ARRAYS_FILE)}
-        created = datetime.now(UTC)
-        digest = hashlib.sha256("".join(files[k] for k in sorted(files)).encode()).hexdigest()
-        full = {
-            "format": FORMAT,
-            "version": f"{created:%Y%m%d}-{digest[:8]}",
-            "created_at": created.isoformat(timespec="seconds"),
-            "libraries": library_versions(),
-            "schema": schema.describe(),
-            **metadata,
-            "files": files,
-        }
-        for rel, content in (extra_files(full) if extra_files else {}).items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(content)
-        (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-        return full
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    spec = {"predictor": predictor.to_json(), "interval": distribution.to_json()}
+    arrays = io.BytesIO()
+    np.savez(arrays, **(predictor.arrays() or {"empty": np.zeros(0)}))  # type: ignore[arg-type]
+    files = {MODEL_FILE: json.dumps(spec, indent=1).encode("utf-8"), ARRAYS_FILE: arrays.getvalue()}
+    hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    created = datetime.now(UTC)
+    digest = hashlib.sha256("".join(hashes[k] for k in sorted(hashes)).encode()).hexdigest()
+    full = {
+        "format": FORMAT,
+        "version": f"{created:%Y%m%d}-{digest[:8]}",
+        "created_at": created.isoformat(timespec="seconds"),
+        "libraries": library_versions(),
+        "schema": schema.describe(),
+        **metadata,
+        "files": hashes,
+    }
+    files.update(extra_files(full) if extra_files else {})
+    files[METADATA_FILE] = (json.dumps(full, indent=2) + "\n").encode("utf-8")
+    with Draft(Path(out_dir)) as draft:
+        for rel, data in files.items():
+            draft.put(rel, data)
+        draft.publish(full["version"])
+    return full
