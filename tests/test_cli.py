@@ -71,7 +71,7 @@ def test_bad_data_file_is_one_clear_message(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["train", "--data", "/nonexistent.csv"], "not found"),
-        (["train", "--exclude", "smoking", "--data", "{data}"], "unknown feature smoking"),
+        (["train", "--exclude", "smoking", "--data", "{data}"], "invalid choice: 'smoking'"),
         (["train", "--test-size", "1.5"], "must be between 0 and 1"),
         (["predict", "x.csv", "--model", "/nonexistent"], "not found"),
     ],
@@ -102,8 +102,10 @@ def test_bad_setting_is_named_by_its_environment_variable(tmp_path: Path) -> Non
 def test_predict_writes_a_summary_of_the_book(
     insurance_csv: Path, model_dir: Path, model: Artifact, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    patients = tmp_path / "patients.csv"  # the training file without its real charges
+    patients.write_text("".join(line.rsplit(",", 1)[0] + "\n" for line in insurance_csv.read_text().splitlines()))
     out, summary = tmp_path / "scored.parquet", tmp_path / "book.json"
-    args = ["predict", str(insurance_csv), "-o", str(out), "--model", str(model_dir), "--summary", str(summary)]
+    args = ["predict", str(patients), "-o", str(out), "--model", str(model_dir), "--summary", str(summary)]
     assert main(args) == 0
     assert str(summary) in capsys.readouterr().out
     X = load_csv(insurance_csv).X
@@ -123,3 +125,30 @@ def test_predict_writes_no_summary_when_a_row_is_bad(model_dir: Path, tmp_path: 
     assert "row 2, smoker: must be one of no, yes" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+def test_predict_refuses_a_file_that_already_holds_charges_and_writes_nothing(
+    insurance_csv: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Scoring the training file would replace its real charges with forecasts: refused, as the API does."""
+    out = tmp_path / "scored.csv"
+    proc = run("predict", str(insurance_csv), "-o", str(out), "--model", str(model_dir))
+    assert proc.returncode == 2
+    assert "1, charges: is a column chargecast adds; remove or rename it" in proc.stderr
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bug_shows_its_traceback_not_a_user_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Only expected input errors are exit 2 with one line; an internal error must not pass for one."""
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise ValueError("an internal bug")
+
+    import chargecast.batch
+
+    monkeypatch.setattr(chargecast.batch, "score_file", broken)
+    patients = tmp_path / "p.csv"
+    patients.write_text("age,sex,bmi,children,smoker,region\n30,female,22,0,no,southeast\n")
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["predict", str(patients)])

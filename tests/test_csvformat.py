@@ -16,7 +16,7 @@ ROW = "39,female,30.4,1,no,southeast"
 
 def reader(text: str, *, target: bool = False, max_rows: int | None = None) -> csvformat.Reader:
     blocks = csvformat.buffer_blocks(bytearray(text.encode()))
-    return csvformat.Reader(csvformat.text_lines(blocks), target=target, max_rows=max_rows)
+    return csvformat.Reader(blocks, target=target, max_rows=max_rows)
 
 
 def validate(text: str, **kwargs: bool) -> None:
@@ -56,7 +56,7 @@ def test_records_are_numbered_by_the_line_they_start_on_across_quoted_newlines_a
 
 
 def test_a_ragged_record_is_named_by_its_line() -> None:
-    assert problems_of(f"{HEADER}\n{ROW}\n39,female\n") == [(3, "(record)")]
+    assert problems_of(f"{HEADER}\n{ROW}\n39,female\n") == [(3, "record")]
 
 
 @pytest.mark.parametrize("column", csvformat.OUTPUT_COLUMNS)
@@ -80,7 +80,7 @@ def test_another_separator_gets_a_hint(sep: str, label: str) -> None:
 def test_bad_utf8_and_binary_files_name_their_line() -> None:
     with pytest.raises(ValidationError) as caught:
         list(csvformat.text_lines(csvformat.buffer_blocks(bytearray(f"{HEADER}\n{ROW}\n".encode() + b"\xff\n"))))
-    assert (caught.value.issues[0].row, caught.value.issues[0].rule) == (3, "must be UTF-8 text")
+    assert (caught.value.issues[0].row, caught.value.issues[0].rule) == (3, "must be UTF-8 encoded CSV text")
     with pytest.raises(ValidationError, match="binary"):
         list(csvformat.text_lines([f"{HEADER}\n".encode(), b"\x00\x01\n"]))
 

@@ -1,64 +1,44 @@
 """Batch scoring: stream a CSV or Parquet file of patients through the model, chunk by chunk.
 
-Files can be far larger than memory, so nothing here ever holds more than a couple of
-chunks: pyarrow reads one block at a time, each chunk is validated, predicted and handed
-to a writer thread (which formats the previous chunk on the second core while this one is
-encoded), then dropped. Output is all or nothing: it is written to a temporary file beside
-``dest`` and renamed into place only when every row was valid, so a failed run never
-leaves a truncated file or clobbers an earlier result.
+Files can be far larger than memory, so nothing here holds more than a chunk: each is
+validated, predicted, written out and dropped. Output is all or nothing: it goes to a
+temporary file beside ``dest`` and is renamed into place only when every row was valid, so
+a failed run never leaves a truncated file or clobbers an earlier result.
 
-pyarrow is an optional extra (``chargecast[batch]``), imported on first use so that the
-serving path never pays for it.
+CSV is read and written by :mod:`chargecast.csvformat`, the same code as the API's CSV route,
+so a file gets the same header rules, the same line numbers in errors and byte for byte the
+same output from ``chargecast predict`` as from ``POST /api/v1/predict/csv``. Parquet goes
+through pyarrow, an optional extra (``chargecast[batch]``) imported only for Parquet.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import dataclasses
 import importlib
 import os
 import secrets
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from chargecast import schema
+from chargecast import csvformat, schema
+from chargecast.csvformat import OUTPUT_COLUMNS
 from chargecast.model.totals import BookTotal, summary_json
-from chargecast.schema import (
-    FIELDS,
-    MAX_REPORTED_ISSUES,
-    TARGET,
-    CategoryField,
-    Field,
-    Issue,
-    ValidationError,
-)
+from chargecast.schema import FEATURES, ValidationError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from chargecast.model.artifact import Artifact
 
 Format = Literal["csv", "parquet"]
 FORMATS: Final[dict[str, Format]] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-# Appended to every output row; an input column of the same name is dropped (scoring the
-# training file, or re-scoring an earlier output, must not produce duplicate columns).
-OUTPUT_COLUMNS: Final = (TARGET, f"{TARGET}_low", f"{TARGET}_high")
-SAMPLE_BYTES: Final = 1 << 16  # sniffed up front: binary check and longest line
-# pyarrow's CSV read unit: a row must fit in one, and the reader keeps ~16 in memory; chunks
-# are assembled from blocks, so the block size need not grow with chunk_rows.
-BLOCK: Final = 1 << 20
-LONG_LABEL: Final = 64  # longer category values are shortened before they reach numpy
+Array = npt.NDArray[np.float64]
 
-IntArray = npt.NDArray[np.int64]
-Chunks = Generator["_Chunk", None, None]
+__all__ = ["FORMATS", "OUTPUT_COLUMNS", "BatchError", "score_file"]
 
 
 class BatchError(Exception):
@@ -66,12 +46,43 @@ class BatchError(Exception):
 
 
 @dataclass
-class _Chunk:
-    """A slice of the input: its rows, the file line (or row) number of each, rows consumed."""
+class _Rows:
+    """One chunk of input: its lines (Parquet: row numbers), and its cells or its pyarrow table."""
 
-    table: pa.Table
-    lines: IntArray
-    rows_read: int
+    lines: Sequence[int]
+    cells: list[list[str]] | None = None
+    table: Any = None
+    plain: bool = False  # CSV cells with no comma, quote or newline in any of them
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def text(self) -> list[list[str]]:
+        """The cells as text, as a CSV output writes them (a Parquet null is an empty cell)."""
+        if self.cells is not None:
+            return self.cells
+        columns = [["" if v is None else str(v) for v in column.to_pylist()] for column in self.table.columns]
+        return [list(row) for row in zip(*columns, strict=True)]
+
+
+@dataclass
+class _Input:
+    """An opened input: its header (the same rules for CSV and Parquet) and its chunks."""
+
+    header: csvformat.Header
+    chunks: Iterator[_Rows]
+    problems: csvformat.Problems  # what reading found (ragged records); validation adds to it
+    arrow_schema: Any = None  # Parquet only: the columns' types, kept in a Parquet output
+
+
+@dataclass
+class _Job:
+    """What scoring a file needs: the model, the running total, every problem found."""
+
+    model: Artifact
+    book: BookTotal
+    problems: csvformat.Problems
+    written: int = 0
 
 
 def score_file(
@@ -79,110 +90,64 @@ def score_file(
     dest: Path,
     artifact: Artifact,
     *,
-    chunk_rows: int = 262_144,
+    chunk_rows: int = csvformat.CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
     summary: Path | None = None,
 ) -> int:
     """Score every row of ``source`` into ``dest``; return the number of rows written.
 
-    Formats follow the suffixes (``.csv``, ``.parquet``/``.pq``; they may differ). The
-    output keeps the input's columns and values as read and appends ``charges``,
-    ``charges_low`` and ``charges_high``. Blank CSV lines are skipped. ``summary`` gets
-    :func:`summary_json`: the row count and the book's total with its interval.
+    Formats follow the suffixes (``.csv``, ``.parquet``/``.pq``; they may differ). The output
+    keeps the input's columns and appends ``charges``, ``charges_low`` and ``charges_high``;
+    an input that already has such a column is refused. ``summary`` gets the row count and
+    the book's total with its interval, as ``POST /api/v1/predict/csv/summary`` answers.
 
-    Raises :class:`~chargecast.schema.ValidationError` for missing columns (at once) or bad
-    rows (after scanning the whole file, so the user sees every problem's line number and
-    the total in one go), and :class:`BatchError` when a file cannot be read or written.
-    On any failure ``dest`` and ``summary`` are left as they were. ``progress`` gets the
-    rows read per chunk.
+    Raises :class:`~chargecast.schema.ValidationError` for a bad header (at once) or bad rows
+    (after scanning the whole file, so every problem's line is reported in one go), and
+    :class:`BatchError` when a file cannot be read or written. On any failure ``dest`` and
+    ``summary`` are left as they were. ``progress`` gets the rows read per chunk.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     source, dest = Path(source), Path(dest)
     in_format, out_format = _format(source, "input"), _format(dest, "output")
-    pa = _pyarrow()
-    if not source.is_file():
-        raise BatchError(f"{source}: {'is a directory' if source.is_dir() else 'no such file'}")
-    outputs = {"output": dest} | ({"summary": Path(summary)} if summary is not None else {})
-    for role, out in outputs.items():
-        if not out.parent.is_dir():
-            raise BatchError(f"{out}: the {role} directory {out.parent} does not exist")
-        if out.is_dir():
-            raise BatchError(f"{out}: is a directory")
-    summary = outputs.get("summary")
-    if summary is not None and summary.resolve() in (source.resolve(), dest.resolve()):
-        raise BatchError(f"{summary}: the summary must not overwrite the input or the output file")
-    book = BookTotal(artifact)
-
-    issues = _Issues()
-    if in_format == "csv":
-        in_schema, chunks = _csv_chunks(pa, source, chunk_rows, issues)
-    else:
-        in_schema, chunks = _parquet_chunks(pa, source, chunk_rows)
-    keep = [i for i, name in enumerate(in_schema.names) if name not in OUTPUT_COLUMNS]
-    out_schema = pa.schema(
-        [in_schema.field(i) for i in keep] + [pa.field(name, pa.float64()) for name in OUTPUT_COLUMNS],
-        metadata=in_schema.metadata,
-    )
-    tmp = _temp_path(dest)
-    summary_tmp: Path | None = None
-    sink: _Sink | None = None
-    written = 0
-    try:
-        with contextlib.closing(chunks), ThreadPoolExecutor(1, thread_name_prefix="batch-writer") as pool:
-            sink = _Sink(pa, tmp, dest, out_format, out_schema, pool)
-            for chunk in chunks:
-                X = _encode(pa, chunk, issues)
-                if issues.total and sink is not None:
-                    sink.abort()  # keep scanning for more bad rows, but stop writing
-                    sink = None
-                if sink is not None and X is not None and len(X):
-                    charges, low, high = artifact.predict(X)
-                    columns = [chunk.table.column(i) for i in keep] + [pa.array(a) for a in (charges, low, high)]
-                    sink.write(pa.Table.from_arrays(columns, schema=out_schema))
-                    book.add(X, charges)
-                    written += len(X)
+    summary = _check_paths(source, dest, summary)
+    with contextlib.ExitStack() as stack:
+        opened = (_csv_input if in_format == "csv" else _parquet_input)(source, chunk_rows, stack)
+        job = _Job(artifact, BookTotal(artifact), opened.problems)
+        tmp = _temp_path(dest)
+        stack.callback(tmp.unlink, missing_ok=True)  # gone unless renamed into place
+        sink = _CsvSink(tmp, dest, opened.header) if out_format == "csv" else _ParquetSink(tmp, dest, opened)
+        with contextlib.closing(sink):
+            for chunk in opened.chunks:
+                _score_chunk(job, chunk, opened.header, sink)
                 if progress is not None:
-                    progress(chunk.rows_read)
-            if issues.total:
-                raise issues.error()
-            assert sink is not None
-            sink.close()
-            sink = None
-        if summary is not None:  # written before either file is renamed into place
-            summary_tmp = _temp_path(summary)
-            try:
-                summary_tmp.write_bytes(summary_json(book))
-            except OSError as exc:
-                raise BatchError(f"{summary}: cannot write ({exc.strerror or exc})") from None
-        os.replace(tmp, dest)
-        if summary is not None and summary_tmp is not None:
-            os.replace(summary_tmp, summary)
-            summary_tmp = None
-    except BaseException:
-        if sink is not None:
-            sink.abort()
-        tmp.unlink(missing_ok=True)
-        if summary_tmp is not None:
-            summary_tmp.unlink(missing_ok=True)
-        raise
-    return written
+                    progress(len(chunk))
+            job.problems.raise_if_any()
+        _publish(tmp, dest, summary, job.book, stack)
+    return job.written
 
 
-# -- input ---------------------------------------------------------------------------------
+def _score_chunk(job: _Job, chunk: _Rows, header: csvformat.Header, sink: _Sink) -> None:
+    """Validate one chunk; predict and write it while the file is still valid throughout."""
+    X = _encode(chunk, header, job.problems)
+    if X is None or job.problems.total:
+        return  # after the first bad row only validation goes on
+    charges, low, high = job.model.predict(X)
+    sink.write(chunk, charges, low, high)
+    job.book.add(X, charges)
+    job.written += len(X)
 
 
-def _pyarrow() -> Any:
-    """Import pyarrow and the submodules used here, or say how to install it."""
-    try:
-        pa = importlib.import_module("pyarrow")
-        for sub in ("compute", "csv", "parquet"):
-            importlib.import_module(f"pyarrow.{sub}")
-    except ImportError:
-        raise BatchError(
-            "batch scoring of CSV and Parquet files needs pyarrow: pip install 'chargecast[batch]'"
-        ) from None
-    return pa
+def _publish(tmp: Path, dest: Path, summary: Path | None, book: BookTotal, stack: contextlib.ExitStack) -> None:
+    """Rename the output (and the summary, written first) into place."""
+    summary_tmp = None
+    if summary is not None:
+        summary_tmp = _temp_path(summary)
+        stack.callback(summary_tmp.unlink, missing_ok=True)
+        _write(summary_tmp, summary, summary_json(book))
+    os.replace(tmp, dest)
+    if summary is not None and summary_tmp is not None:
+        os.replace(summary_tmp, summary)
 
 
 def _format(path: Path, role: str) -> Format:
@@ -193,296 +158,96 @@ def _format(path: Path, role: str) -> Format:
     return fmt
 
 
-def _check_header(names: Sequence[str]) -> None:
-    """Missing or repeated feature columns fail before any row is read."""
-    # A zero-row table lets the schema phrase the missing-column error itself.
-    schema.encode_columns({name: np.empty(0, dtype=str) for name in names})
-    repeated = [f.name for f in FIELDS if names.count(f.name) > 1]
-    if repeated:
-        raise ValidationError([Issue(name, "column appears more than once") for name in repeated])
+def _check_paths(source: Path, dest: Path, summary: Path | None) -> Path | None:
+    if not source.is_file():
+        raise BatchError(f"{source}: {'is a directory' if source.is_dir() else 'no such file'}")
+    outputs = {"output": dest} | ({"summary": Path(summary)} if summary is not None else {})
+    for role, out in outputs.items():
+        if not out.parent.is_dir():
+            raise BatchError(f"{out}: the {role} directory {out.parent} does not exist")
+        if out.is_dir():
+            raise BatchError(f"{out}: is a directory")
+    checked = outputs.get("summary")
+    if checked is not None and checked.resolve() in (source.resolve(), dest.resolve()):
+        raise BatchError(f"{checked}: the summary must not overwrite the input or the output file")
+    return checked
 
 
-def _csv_chunks(pa: Any, path: Path, chunk_rows: int, issues: _Issues) -> tuple[Any, Chunks]:
-    """Open a CSV with every column as text, so a bad cell is a row issue, not a parse error.
-
-    Reading runs on one thread with empty lines kept as rows: that is what makes pyarrow
-    report the line number of a malformed row, and lets every row's line be counted.
-    """
+# -- input ------------------------------------------------------------------------------
+def _csv_input(path: Path, chunk_rows: int, stack: contextlib.ExitStack) -> _Input:
+    """A CSV's header and records, read by the one CSV module."""
     try:
-        with path.open("rb") as fh:
-            sample = fh.read(SAMPLE_BYTES)
-            whole = not fh.read(1)
+        handle = stack.enter_context(path.open("rb"))
     except OSError as exc:
         raise BatchError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not sample.strip():
-        raise BatchError(f"{path}: the file is empty; a CSV needs a header line naming the columns")
+    reader = csvformat.Reader(_read_blocks(handle, path), target=False)
+
+    chunks = (_Rows(chunk.lines, cells=chunk.rows, plain=reader.plain) for chunk in reader.chunks(chunk_rows))
+    return _Input(reader.header, chunks, reader.problems)
+
+
+def _read_blocks(handle: IO[bytes], path: Path) -> Iterator[bytes]:
     try:
-        if b"\x00" in sample:
-            raise ValueError("NUL byte")
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=whole)
-    except ValueError:
-        raise BatchError(
-            f"{path}: not a UTF-8 text CSV file (binary data, or another text encoding: save it as UTF-8)"
-        ) from None
-    if whole and not sample.endswith((b"\n", b"\r")):
-        sample += b"\n"  # pyarrow cannot read a lone header line without its newline
-    if not whole and not any(end in sample for end in (b"\n", b"\r")):
-        raise BatchError(f"{path}: the first line is longer than {SAMPLE_BYTES} bytes; is this a CSV file?")
-    header = sample.splitlines()[0] + b"\n"
-    if not header.strip():
-        raise BatchError(f"{path}: line 1 is blank; the first line must name the columns")
-    block = max(BLOCK, 16 * max(len(line) for line in sample.splitlines()))
+        yield from csvformat.file_blocks(handle)
+    except OSError as exc:
+        raise BatchError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
-    def source() -> Any:
-        return pa.py_buffer(sample) if whole else str(path)
 
-    lines = _LineNumbers(first=2)  # line 1 is the header
-
-    def malformed(row: Any) -> str:  # called on this thread, inside read_next_batch
-        number = None if row.number is None or row.number < 0 else int(row.number)
-        if number is not None:
-            lines.skipped.append(number)
-        rule = f"has {row.actual_columns} fields, expected {row.expected_columns}"
-        issues.add([Issue("record", rule, str(row.text)[:200], number)], 1)
-        return "skip"
-
-    read = pa.csv.ReadOptions(block_size=block, use_threads=False)
-    parse = pa.csv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=malformed)
+def _pyarrow() -> Any:
+    """Import pyarrow and its Parquet module, or say how to install it."""
     try:
-        names = list(pa.csv.read_csv(pa.py_buffer(header)).schema.names)
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-        raise BatchError(f"{path}: cannot read the CSV header ({exc})") from None
-    if len(names) == 1 and any(sep in names[0] for sep in ";\t|"):
-        raise BatchError(f"{path}: the header is one column, {names[0][:60]!r}; columns must be separated by commas")
-    _check_header(names)
-    convert = pa.csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
-    try:
-        reader = pa.csv.open_csv(source(), read_options=read, parse_options=parse, convert_options=convert)
-    except (pa.ArrowException, OSError) as exc:
-        raise _read_error(path, exc) from None
-
-    def chunks() -> Chunks:
-        try:
-            for table in _rechunk(pa, _batches(pa, reader, path), chunk_rows):
-                rows = lines.take(table.num_rows)
-                yield _drop_blank(pa, _Chunk(table, rows, table.num_rows))
-        finally:
-            reader.close()
-
-    return reader.schema, chunks()
+        pa = importlib.import_module("pyarrow")
+        importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        raise BatchError("Parquet files need pyarrow: pip install 'chargecast[batch]'") from None
+    return pa
 
 
-def _batches(pa: Any, reader: Any, path: Path) -> Iterator[Any]:
-    """The reader's record batches, with read errors turned into a :class:`BatchError`."""
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as exc:
-            raise _read_error(path, exc) from None
-        if batch.num_rows:
-            yield batch
-
-
-def _read_error(path: Path, exc: Exception) -> BatchError:
-    hint = "; is the file UTF-8 text?" if "UTF8" in str(exc) else ""
-    return BatchError(f"{path}: cannot read as CSV ({exc}){hint}")
-
-
-def _parquet_chunks(pa: Any, path: Path, chunk_rows: int) -> tuple[Any, Chunks]:
-    """Open a Parquet file; rows are numbered from 1 in error messages."""
+def _parquet_input(path: Path, chunk_rows: int, stack: contextlib.ExitStack) -> _Input:
+    """A Parquet file's columns (under the CSV header rules) and its rows, numbered from 1."""
+    pa = _pyarrow()
     try:
         pf = pa.parquet.ParquetFile(str(path))
-        in_schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
         raise BatchError(f"{path}: not a readable Parquet file ({exc})") from None
-    _check_header(list(in_schema.names))
-    lines = _LineNumbers(first=1)
+    stack.callback(pf.close)
+    header = csvformat.read_header(list(pf.schema_arrow.names), "\n", target=False)
 
-    def batches() -> Iterator[Any]:
-        it = pf.iter_batches(batch_size=chunk_rows)
+    def chunks() -> Iterator[_Rows]:
+        first = 1
+        batches = pf.iter_batches(batch_size=chunk_rows)
         while True:
             try:
-                batch = next(it)
+                batch = next(batches)
             except StopIteration:
-                return
+                break
             except (pa.ArrowException, OSError) as exc:
                 raise BatchError(f"{path}: cannot read ({exc})") from None
             if batch.num_rows:
-                yield batch
+                yield _Rows(range(first, first + batch.num_rows), table=pa.Table.from_batches([batch]))
+                first += batch.num_rows
+        if first == 1:  # the rule a CSV with only a header meets too
+            raise ValidationError([schema.Issue("file", "has no data rows")])
 
-    def chunks() -> Chunks:
-        try:
-            for table in _rechunk(pa, batches(), chunk_rows):
-                yield _Chunk(table, lines.take(table.num_rows), table.num_rows)
-        finally:
-            pf.close()
-
-    return in_schema, chunks()
+    return _Input(header, chunks(), csvformat.Problems(), pf.schema_arrow)
 
 
-def _rechunk(pa: Any, batches: Iterator[Any], size: int) -> Iterator[Any]:
-    """Regroup record batches into tables of exactly ``size`` rows (the last may be short)."""
-    parts: list[Any] = []
-    count = 0
-    for batch in batches:
-        start = 0
-        while start < batch.num_rows:
-            take = min(size - count, batch.num_rows - start)
-            parts.append(batch.slice(start, take))
-            start += take
-            count += take
-            if count == size:
-                yield pa.Table.from_batches(parts).combine_chunks()
-                parts, count = [], 0
-    if parts:
-        yield pa.Table.from_batches(parts).combine_chunks()
-
-
-class _LineNumbers:
-    """Numbers rows by physical line, stepping over the malformed lines pyarrow skipped."""
-
-    def __init__(self, first: int) -> None:
-        self.next = first
-        self.skipped: deque[int] = deque()  # filled by the reader, ascending
-
-    def take(self, n: int) -> IntArray:
-        end = self.next + n
-        gone = []
-        while self.skipped and self.skipped[0] < end:
-            line = self.skipped.popleft()
-            if line >= self.next:
-                gone.append(line)
-                end += 1
-        rows = np.arange(self.next, end, dtype=np.int64)
-        if gone:
-            rows = np.setdiff1d(rows, gone, assume_unique=True)
-        self.next = end
-        return rows
-
-
-def _drop_blank(pa: Any, chunk: _Chunk) -> _Chunk:
-    """Remove rows whose every field is empty (blank lines), keeping the others' numbers."""
-    table = chunk.table
-    if pa.compute.min(pa.compute.binary_length(table.column(0))).as_py() != 0:
-        return chunk  # the usual case, decided by one column
-    blank = np.ones(table.num_rows, dtype=bool)
-    for i in range(table.num_columns):
-        blank &= pa.compute.equal(pa.compute.binary_length(table.column(i)), 0).to_numpy()
-    if not blank.any():
-        return chunk
-    return _Chunk(table.filter(pa.array(~blank)), chunk.lines[~blank], chunk.rows_read)
-
-
-# -- validation ----------------------------------------------------------------------------
-
-
-class _Issues:
-    """The first rows' issues across the whole file (in line order) and the total count."""
-
-    def __init__(self) -> None:
-        self.first: list[Issue] = []
-        self.total = 0
-
-    def add(self, found: Sequence[Issue], total: int) -> None:
-        self.first.extend(found)
-        self.first.sort(key=lambda i: -1 if i.row is None else i.row)
-        del self.first[MAX_REPORTED_ISSUES:]
-        self.total += total
-
-    def error(self) -> ValidationError:
-        return ValidationError(list(self.first), self.total > len(self.first), self.total)
-
-
-def _encode(pa: Any, chunk: _Chunk, issues: _Issues) -> npt.NDArray[np.float64] | None:
-    """Validate one chunk with the schema; record its issues by file line, None if any."""
-    arrays = {spec.name: chunk.table.column(spec.name).combine_chunks() for spec in FIELDS}
-    columns = {
-        spec.name: _category(pa, spec, arrays[spec.name])
-        if isinstance(spec, CategoryField)
-        else _number(pa, arrays[spec.name])
-        for spec in FIELDS
-    }
+def _encode(chunk: _Rows, header: csvformat.Header, problems: csvformat.Problems) -> Array | None:
+    """Validate a chunk with the schema; its problems are numbered by line (or Parquet row)."""
+    if chunk.cells is not None:
+        X, found, count = csvformat.encode(csvformat.Chunk(chunk.cells, list(chunk.lines)), header)
+        if found:
+            problems.add(found, count)
+        return X
+    columns = {name: np.array(chunk.table.column(header.columns[name]).to_pylist(), dtype=object) for name in FEATURES}
     try:
         return schema.encode_columns(columns, first_row=0)
-    except ValidationError:
-        pass
-    # Rare path: validate the values as read, so that issues quote the file's text ("17",
-    # not 17.0), and number each issue by its line in the file.
-    try:
-        schema.encode_columns({spec.name: _python(arrays[spec.name], spec) for spec in FIELDS}, first_row=0)
-    except ValidationError as err:
-        lines = chunk.lines
-        found = [i if i.row is None else dataclasses.replace(i, row=int(lines[i.row])) for i in err.issues]
-        issues.add(found, err.total)
-    else:  # pragma: no cover - both paths apply the same schema
-        raise AssertionError("fast and exact validation disagree")
-    return None
+    except ValidationError as exc:
+        problems.add([dataclasses.replace(i, row=chunk.lines[i.row or 0]) for i in exc.issues], exc.total)
+        return None
 
 
-def _number(pa: Any, array: Any) -> npt.NDArray[Any]:
-    """Floats via pyarrow's fast cast; anything it cannot parse goes to the schema as is."""
-    t = pa.types
-    kind = array.type
-    if array.null_count == 0 and (
-        t.is_string(kind) or t.is_large_string(kind) or t.is_integer(kind) or t.is_floating(kind) or t.is_decimal(kind)
-    ):
-        try:
-            values: npt.NDArray[np.float64] = pa.compute.cast(array, pa.float64()).to_numpy()
-            return values
-        except pa.ArrowInvalid:
-            pass  # e.g. " 39" or "abc": the schema parses or reports each row
-    return _python(array)
-
-
-def _category(pa: Any, spec: Field, array: Any) -> npt.NDArray[Any]:
-    """Category text as a numpy array, built from pyarrow's dictionary of distinct values.
-
-    Building from the few distinct values avoids a Python object per row; very long values
-    are shortened first, because numpy pads every string to the longest one.
-    """
-    t = pa.types
-    if t.is_dictionary(array.type):
-        encoded = array
-    elif t.is_string(array.type) or t.is_large_string(array.type):
-        encoded = pa.compute.dictionary_encode(array)
-    else:
-        return _python(array, spec)
-    labels = encoded.dictionary.to_pylist()
-    if not all(isinstance(label, str) for label in labels):
-        return _python(array, spec)
-    labels = [_shorten(spec, label) for label in labels]
-    if encoded.null_count:
-        lookup = np.array([*labels, None], dtype=object)
-        index = encoded.indices.fill_null(len(labels))
-    else:
-        lookup = np.array(labels or [""], dtype=str)
-        index = encoded.indices
-    out: npt.NDArray[Any] = lookup[index.to_numpy(zero_copy_only=False)]
-    return out
-
-
-def _shorten(spec: Field, label: str) -> str:
-    if len(label) <= LONG_LABEL:
-        return label
-    found = schema.check_value(spec, label)
-    if isinstance(found, Issue) or not isinstance(spec, CategoryField):
-        return label[: LONG_LABEL - 3] + "..."
-    return spec.choices[int(found)]
-
-
-def _python(array: Any, spec: Field | None = None) -> npt.NDArray[Any]:
-    """The original values as Python objects (None for nulls): the slow, exact path."""
-    values = array.to_pylist()
-    if isinstance(spec, CategoryField):
-        values = [_shorten(spec, v) if isinstance(v, str) else v for v in values]
-    return np.fromiter(values, dtype=object, count=len(values))
-
-
-# -- output --------------------------------------------------------------------------------
-
-
+# -- output -----------------------------------------------------------------------------
 def _temp_path(dest: Path) -> Path:
     """A new hidden file beside ``dest`` (same file system, so the final rename is atomic)."""
     for _ in range(100):
@@ -497,49 +262,79 @@ def _temp_path(dest: Path) -> Path:
     raise BatchError(f"{dest}: cannot create a temporary file in {dest.parent}")
 
 
+def _write(path: Path, dest: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise BatchError(f"{dest}: cannot write ({exc.strerror or exc})") from None
+
+
 class _Sink:
-    """Writes tables to the temporary file on a background thread, one chunk in flight."""
+    """Where scored chunks go: the temporary output file, in the output's format."""
 
-    def __init__(self, pa: Any, path: Path, dest: Path, fmt: Format, out_schema: Any, pool: ThreadPoolExecutor) -> None:
-        self.path, self.dest, self.pool = path, dest, pool
-        self.errors = (pa.ArrowException, OSError)
-        self.pending: Future[None] | None = None
-        self.stream: Any = None
-        try:
-            if fmt == "csv":
-                self.stream = pa.output_stream(str(path), compression=None, buffer_size=1 << 20)
-                self.writer = pa.csv.CSVWriter(self.stream, out_schema)
-            else:
-                self.writer = pa.parquet.ParquetWriter(str(path), out_schema)
-        except self.errors as exc:
-            if self.stream is not None:
-                self.stream.close()
-            raise BatchError(f"{dest}: cannot write these columns as {fmt} ({exc})") from None
-
-    def write(self, table: Any) -> None:
-        self._wait()
-        self.pending = self.pool.submit(self.writer.write_table, table)
+    def write(self, chunk: _Rows, charges: Array, low: Array, high: Array) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
-        self._wait()
+        raise NotImplementedError
+
+
+class _CsvSink(_Sink):
+    """CSV out through :class:`csvformat.Writer`: the bytes the API's CSV route sends."""
+
+    def __init__(self, path: Path, dest: Path, header: csvformat.Header) -> None:
+        self.dest = dest
+        self.writer = csvformat.Writer(header)
         try:
-            self.writer.close()
-            if self.stream is not None:
-                self.stream.close()
-        except self.errors as exc:
+            self.out: IO[bytes] = path.open("wb")
+        except OSError as exc:
+            raise BatchError(f"{dest}: cannot write ({exc.strerror or exc})") from None
+        self._put(self.writer.head)
+
+    def write(self, chunk: _Rows, charges: Array, low: Array, high: Array) -> None:
+        self._put(self.writer.rows(chunk.text(), charges, low, high, plain=chunk.plain))
+
+    def _put(self, data: bytes) -> None:
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            raise BatchError(f"{self.dest}: cannot write ({exc.strerror or exc})") from None
+
+    def close(self) -> None:
+        try:
+            self.out.close()
+        except OSError as exc:
+            raise BatchError(f"{self.dest}: cannot write ({exc.strerror or exc})") from None
+
+
+class _ParquetSink(_Sink):
+    """Parquet out: the input's columns (their types, for a Parquet input) and three float64s."""
+
+    def __init__(self, path: Path, dest: Path, opened: _Input) -> None:
+        pa = self.pa = _pyarrow()
+        self.dest = dest
+        given = opened.arrow_schema  # a Parquet input's types; a CSV's cells are text
+        fields = list(given) if given is not None else [pa.field(n, pa.string()) for n in opened.header.cells]
+        self.schema = pa.schema([*fields, *(pa.field(name, pa.float64()) for name in OUTPUT_COLUMNS)])
+        try:
+            self.writer = pa.parquet.ParquetWriter(str(path), self.schema)
+        except (pa.ArrowException, OSError) as exc:
+            raise BatchError(f"{dest}: cannot write these columns as Parquet ({exc})") from None
+
+    def write(self, chunk: _Rows, charges: Array, low: Array, high: Array) -> None:
+        pa = self.pa
+        if chunk.table is not None:
+            inputs = list(chunk.table.columns)
+        else:
+            inputs = [pa.array(list(column), pa.string()) for column in zip(*(chunk.cells or []), strict=True)]
+        table = pa.Table.from_arrays([*inputs, *(pa.array(a) for a in (charges, low, high))], schema=self.schema)
+        try:
+            self.writer.write_table(table)
+        except (pa.ArrowException, OSError) as exc:
             raise BatchError(f"{self.dest}: cannot write ({exc})") from None
 
-    def abort(self) -> None:
-        """Stop writing and release the file (its removal is the caller's job)."""
-        with contextlib.suppress(Exception):
-            self.close()
-        self.path.unlink(missing_ok=True)
-
-    def _wait(self) -> None:
-        if self.pending is None:
-            return
-        pending, self.pending = self.pending, None
+    def close(self) -> None:
         try:
-            pending.result()
-        except self.errors as exc:
+            self.writer.close()
+        except (self.pa.ArrowException, OSError) as exc:
             raise BatchError(f"{self.dest}: cannot write ({exc})") from None

@@ -6,6 +6,7 @@ Every user error ends in one clear message and a non-zero exit, never a tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from chargecast import __version__
 from chargecast.argtypes import fraction, int_at_least, port
 from chargecast.deploy.cli import add_deploy_parser
+from chargecast.schema import FEATURES
 
 
 class UserError(Exception):
@@ -161,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
         "--exclude",
         action="append",
         default=[],
+        choices=FEATURES,  # a misspelt input is an argparse error (exit 2), before any work
         metavar="FEATURE",
         help="train without this input (repeatable); the API still accepts and ignores it",
     )
@@ -200,28 +203,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; maps every known failure to a one-line message and exit code."""
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The failures that are the user's to fix (input, files, settings, artifacts, tools).
+
+    Anything else is a bug: it is not caught, so its traceback shows (exit 1), instead of
+    passing for a user error in one line with exit 2.
+    """
+    from pydantic import ValidationError as SettingsError
+
+    from chargecast.deploy.runner import DeployError
     from chargecast.model.artifact import ArtifactError
     from chargecast.schema import ValidationError
+    from chargecast.serving.server import ServeError
 
-    args = parser().parse_args(argv)
     known: tuple[type[Exception], ...] = (
         UserError,
         ArtifactError,
         ValidationError,
-        FileNotFoundError,
-        ValueError,
+        SettingsError,
+        ServeError,
+        DeployError,
     )
-    try:
+    with contextlib.suppress(ImportError):  # the train and batch extras may be missing
         from chargecast.training.data import DataError
 
         known = (*known, DataError)
-        from chargecast.batch import BatchError
+    from chargecast.batch import BatchError
 
-        known = (*known, BatchError)
-    except ImportError:
-        pass
+    return (*known, BatchError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; maps every expected failure to a one-line message and exit code 2."""
+    from chargecast.schema import ValidationError
+
+    args = parser().parse_args(argv)
+    known = expected_errors()
     try:
         code: int = args.func(args)
         return code

@@ -21,9 +21,12 @@ The stdlib ``csv`` module parses: no pandas or pyarrow on the serving path.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from typing import IO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +62,7 @@ def buffer_blocks(buffer: bytes | bytearray, start: int = 0, end: int | None = N
             pos = stop
 
 
-def file_blocks(source: BinaryIO) -> Iterator[bytes]:
+def file_blocks(source: IO[bytes]) -> Iterator[bytes]:
     """Blocks of a binary file, each cut after a newline (the remainder carried over)."""
     carry = b""
     while block := source.read(BLOCK):
@@ -74,30 +77,43 @@ def file_blocks(source: BinaryIO) -> Iterator[bytes]:
         yield carry
 
 
-def text_lines(blocks: Iterable[bytes]) -> Iterator[str]:
-    """Text lines with their endings, decoded a block at a time.
+class Text:
+    """A CSV's text, decoded a block at a time, and what reading it has shown so far.
 
     Bad UTF-8 and NUL bytes (a binary file) are errors naming the line; a newline byte never
-    occurs inside a UTF-8 sequence, so cutting after one is safe.
+    occurs inside a UTF-8 sequence, so cutting after one is safe. Lines are split in C
+    (``io.StringIO``), not one by one in Python. ``quoted`` says whether any block read so
+    far held a quote: without one, no cell can hold a comma or a newline.
     """
-    line = 1
-    first = True
-    for raw in blocks:
-        block = raw[len(BOM) :] if first and raw.startswith(BOM) else raw
-        first = False
-        try:
-            text = block.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _file_error("must be UTF-8 text", line + block.count(b"\n", 0, exc.start)) from None
-        if "\x00" in text:  # the csv module accepts NUL bytes since 3.11; a NUL means a binary file
-            raise _file_error("must be CSV text, not a binary file", line + text.count("\n", 0, text.index("\x00")))
-        start = 0
-        while start < len(text):
-            stop = text.find("\n", start)
-            stop = len(text) if stop < 0 else stop + 1
-            yield text[start:stop]
-            start = stop
-        line += text.count("\n")
+
+    def __init__(self, blocks: Iterable[bytes]) -> None:
+        self._blocks = iter(blocks)
+        self.quoted = False
+        self.first_line = ""
+
+    def lines(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self._decoded())
+
+    def _decoded(self) -> Iterator[io.StringIO]:
+        line = 1
+        for raw in self._blocks:
+            block = raw[len(BOM) :] if line == 1 and raw.startswith(BOM) else raw
+            try:
+                text = block.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _file_error("must be UTF-8 encoded CSV text", line + block.count(b"\n", 0, exc.start)) from None
+            if "\x00" in text:  # the csv module accepts NUL bytes since 3.11; a NUL means a binary file
+                raise _file_error("must be CSV text, not a binary file", line + text.count("\n", 0, text.index("\x00")))
+            if not self.first_line:
+                self.first_line = text[: text.find("\n") + 1] or text
+            self.quoted = self.quoted or '"' in text
+            yield io.StringIO(text, newline="")
+            line += text.count("\n")
+
+
+def text_lines(blocks: Iterable[bytes]) -> Iterator[str]:
+    """Text lines with their endings, decoded a block at a time (see :class:`Text`)."""
+    return Text(blocks).lines()
 
 
 def _file_error(rule: str, line: int | None = None) -> ValidationError:
@@ -164,7 +180,7 @@ class Chunk:
         return len(self.rows)
 
     def column(self, index: int) -> list[str]:
-        return [row[index] for row in self.rows]
+        return list(map(operator.itemgetter(index), self.rows))
 
 
 @dataclass
@@ -191,57 +207,57 @@ class Reader:
     problem (its cells cannot be matched to columns) and is left out of the chunks.
     """
 
-    def __init__(self, lines: Iterable[str], *, target: bool, max_rows: int | None = None) -> None:
-        self._lines = iter(lines)
-        self._first = ""
-        self._reader = csv.reader(self._remember_first())
+    def __init__(self, source: Iterable[bytes] | Text, *, target: bool, max_rows: int | None = None) -> None:
+        self.text = source if isinstance(source, Text) else Text(source)
+        self._reader = csv.reader(self.text.lines())
         self.problems = Problems()
         self.max_rows = max_rows
         self.rows = 0
         try:
-            cells = next(self._reader)
+            cells: list[str] = []
+            while not cells:  # blank lines before the header carry nothing (lines keep their numbers)
+                cells = next(self._reader)
         except StopIteration:
-            raise _file_error("is empty: it needs a header row and data rows") from None
+            raise _file_error("has no data rows") from None
         except csv.Error as exc:
             raise _file_error(f"is not valid CSV: {exc}", self._reader.line_num) from None
-        eol = "\r\n" if self._first.endswith("\r\n") else "\n"
+        eol = "\r\n" if self.text.first_line.endswith("\r\n") else "\n"
         self.header = read_header(cells, eol, target=target)
 
-    def _remember_first(self) -> Iterator[str]:
-        for line in self._lines:
-            if not self._first:
-                self._first = line
-            yield line
+    @property
+    def plain(self) -> bool:
+        """No quote anywhere read so far: every record is its cells joined by commas."""
+        return not self.text.quoted
 
     def chunks(self, size: int = CHUNK_ROWS) -> Iterator[Chunk]:
         width, reader, chunk = self.header.width, self._reader, Chunk()
+        previous = reader.line_num
         try:
-            while True:
-                start = reader.line_num + 1
-                cells = next(reader, None)
-                if cells is None:
-                    break
+            for cells in reader:  # the loop runs per record: kept to a few operations
+                start, previous = previous + 1, reader.line_num
                 if not cells:
                     continue
-                self.rows += 1
-                if self.max_rows is not None and self.rows > self.max_rows:
-                    raise TooManyRowsError(self.max_rows)
                 if len(cells) != width:
-                    self.problems.add(
-                        [Issue("(record)", f"has {len(cells)} cells, the header has {width}", None, start)]
-                    )
+                    self.rows += 1
+                    self.problems.add([Issue("record", f"has {len(cells)} cells, the header has {width}", None, start)])
                     continue
                 chunk.rows.append(cells)
                 chunk.lines.append(start)
-                if len(chunk) >= size:
-                    yield chunk
+                if len(chunk.rows) >= size:
+                    yield self._counted(chunk)
                     chunk = Chunk()
         except csv.Error as exc:
             raise _file_error(f"is not valid CSV: {exc}", reader.line_num) from None
         if chunk.rows:
-            yield chunk
+            yield self._counted(chunk)
         if not self.rows:
             raise _file_error("has no data rows")
+
+    def _counted(self, chunk: Chunk) -> Chunk:
+        self.rows += len(chunk.rows)
+        if self.max_rows is not None and self.rows > self.max_rows:
+            raise TooManyRowsError(self.max_rows)
+        return chunk
 
 
 class TooManyRowsError(Exception):
@@ -285,12 +301,21 @@ class Writer:
 
     def __init__(self, header: Header) -> None:
         self._sink = _Sink()
+        self._eol = header.eol
         self._writer = csv.writer(self._sink, lineterminator=header.eol)
         self._writer.writerow([*header.cells, *OUTPUT_COLUMNS])
         self.head = self._sink.take()
 
-    def rows(self, rows: Sequence[Sequence[str]], charges: Array, low: Array, high: Array) -> bytes:
+    def rows(
+        self, rows: Sequence[Sequence[str]], charges: Array, low: Array, high: Array, *, plain: bool = False
+    ) -> bytes:
+        """``plain``: no cell holds a comma, quote or newline (the reader saw no quote), so a
+        row is its cells joined by commas: the csv module would write the same, slower."""
         cents = zip(charges.tolist(), low.tolist(), high.tolist(), strict=True)
+        if plain:
+            eol = self._eol
+            tails = [f"{c:.2f},{lo:.2f},{hi:.2f}{eol}" for c, lo, hi in cents]
+            return "".join([",".join(row) + "," + tail for row, tail in zip(rows, tails, strict=True)]).encode()
         self._writer.writerows(
             [*row, f"{c:.2f}", f"{lo:.2f}", f"{hi:.2f}"] for row, (c, lo, hi) in zip(rows, cents, strict=True)
         )

@@ -4,17 +4,15 @@ Two kinds of failure are kept apart on purpose: a file that cannot be read or fe
 is a :class:`DataError` (fix the path, the network or the cache), while a file whose
 contents break the schema is a :class:`~chargecast.schema.ValidationError` whose issues
 name the line, column, value and rule, so a user can fix the CSV without a debugger.
-The stdlib ``csv`` module is enough for a 1,338-row file and keeps pandas off the
-serving path.
+The file is read by :mod:`chargecast.csvformat`, so training accepts exactly the files the
+API and ``chargecast predict`` accept, and reports problems by the same line numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import http.client
-import io
 import math
 import os
 import tempfile
@@ -27,7 +25,8 @@ from typing import BinaryIO, Final
 import numpy as np
 import numpy.typing as npt
 
-from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, TARGET, Issue, ValidationError, encode_columns
+from chargecast import csvformat
+from chargecast.schema import TARGET, Issue
 from chargecast.settings import Settings
 
 _CHUNK: Final = 64 * 1024
@@ -74,89 +73,26 @@ def load_csv(path: Path) -> Dataset:
     return Dataset(X=features, y=y, sha256=hashlib.sha256(raw).hexdigest(), source=str(path))
 
 
-def _file_error(rule: str, row: int | None = None) -> ValidationError:
-    return ValidationError([Issue("file", rule, None, row)])
-
-
-def _decode(raw: bytes) -> str:
-    """Bytes to text; anything that is not UTF-8 text is rejected with its line number."""
-    try:
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise _file_error("must be UTF-8 encoded CSV text", line) from None
-    if "\x00" in text:
-        # The csv module accepts NUL bytes since 3.11; a NUL means a binary file.
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise _file_error("must be CSV text, not a binary file", line)
-    return text
-
-
 def _parse(raw: bytes) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    reader = csv.reader(io.StringIO(_decode(raw), newline=""))
-    records: list[tuple[int, list[str]]] = []  # (first physical line, cells)
-    try:
-        header = next(reader, None)
-        while True:
-            start = reader.line_num + 1
-            cells = next(reader, None)
-            if cells is None:
-                break
-            if cells:  # blank lines are skipped, as pandas does
-                records.append((start, cells))
-    except csv.Error as exc:
-        raise _file_error(f"is not valid CSV: {exc}", reader.line_num) from None
-    if header is None or not records:
-        raise _file_error("file has no data rows")
-
-    names = [h.strip().lower() for h in header]
-    wanted = (*FEATURES, TARGET)
-    missing = [name for name in wanted if name not in names]
-    duplicated = [name for name in wanted if names.count(name) > 1]
-    if missing or duplicated:
-        header_issues = [Issue(name, "column is required", None, 1) for name in missing]
-        header_issues += [Issue(name, "column appears more than once", None, 1) for name in duplicated]
-        raise ValidationError(header_issues)
-    index = {name: names.index(name) for name in wanted}  # extra columns are ignored
-
-    issues: list[Issue] = []
-    total = 0
-    lines: list[int] = []  # physical line of each row handed to encode_columns
-    columns: dict[str, list[str]] = {name: [] for name in FEATURES}
-    y = np.empty(len(records), dtype=np.float64)
-    for line, cells in records:
-        if len(cells) != len(header):
-            # Cells of a ragged row cannot be matched to columns, so only the shape is reported.
-            issues.append(Issue("record", f"has {len(cells)} cells, expected {len(header)}", None, line))
-            total += 1
-            continue
-        for name in FEATURES:
-            columns[name].append(cells[index[name]])
-        charge = _charge(cells[index[TARGET]], line)
-        if isinstance(charge, Issue):
-            issues.append(charge)
-            total += 1
-        else:
-            y[len(lines)] = charge
-        lines.append(line)
-
-    features = np.empty((0, len(FEATURES)), dtype=np.float64)
-    if lines:
-        try:
-            # first_row=2 makes encode_columns report the file's line numbers (the header is
-            # line 1) for an ordinary file; `lines` maps them back to physical lines when
-            # blank lines, quoted newlines or skipped ragged rows break that correspondence.
-            features = encode_columns(columns, first_row=2)
-        except ValidationError as exc:
-            issues += [Issue(i.field, i.rule, i.value, lines[(i.row or 2) - 2]) for i in exc.issues]
-            total += exc.total
-    if issues:
-        order = {name: k for k, name in enumerate((*FEATURES, TARGET))}
-        issues.sort(key=lambda i: (i.row or 0, order.get(i.field, -1)))
-        shown = issues[:MAX_REPORTED_ISSUES]
-        raise ValidationError(shown, total > len(shown), total)
-    return features, y[: len(lines)]
+    """Every row through the one CSV module (the API's and ``chargecast predict``'s rules),
+    with ``charges`` required; every problem is collected, by line, before failing."""
+    reader = csvformat.Reader([raw], target=True)
+    target = reader.header.columns[TARGET]
+    features: list[npt.NDArray[np.float64]] = []
+    charges: list[float] = []
+    for chunk in reader.chunks():
+        X, found, count = csvformat.encode(chunk, reader.header)
+        reader.problems.add(found, count)
+        for line, row in zip(chunk.lines, chunk.rows, strict=True):
+            charge = _charge(row[target], line)
+            if isinstance(charge, Issue):
+                reader.problems.add([charge])
+            else:
+                charges.append(charge)
+        if X is not None:
+            features.append(X)
+    reader.problems.raise_if_any()
+    return np.concatenate(features), np.array(charges, dtype=np.float64)
 
 
 def _charge(cell: str, line: int) -> float | Issue:
