@@ -28,8 +28,8 @@ from starlette.testclient import TestClient
 from chargecast.batch import score_file
 from chargecast.model.artifact import Artifact
 from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, encode_records
-from chargecast.serving import app as app_module
-from chargecast.serving import openapi, protocol
+from chargecast.serving import csvroute, errors, formdata, openapi, predict, request, routes
+from chargecast.serving import service as service_module
 from chargecast.serving.app import create_app
 from chargecast.settings import Settings
 
@@ -115,7 +115,7 @@ def test_readiness_is_503_until_the_model_is_loaded_and_warm(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, held_load: threading.Event
 ) -> None:
     release = held_load
-    monkeypatch.setattr(app_module, "MODEL_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(service_module, "MODEL_WAIT_SECONDS", 0.05)
     with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as client:
         assert client.get("/healthz").status_code == 200
         not_ready = client.get("/readyz")
@@ -202,8 +202,8 @@ def test_a_list_explained(client: TestClient) -> None:
 
 
 def test_the_largest_batch_is_accepted(client: TestClient) -> None:
-    body = post_json(client, [RECORD] * protocol.MAX_RECORDS).json()
-    assert len(body["predictions"]) == protocol.MAX_RECORDS
+    body = post_json(client, [RECORD] * predict.MAX_RECORDS).json()
+    assert len(body["predictions"]) == predict.MAX_RECORDS
 
 
 @pytest.mark.parametrize(
@@ -251,7 +251,7 @@ def test_accepted_variants(client: TestClient, change: dict[str, Any]) -> None:
         (None, "body", "must be a JSON object"),
         (True, "body", "must be a JSON object"),
         ([], "body", "must hold 1 to 10000 records"),
-        ([RECORD] * (protocol.MAX_RECORDS + 1), "body", "at most 10000 records"),
+        ([RECORD] * (predict.MAX_RECORDS + 1), "body", "at most 10000 records"),
         ([RECORD, "x"], "[1]", "must be an object"),
         ([RECORD, {**RECORD, "age": 17}], "[1].age", "from 18 to 100"),
         ([RECORD, [RECORD]], "[1]", "must be an object"),
@@ -334,7 +334,7 @@ def test_issues_are_capped_and_counted(client: TestClient) -> None:
 
 def test_long_values_are_cut_in_errors(client: TestClient) -> None:
     error = error_of(post_json(client, {**RECORD, "sex": "x" * 10_000}), 422, "sex")
-    assert len(error["issues"][0]["value"]) == protocol.MAX_SHOWN_VALUE
+    assert len(error["issues"][0]["value"]) == errors.MAX_SHOWN_VALUE
 
 
 @pytest.mark.parametrize(
@@ -784,8 +784,8 @@ def test_no_5xx_for_random_garbage(client: TestClient) -> None:
 
 
 # -- protocol details (no transport) ----------------------------------------------------
-def _source(text: str) -> protocol.CsvSource:
-    return protocol.csv_source(bytearray(text.encode()), "text/csv")
+def _source(text: str) -> csvroute.CsvSource:
+    return csvroute.csv_source(bytearray(text.encode()), "text/csv")
 
 
 def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None:
@@ -794,23 +794,23 @@ def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None
     lines[22] = "39,female,30.4,1,maybe,southeast"  # row 23, in the fifth
     text = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines) + "\n"
     seen: list[int] = []
-    with pytest.raises(protocol.ApiError) as caught:
-        protocol.score_csv(model, _source(text), 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
+    with pytest.raises(errors.ApiError) as caught:
+        csvroute.score_csv(model, _source(text), 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
     assert caught.value.status == 422
     assert [(i.row, i.field) for i in caught.value.issues] == [(7, "age"), (23, "smoker")]
     assert seen == [5]  # prediction stops at the first bad chunk; validation goes on
     lines[6], lines[22] = lines[0], lines[0]
     fixed = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines)
-    whole = protocol.score_csv(model, _source(fixed), 100, chunk_rows=5)
-    one = protocol.score_csv(model, _source(fixed), 100)
+    whole = csvroute.score_csv(model, _source(fixed), 100, chunk_rows=5)
+    one = csvroute.score_csv(model, _source(fixed), 100)
     assert whole.rows == 25
     assert whole.charges.tolist() == one.charges.tolist()
 
 
 def test_csv_ragged_rows_are_reported_with_the_bad_values_before_them(model: Artifact) -> None:
     text = "age,sex,bmi,children,smoker,region\n17,female,30.4,1,no,southeast\n39,female\n101,male,30,1,no,x\n"
-    with pytest.raises(protocol.ApiError) as caught:
-        protocol.score_csv(model, _source(text), 100, chunk_rows=5)
+    with pytest.raises(errors.ApiError) as caught:
+        csvroute.score_csv(model, _source(text), 100, chunk_rows=5)
     assert [(i.row, i.field) for i in caught.value.issues] == [(1, "age"), (2, "(row)")]
 
 
@@ -820,7 +820,7 @@ def test_multipart_parts_are_offsets_into_the_body() -> None:
         b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p \\"q\\".csv"\r\n'
         b"Content-Type: text/csv\r\n\r\nage\r\n39\r\n--xyz--\r\n"
     )
-    parts = protocol.parse_multipart(body, 'multipart/form-data; boundary="xyz"')
+    parts = formdata.parse_multipart(body, 'multipart/form-data; boundary="xyz"')
     assert [(p.name, p.filename, p.content_type) for p in parts] == [
         ("a", None, "text/plain"),
         ("file", 'p "q".csv', "text/csv"),
@@ -830,10 +830,10 @@ def test_multipart_parts_are_offsets_into_the_body() -> None:
 
 def test_bearer_check_compares_every_key() -> None:
     keys = (b"alpha", b"beta")
-    protocol.check_bearer("Bearer beta", keys)
+    request.check_bearer("Bearer beta", keys)
     for header in (None, "Bearer", "Token beta", "Bearer gamma", "Bearer alph"):
-        with pytest.raises(protocol.ApiError) as caught:
-            protocol.check_bearer(header, keys)
+        with pytest.raises(errors.ApiError) as caught:
+            request.check_bearer(header, keys)
         assert caught.value.status == 401
         assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
 
@@ -848,7 +848,7 @@ def test_an_unexpected_error_is_a_json_500_and_logged(model_dir: Path, monkeypat
         while c.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        monkeypatch.setattr(protocol, "predict_one", broken)
+        monkeypatch.setattr(routes, "predict_one", broken)
         error = error_of(post_json(c, RECORD), 500)
         assert "request id" in error["message"]
         assert "boom" not in error["message"]  # internals stay in the log
@@ -981,7 +981,7 @@ def test_bad_quantiles_are_422_naming_the_parameter_and_rule(client: TestClient,
     for body in (RECORD, [RECORD]):
         response = client.post(f"/api/v1/predict?{query}", content=orjson.dumps(body), headers=JSON_HEADERS)
         error = error_of(response, 422, "quantiles", rule)
-        assert protocol.LEVELS_RULE in error["issues"][0]["rule"]  # the whole rule, whatever broke it
+        assert request.LEVELS_RULE in error["issues"][0]["rule"]  # the whole rule, whatever broke it
 
 
 def test_quantiles_may_be_given_once(client: TestClient) -> None:

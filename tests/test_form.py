@@ -20,19 +20,19 @@ from starlette.testclient import TestClient
 from chargecast import schema
 from chargecast.model.artifact import Artifact
 from chargecast.schema import FIELDS, CategoryField, NumberField
-from chargecast.serving import protocol
+from chargecast.serving import formdata, predict
 from chargecast.serving.app import create_app
 from chargecast.serving.form import (
     PALETTE,
     REFERENCE,
     TEXT_PAIRS,
-    FormResult,
     dollars,
     render_page,
     share_of_patients,
     sign_class,
     signed_dollars,
 )
+from chargecast.serving.predict import FormResult
 from chargecast.settings import Settings
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -220,7 +220,7 @@ def test_blank_submission_stays_blank(model: Artifact) -> None:
 def test_every_missing_field_is_an_error_naming_it(model: Artifact) -> None:
     # what a browser sends for the untouched empty form: every field, all blank
     values = {spec.name: "" for spec in FIELDS}
-    _, errors = protocol.check_form(values)
+    _, errors = formdata.check_form(values)
     assert errors == {spec.name: f"{spec.label} is required" for spec in FIELDS}
     doc = render(model, values=values, errors=errors)
     (summary,) = doc.find_all(role="alert")
@@ -233,7 +233,7 @@ def test_every_missing_field_is_an_error_naming_it(model: Artifact) -> None:
 def test_one_missing_field_is_not_defaulted(model: Artifact, missing: str) -> None:
     spec = schema.FIELD_BY_NAME[missing]
     for values in (EXAMPLES | {missing: ""}, {k: v for k, v in EXAMPLES.items() if k != missing}):
-        _, errors = protocol.check_form(values)
+        _, errors = formdata.check_form(values)
         assert errors == {missing: f"{spec.label} is required"}
 
 
@@ -494,7 +494,7 @@ def test_screen_readers_get_the_same_numbers_as_a_table(model: Artifact) -> None
 def test_real_prediction_renders_and_adds_up(model: Artifact) -> None:
     record = {"age": "70", "sex": "male", "bmi": "34.1", "children": "2", "smoker": "yes", "region": "northwest"}
     encoded = schema.encode_record(record)
-    result = protocol.form_result(model, encoded)
+    result = predict.form_result(model, encoded)
     prediction = model.predict_record(record)
     assert (result.charges, result.low, result.high) == (prediction.charges, prediction.low, prediction.high)
     assert result.median == model.quantiles_row(prediction.charges, encoded, [0.5])[0]
@@ -520,7 +520,7 @@ def test_real_prediction_renders_and_adds_up(model: Artifact) -> None:
 )
 def test_real_wording_uses_the_artifacts_own_interval_and_median(model: Artifact, record: dict[str, str]) -> None:
     encoded = schema.encode_record(record)
-    result = protocol.form_result(model, encoded)
+    result = predict.form_result(model, encoded)
     low, high = model.distribution.apply_row(result.charges, encoded)
     low_q, median, high_q = model.quantiles_row(result.charges, encoded, [0.05, 0.5, 0.95])
     assert model.level == 0.9

@@ -12,11 +12,11 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
 from chargecast.model.artifact import Artifact
 from chargecast.schema import FIELD_BY_NAME, FIELDS, CategoryField, Field, NumberField
+from chargecast.serving.predict import FormResult
 
 TITLE: Final = "Estimate a patient's medical charges"
 # What contributions are measured from: the model's baseline is the mean forecast over the
@@ -61,24 +61,6 @@ TEXT_PAIRS: Final[tuple[tuple[str, str], ...]] = (
     ("up", "card"),
     ("down", "card"),
 )
-
-
-@dataclass(frozen=True)
-class FormResult:
-    """A prediction as the page shows it; contributions sum to ``charges - baseline``.
-
-    ``charges`` is the conditional mean (what to budget); ``median`` is the 0.5 quantile of
-    the same distribution that gives ``low``/``high``, so the page can say where half of
-    such patients fall without calling the mean typical.
-    """
-
-    charges: float
-    low: float
-    high: float
-    median: float
-    level: float
-    contributions: dict[str, float]
-    baseline: float
 
 
 def _e(value: object) -> str:
@@ -618,12 +600,17 @@ def render_page(
     )
 
 
+def render_message(text: str) -> str:
+    """A bare page with one sentence, for a form request that gets no form (401, 503)."""
+    return f'<!doctype html><html lang="en"><meta charset="utf-8"><title>chargecast</title><p>{_e(text)}</p></html>'
+
+
 __all__ = [
     "PALETTE",
     "REFERENCE",
     "TEXT_PAIRS",
-    "FormResult",
     "dollars",
+    "render_message",
     "render_page",
     "share_of_patients",
     "sign_class",

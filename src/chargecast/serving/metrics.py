@@ -288,7 +288,7 @@ class Metrics:
         self.commit(endpoint, tally)
 
     def observe(self, endpoint: str, rows: Any, charges: Any) -> None:
-        """One record (from the event loop) or a batch, whichever ``protocol.Scored`` holds."""
+        """One record (from the event loop) or a batch, whichever ``predict.Scored`` holds."""
         if isinstance(charges, np.ndarray):
             self.observe_many(endpoint, rows, charges)
         else:

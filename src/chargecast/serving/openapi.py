@@ -16,14 +16,9 @@ import orjson
 
 import chargecast
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
-from chargecast.serving.protocol import (
-    EXAMPLE_RECORD,
-    LEVELS_RULE,
-    MAX_LEVELS,
-    MAX_QUANTILE_CELLS,
-    MAX_RECORDS,
-    OUTPUT_COLUMNS,
-)
+from chargecast.serving.csvroute import OUTPUT_COLUMNS
+from chargecast.serving.predict import EXAMPLE_RECORD, MAX_QUANTILE_CELLS, MAX_RECORDS
+from chargecast.serving.request import LEVELS_RULE, MAX_LEVELS
 from chargecast.settings import Settings
 
 JSON: Final = "application/json"
