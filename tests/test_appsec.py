@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,8 +28,9 @@ from pydantic import ValidationError
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from chargecast.model.artifact import Artifact
 from chargecast.schema import MAX_REPORTED_ISSUES
-from chargecast.serving import errors, jsonbody, routes
+from chargecast.serving import errors, headers, jsonbody, routes
 from chargecast.serving import service as service_module
 from chargecast.serving.app import create_app
 from chargecast.settings import Settings
@@ -151,6 +153,31 @@ def test_no_forecast_without_a_key(keyed: TestClient, model_dir: Path, method: s
     assert GRANTED[method, path] in granted.text
 
 
+def test_the_key_is_checked_before_the_model_is_waited_for(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the model loads, a request without a key learns nothing, not even that: 401, not 503."""
+    release = threading.Event()
+    real_load = Artifact.load
+
+    def held_load(path: Path | str, sha256: str | None = None) -> Artifact:
+        assert release.wait(10)
+        return real_load(path, sha256)
+
+    monkeypatch.setattr(Artifact, "load", staticmethod(held_load))
+    monkeypatch.setattr(service_module, "MODEL_WAIT_SECONDS", 0.05)
+    settings_ = Settings(model_dir=model_dir, api_keys=KEY, log_level="warning")  # type: ignore[arg-type]
+    try:
+        with TestClient(create_app(settings_)) as loading:
+            for method, path in sorted(FORECASTING):
+                assert call(loading, method, path).status_code == 401, path
+                waited = call(loading, method, path, f"Bearer {KEY}")
+                assert waited.status_code == 503, path
+                assert waited.headers["retry-after"] == "1"
+                assert "still loading" in waited.text
+            release.set()
+    finally:
+        release.set()
+
+
 GRANTED = {  # what each route answers with a key: a forecast, the form, or the model's details
     ("POST", "/api/v1/predict"): '"charges":',
     ("POST", "/api/v1/predict/csv"): ",charges,charges_low,charges_high",
@@ -220,6 +247,16 @@ def _policy(response: Any) -> dict[str, list[str]]:
         name, *sources = directive.split()
         out[name] = sources
     return out
+
+
+def test_the_policy_names_each_style_block_by_hash_and_no_unclosed_one() -> None:
+    page = "<style>a{}</style><p>x</p><style>b<i>{}</style><style>never closed"
+    policy = headers.page_policy(page)
+    assert policy.startswith(
+        f"default-src 'none'; style-src {headers.style_source('a{}')} {headers.style_source('b<i>{}')}; "
+    )
+    assert policy.count("sha256-") == 2
+    assert "style-src" not in headers.page_policy("<p>no style</p>")
 
 
 def test_pages_allow_only_their_own_stylesheet_and_no_script(client: TestClient, keyed: TestClient) -> None:

@@ -20,13 +20,14 @@ from starlette.testclient import TestClient
 from chargecast import schema
 from chargecast.model.artifact import Artifact
 from chargecast.schema import FIELDS, CategoryField, NumberField
-from chargecast.serving import formdata, predict
+from chargecast.serving import form, formdata, predict
 from chargecast.serving.app import create_app
 from chargecast.serving.form import (
     PALETTE,
     REFERENCE,
     TEXT_PAIRS,
     dollars,
+    render_message,
     render_page,
     share_of_patients,
     sign_class,
@@ -603,3 +604,41 @@ def test_non_text_colours_meet_three_to_one(name: str) -> None:
 )
 def test_dollar_formatting(amount: float, plain: str, signed: str, cls: str) -> None:
     assert (dollars(amount), signed_dollars(amount), sign_class(amount)) == (plain, signed, cls)
+
+
+# -- the templates ----------------------------------------------------------------------------
+def test_every_value_is_escaped_where_the_page_shows_it(model: Artifact) -> None:
+    nasty = "<b>&\"'"
+    errors = {"age": f"Age {nasty}", form.FORM_ERROR_KEY: f"form {nasty}", nasty: f"other {nasty}"}
+    page = render_page(values=EXAMPLES | {"age": nasty}, errors=errors, result=RESULT, model=model)
+    assert "<b>" not in page
+    doc = parse(page)
+    assert doc.by_id("age-error").text() == f"Error: Age {nasty}"
+    summary = [li.text() for li in doc.find_all(role="alert")[0].find_all("li")]
+    assert summary == [f"Age {nasty}", f"form {nasty}", f"other {nasty}"]
+    assert [a.attrs["href"] for a in doc.find_all(role="alert")[0].find_all("a")] == ["#age"]  # only fields link
+
+
+def test_the_message_page_escapes_its_sentence() -> None:
+    doc = parse(render_message("not ready: <script>alert(1)</script> & more"))
+    assert not doc.find_all("script")
+    (p,) = doc.find_all("p")
+    assert p.text() == "not ready: <script>alert(1)</script> & more"
+    assert not doc.find_all("style")  # no stylesheet: its policy allows none
+
+
+def test_the_page_carries_no_whitespace_from_the_templates_layout(model: Artifact) -> None:
+    """Templates are laid out one element a line; none of that reaches the page's text."""
+    page = render_page(values=EXAMPLES, errors={"age": "Age is wrong"}, result=RESULT, model=model)
+    assert "\n" not in page
+    assert "  " not in page
+
+
+def test_templates_are_compiled_once_and_never_read_again(model: Artifact, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_reads(*args: object) -> None:
+        raise AssertionError("a template was read from disk after start-up")
+
+    monkeypatch.setattr(type(form._ENV.loader), "get_source", no_reads)
+    render_page(values=EXAMPLES, errors={"age": "Age is wrong"}, result=RESULT, model=model)
+    render_page(values={}, errors={}, result=None, model=model)
+    render_message("not ready")

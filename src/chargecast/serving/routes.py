@@ -30,7 +30,7 @@ from chargecast.serving import csvroute
 from chargecast.serving import headers as security
 from chargecast.serving.budget import FORM_FACTOR, JSON_PER_BYTE, Lease, answer_cost, csv_cost, form_cost, json_cost
 from chargecast.serving.errors import ApiError
-from chargecast.serving.form import render_message, render_page
+from chargecast.serving.form import FORM_ERROR_KEY, render_message, render_page
 from chargecast.serving.formdata import check_form, form_values
 from chargecast.serving.jsonbody import parse_json, require_json
 from chargecast.serving.predict import (
@@ -55,7 +55,6 @@ from chargecast.serving.transport import (
 )
 
 T = TypeVar("T")
-FORM_ERROR_KEY: Final = ""  # render_page shows errors[""] as a message that belongs to no field
 INLINE_BODY: Final = 64 * 1024  # bigger JSON bodies are parsed off the event loop
 CSV_SLOT_WAIT: Final = 10.0  # seconds a CSV request may wait for a slot before a 503
 NO_OPTIONS: Final[tuple[bool, Levels | None]] = (False, None)  # no explain, no quantiles
