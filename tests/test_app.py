@@ -11,6 +11,9 @@ import io
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -31,6 +35,8 @@ from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, encode_records
 from chargecast.serving import csvroute, errors, formdata, openapi, predict, request, routes
 from chargecast.serving import service as service_module
 from chargecast.serving.app import create_app
+from chargecast.serving.metrics import LATENCY_BUCKETS, MULTIPROC_ENV, Metrics
+from chargecast.serving.supervisor import render_metrics
 from chargecast.settings import Settings
 
 RECORD: dict[str, Any] = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
@@ -619,6 +625,77 @@ def test_metrics_count_requests_predictions_and_inputs(model_dir: Path, model: A
     assert s['chargecast_input_category_total{feature="region",value="southeast"}'] == 5
     labels = f'interval_level="{model.level:g}",predictor="{model.predictor.kind}",version="{model.version}"'
     assert s[f"chargecast_model_info{{{labels}}}"] == 1
+
+
+# The bulk writes reach into prometheus_client (histogram children's bucket values, the
+# multiprocess files, mark_process_dead). These two tests fail loudly if any of that moves.
+def test_bulk_histogram_writes_count_what_prometheus_client_observe_would() -> None:
+    metrics, registry = Metrics(), CollectorRegistry()
+    reference = Histogram("reference_seconds", "observed one by one", buckets=LATENCY_BUCKETS, registry=registry)
+    seconds = [0.0001, 0.00025, 0.0003, 0.001, 0.004, 0.2, 3.0, 11.0, 0.00025, 10.0]  # bounds included
+    for value in seconds:
+        metrics.started("/x")
+        metrics.finished("/x", "GET", 200, value)
+        reference.observe(value)
+    metrics.flush()
+
+    def samples(registry: CollectorRegistry, name: str) -> dict[str, float]:
+        (family,) = (f for f in registry.collect() if f.name == name)
+        return {s.name.rsplit("_", 1)[1] + s.labels.get("le", ""): s.value for s in family.samples}
+
+    got = samples(metrics.registry, "chargecast_http_request_duration_seconds")
+    want = samples(registry, "reference_seconds")
+    assert got.keys() == want.keys()
+    assert got.pop("sum") == pytest.approx(want.pop("sum"))
+    assert got == want
+
+
+_WORKER = """
+import sys
+from chargecast.schema import encode_records
+from chargecast.serving.metrics import Metrics
+import numpy as np
+
+metrics = Metrics()
+assert metrics.multiprocess
+RECORD = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
+X = np.array(encode_records([RECORD] * 3))
+metrics.started("/api/v1/predict")
+metrics.finished("/api/v1/predict", "POST", 200, 0.003)
+metrics.observe_one("api", X[0].tolist(), 6000.0)
+metrics.observe_many("csv", X, np.array([2500.0, 6000.0, 60000.0]))
+metrics.set_model("v1", "gbm", 0.9)
+metrics.flush()
+print(sorted(p.name for p in __import__("pathlib").Path(sys.argv[1]).iterdir()))
+metrics.process_exit()
+"""
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
+    """Two workers in prometheus_client's multiprocess mode, as `chargecast serve` runs them."""
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path)}
+    for _ in range(2):
+        worker = [sys.executable, "-c", _WORKER, str(tmp_path)]
+        done = subprocess.run(worker, env=env, capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "gauge_livesum" in done.stdout  # the in-progress gauge was live while the worker ran
+    assert not list(tmp_path.glob("gauge_livesum_*.db"))  # mark_process_dead dropped each worker's live gauge
+    s = _samples(render_metrics(str(tmp_path)).decode())
+    route = 'method="POST",route="/api/v1/predict",status="200"'
+    assert s[f"chargecast_http_requests_total{{{route}}}"] == 2
+    assert s[f'chargecast_http_request_duration_seconds_bucket{{le="0.0025",{route}}}'] == 0
+    assert s[f'chargecast_http_request_duration_seconds_bucket{{le="0.005",{route}}}'] == 2
+    assert s[f"chargecast_http_request_duration_seconds_sum{{{route}}}"] == pytest.approx(0.006)
+    assert s['chargecast_predictions_total{endpoint="api"}'] == 2
+    assert s['chargecast_predictions_total{endpoint="csv"}'] == 6
+    assert s['chargecast_predicted_charges_bucket{le="3000.0"}'] == 2
+    assert s['chargecast_predicted_charges_bucket{le="+Inf"}'] == 8
+    assert "chargecast_predicted_charges_sum" not in s
+    assert s['chargecast_input_age_bucket{le="40.0"}'] == 8
+    assert s['chargecast_input_category_total{feature="smoker",value="no"}'] == 8
+    assert s['chargecast_model_info{interval_level="0.9",predictor="gbm",version="v1"}'] == 1
+    assert not any(name.startswith("chargecast_http_requests_in_progress") for name in s)
 
 
 # -- routing, ids, logs -----------------------------------------------------------------
