@@ -480,21 +480,43 @@ def test_csv_wrong_content_type_is_415(client: TestClient, content_type: str | N
     error_of(response, 415, "Content-Type")
 
 
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def _multipart(*parts: tuple[str, str | None, bytes]) -> bytes:
+    """A multipart body with boundary ``b``: a part per (field name, filename or None, content)."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + b"--b--\r\n"
+
+
 def test_csv_multipart_without_a_file_part_is_422(client: TestClient) -> None:
-    response = client.post("/api/v1/predict/csv", data={"age": "39"}, files={"other": ("", b"", "text/plain")})
-    assert response.status_code in (200, 422)  # a nameless file part is taken as the upload when it is the only one
-    response = client.post(
-        "/api/v1/predict/csv",
-        content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b--\r\n',
-        headers={"Content-Type": "multipart/form-data; boundary=b"},
-    )
-    error_of(response, 422, "file", "is required")
-    response = client.post(
-        "/api/v1/predict/csv", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=b"}
-    )
-    error_of(response, 400, "body", "multipart")
+    # What a form with no file sends: fields only, none with a filename.
+    no_file = _multipart(("age", None, b"39"), ("note", None, b"hi"))
+    error_of(client.post("/api/v1/predict/csv", content=no_file, headers=MULTIPART), 422, "file", "is required")
+    error_of(client.post("/api/v1/predict/csv", content=b"garbage", headers=MULTIPART), 400, "body", "multipart")
     response = client.post("/api/v1/predict/csv", content=b"x", headers={"Content-Type": "multipart/form-data"})
     error_of(response, 400, "Content-Type", "boundary")
+
+
+def test_csv_multipart_takes_the_file_field_else_the_first_part_with_a_filename(client: TestClient) -> None:
+    good, bad = _csv([RECORD, SMOKER]).encode(), _csv([{**RECORD, "age": 17}]).encode()
+    elsewhere = _multipart(("note", None, b"hi"), ("upload", "book.csv", good), ("later", "bad.csv", bad))
+    response = client.post("/api/v1/predict/csv", content=elsewhere, headers=MULTIPART)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="book.scored.csv"'
+    assert [r["age"] for r in _read_csv(response.text)] == ["39", "52"]
+    named = _multipart(("upload", "bad.csv", bad), ("file", "patients.csv", good))  # 'file' wins wherever it is
+    response = client.post("/api/v1/predict/csv", content=named, headers=MULTIPART)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="patients.scored.csv"'
+
+
+def test_csv_multipart_with_an_empty_file_is_400(client: TestClient) -> None:
+    empty = _multipart(("file", "", b""))  # a browser's file input left empty
+    error_of(client.post("/api/v1/predict/csv", content=empty, headers=MULTIPART), 400, "body", "is required")
 
 
 def test_csv_limits_are_configurable(model_dir: Path) -> None:
