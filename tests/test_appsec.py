@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from pydantic import ValidationError
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from chargecast.model.artifact import Artifact
 from chargecast.schema import MAX_REPORTED_ISSUES
 from chargecast.serving import errors, headers, jsonbody, routes
 from chargecast.serving import service as service_module
@@ -155,27 +153,20 @@ def test_no_forecast_without_a_key(keyed: TestClient, model_dir: Path, method: s
 
 def test_the_key_is_checked_before_the_model_is_waited_for(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the model loads, a request without a key learns nothing, not even that: 401, not 503."""
-    release = threading.Event()
-    real_load = Artifact.load
 
-    def held_load(path: Path | str, sha256: str | None = None) -> Artifact:
-        assert release.wait(10)
-        return real_load(path, sha256)
+    async def never_loads(self: service_module.Service) -> None:
+        return None
 
-    monkeypatch.setattr(Artifact, "load", staticmethod(held_load))
+    monkeypatch.setattr(service_module.Service, "load", never_loads)
     monkeypatch.setattr(service_module, "MODEL_WAIT_SECONDS", 0.05)
     settings_ = Settings(model_dir=model_dir, api_keys=KEY, log_level="warning")  # type: ignore[arg-type]
-    try:
-        with TestClient(create_app(settings_)) as loading:
-            for method, path in sorted(FORECASTING):
-                assert call(loading, method, path).status_code == 401, path
-                waited = call(loading, method, path, f"Bearer {KEY}")
-                assert waited.status_code == 503, path
-                assert waited.headers["retry-after"] == "1"
-                assert "still loading" in waited.text
-            release.set()
-    finally:
-        release.set()
+    with TestClient(create_app(settings_)) as loading:
+        for method, path in sorted(FORECASTING):
+            assert call(loading, method, path).status_code == 401, path
+            waited = call(loading, method, path, f"Bearer {KEY}")
+            assert waited.status_code == 503, path
+            assert waited.headers["retry-after"] == "1"
+            assert "still loading" in waited.text
 
 
 GRANTED = {  # what each route answers with a key: a forecast, the form, or the model's details
