@@ -119,15 +119,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.access.flush()
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the app for one process; the model loads in the background once it starts."""
-    service = Service(settings if settings is not None else Settings())
-    observe = Middleware(Observe, service=service, routes=frozenset(r.path for r in ROUTES), direct=DIRECT)
-    app = Starlette(routes=list(ROUTES), middleware=[observe], exception_handlers=HANDLERS, lifespan=lifespan)
-    app.state.service = service
-    return app
-
-
 def _on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc)
@@ -163,3 +154,12 @@ HANDLERS: Final[Mapping[Any, Callable[[Request, Exception], Response | Awaitable
     ClientDisconnect: _on_disconnect,
     Exception: _on_crash,
 }
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the app for one process; the model loads in the background once it starts."""
+    service = Service(settings if settings is not None else Settings())
+    observe = Middleware(Observe, service=service, routes=frozenset(r.path for r in ROUTES), direct=DIRECT)
+    app = Starlette(routes=list(ROUTES), middleware=[observe], exception_handlers=HANDLERS, lifespan=lifespan)
+    app.state.service = service
+    return app

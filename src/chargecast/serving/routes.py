@@ -100,7 +100,7 @@ def gated(handler: Handler, refuse: Refusal = error_response) -> Gate:
 
 
 # -- JSON API ----------------------------------------------------------------------------
-async def predict(scope: Scope, receive: Receive, send: Send, service: Service, model: Artifact) -> None:
+async def api_predict(scope: Scope, receive: Receive, send: Send, service: Service, model: Artifact) -> None:
     """``POST /api/v1/predict``, in raw ASGI: the hot route skips Starlette's Request and
     Response objects and its per-route exception wrapper, which cost more than the forecast.
     The request middleware calls it directly, so it answers its own errors."""
@@ -290,7 +290,7 @@ async def docs(request: Request) -> Response:
     return HTMLResponse(service.docs_html, headers=service.docs_headers)
 
 
-PREDICT: Final = Gate(predict)
+PREDICT: Final = Gate(api_predict)
 ROUTES: Final = (
     Route("/api/v1/predict", PREDICT, methods=["POST"]),
     Route("/api/v1/predict/csv", gated(predict_csv), methods=["POST"]),
