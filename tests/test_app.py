@@ -11,6 +11,9 @@ import io
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -28,9 +32,11 @@ from starlette.testclient import TestClient
 from chargecast.batch import score_file
 from chargecast.model.artifact import Artifact
 from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, encode_records
-from chargecast.serving import app as app_module
-from chargecast.serving import openapi, protocol
+from chargecast.serving import csvroute, errors, formdata, openapi, predict, request, routes
+from chargecast.serving import service as service_module
 from chargecast.serving.app import create_app
+from chargecast.serving.metrics import LATENCY_BUCKETS, MULTIPROC_ENV, Metrics
+from chargecast.serving.supervisor import render_metrics
 from chargecast.settings import Settings
 
 RECORD: dict[str, Any] = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
@@ -115,7 +121,7 @@ def test_readiness_is_503_until_the_model_is_loaded_and_warm(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, held_load: threading.Event
 ) -> None:
     release = held_load
-    monkeypatch.setattr(app_module, "MODEL_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(service_module, "MODEL_WAIT_SECONDS", 0.05)
     with TestClient(create_app(Settings(model_dir=model_dir, log_level="warning"))) as client:
         assert client.get("/healthz").status_code == 200
         not_ready = client.get("/readyz")
@@ -202,8 +208,8 @@ def test_a_list_explained(client: TestClient) -> None:
 
 
 def test_the_largest_batch_is_accepted(client: TestClient) -> None:
-    body = post_json(client, [RECORD] * protocol.MAX_RECORDS).json()
-    assert len(body["predictions"]) == protocol.MAX_RECORDS
+    body = post_json(client, [RECORD] * predict.MAX_RECORDS).json()
+    assert len(body["predictions"]) == predict.MAX_RECORDS
 
 
 @pytest.mark.parametrize(
@@ -251,7 +257,7 @@ def test_accepted_variants(client: TestClient, change: dict[str, Any]) -> None:
         (None, "body", "must be a JSON object"),
         (True, "body", "must be a JSON object"),
         ([], "body", "must hold 1 to 10000 records"),
-        ([RECORD] * (protocol.MAX_RECORDS + 1), "body", "at most 10000 records"),
+        ([RECORD] * (predict.MAX_RECORDS + 1), "body", "at most 10000 records"),
         ([RECORD, "x"], "[1]", "must be an object"),
         ([RECORD, {**RECORD, "age": 17}], "[1].age", "from 18 to 100"),
         ([RECORD, [RECORD]], "[1]", "must be an object"),
@@ -334,7 +340,7 @@ def test_issues_are_capped_and_counted(client: TestClient) -> None:
 
 def test_long_values_are_cut_in_errors(client: TestClient) -> None:
     error = error_of(post_json(client, {**RECORD, "sex": "x" * 10_000}), 422, "sex")
-    assert len(error["issues"][0]["value"]) == protocol.MAX_SHOWN_VALUE
+    assert len(error["issues"][0]["value"]) == errors.MAX_SHOWN_VALUE
 
 
 @pytest.mark.parametrize(
@@ -474,21 +480,43 @@ def test_csv_wrong_content_type_is_415(client: TestClient, content_type: str | N
     error_of(response, 415, "Content-Type")
 
 
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def _multipart(*parts: tuple[str, str | None, bytes]) -> bytes:
+    """A multipart body with boundary ``b``: a part per (field name, filename or None, content)."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + b"--b--\r\n"
+
+
 def test_csv_multipart_without_a_file_part_is_422(client: TestClient) -> None:
-    response = client.post("/api/v1/predict/csv", data={"age": "39"}, files={"other": ("", b"", "text/plain")})
-    assert response.status_code in (200, 422)  # a nameless file part is taken as the upload when it is the only one
-    response = client.post(
-        "/api/v1/predict/csv",
-        content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b--\r\n',
-        headers={"Content-Type": "multipart/form-data; boundary=b"},
-    )
-    error_of(response, 422, "file", "is required")
-    response = client.post(
-        "/api/v1/predict/csv", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=b"}
-    )
-    error_of(response, 400, "body", "multipart")
+    # What a form with no file sends: fields only, none with a filename.
+    no_file = _multipart(("age", None, b"39"), ("note", None, b"hi"))
+    error_of(client.post("/api/v1/predict/csv", content=no_file, headers=MULTIPART), 422, "file", "is required")
+    error_of(client.post("/api/v1/predict/csv", content=b"garbage", headers=MULTIPART), 400, "body", "multipart")
     response = client.post("/api/v1/predict/csv", content=b"x", headers={"Content-Type": "multipart/form-data"})
     error_of(response, 400, "Content-Type", "boundary")
+
+
+def test_csv_multipart_takes_the_file_field_else_the_first_part_with_a_filename(client: TestClient) -> None:
+    good, bad = _csv([RECORD, SMOKER]).encode(), _csv([{**RECORD, "age": 17}]).encode()
+    elsewhere = _multipart(("note", None, b"hi"), ("upload", "book.csv", good), ("later", "bad.csv", bad))
+    response = client.post("/api/v1/predict/csv", content=elsewhere, headers=MULTIPART)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="book.scored.csv"'
+    assert [r["age"] for r in _read_csv(response.text)] == ["39", "52"]
+    named = _multipart(("upload", "bad.csv", bad), ("file", "patients.csv", good))  # 'file' wins wherever it is
+    response = client.post("/api/v1/predict/csv", content=named, headers=MULTIPART)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="patients.scored.csv"'
+
+
+def test_csv_multipart_with_an_empty_file_is_400(client: TestClient) -> None:
+    empty = _multipart(("file", "", b""))  # a browser's file input left empty
+    error_of(client.post("/api/v1/predict/csv", content=empty, headers=MULTIPART), 400, "body", "is required")
 
 
 def test_csv_limits_are_configurable(model_dir: Path) -> None:
@@ -619,6 +647,77 @@ def test_metrics_count_requests_predictions_and_inputs(model_dir: Path, model: A
     assert s['chargecast_input_category_total{feature="region",value="southeast"}'] == 5
     labels = f'interval_level="{model.level:g}",predictor="{model.predictor.kind}",version="{model.version}"'
     assert s[f"chargecast_model_info{{{labels}}}"] == 1
+
+
+# The bulk writes reach into prometheus_client (histogram children's bucket values, the
+# multiprocess files, mark_process_dead). These two tests fail loudly if any of that moves.
+def test_bulk_histogram_writes_count_what_prometheus_client_observe_would() -> None:
+    metrics, registry = Metrics(), CollectorRegistry()
+    reference = Histogram("reference_seconds", "observed one by one", buckets=LATENCY_BUCKETS, registry=registry)
+    seconds = [0.0001, 0.00025, 0.0003, 0.001, 0.004, 0.2, 3.0, 11.0, 0.00025, 10.0]  # bounds included
+    for value in seconds:
+        metrics.started("/x")
+        metrics.finished("/x", "GET", 200, value)
+        reference.observe(value)
+    metrics.flush()
+
+    def samples(registry: CollectorRegistry, name: str) -> dict[str, float]:
+        (family,) = (f for f in registry.collect() if f.name == name)
+        return {s.name.rsplit("_", 1)[1] + s.labels.get("le", ""): s.value for s in family.samples}
+
+    got = samples(metrics.registry, "chargecast_http_request_duration_seconds")
+    want = samples(registry, "reference_seconds")
+    assert got.keys() == want.keys()
+    assert got.pop("sum") == pytest.approx(want.pop("sum"))
+    assert got == want
+
+
+_WORKER = """
+import sys
+from chargecast.schema import encode_records
+from chargecast.serving.metrics import Metrics
+import numpy as np
+
+metrics = Metrics()
+assert metrics.multiprocess
+RECORD = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
+X = np.array(encode_records([RECORD] * 3))
+metrics.started("/api/v1/predict")
+metrics.finished("/api/v1/predict", "POST", 200, 0.003)
+metrics.observe_one("api", X[0].tolist(), 6000.0)
+metrics.observe_many("csv", X, np.array([2500.0, 6000.0, 60000.0]))
+metrics.set_model("v1", "gbm", 0.9)
+metrics.flush()
+print(sorted(p.name for p in __import__("pathlib").Path(sys.argv[1]).iterdir()))
+metrics.process_exit()
+"""
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
+    """Two workers in prometheus_client's multiprocess mode, as `chargecast serve` runs them."""
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path)}
+    for _ in range(2):
+        worker = [sys.executable, "-c", _WORKER, str(tmp_path)]
+        done = subprocess.run(worker, env=env, capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "gauge_livesum" in done.stdout  # the in-progress gauge was live while the worker ran
+    assert not list(tmp_path.glob("gauge_livesum_*.db"))  # mark_process_dead dropped each worker's live gauge
+    s = _samples(render_metrics(str(tmp_path)).decode())
+    route = 'method="POST",route="/api/v1/predict",status="200"'
+    assert s[f"chargecast_http_requests_total{{{route}}}"] == 2
+    assert s[f'chargecast_http_request_duration_seconds_bucket{{le="0.0025",{route}}}'] == 0
+    assert s[f'chargecast_http_request_duration_seconds_bucket{{le="0.005",{route}}}'] == 2
+    assert s[f"chargecast_http_request_duration_seconds_sum{{{route}}}"] == pytest.approx(0.006)
+    assert s['chargecast_predictions_total{endpoint="api"}'] == 2
+    assert s['chargecast_predictions_total{endpoint="csv"}'] == 6
+    assert s['chargecast_predicted_charges_bucket{le="3000.0"}'] == 2
+    assert s['chargecast_predicted_charges_bucket{le="+Inf"}'] == 8
+    assert "chargecast_predicted_charges_sum" not in s
+    assert s['chargecast_input_age_bucket{le="40.0"}'] == 8
+    assert s['chargecast_input_category_total{feature="smoker",value="no"}'] == 8
+    assert s['chargecast_model_info{interval_level="0.9",predictor="gbm",version="v1"}'] == 1
+    assert not any(name.startswith("chargecast_http_requests_in_progress") for name in s)
 
 
 # -- routing, ids, logs -----------------------------------------------------------------
@@ -784,8 +883,8 @@ def test_no_5xx_for_random_garbage(client: TestClient) -> None:
 
 
 # -- protocol details (no transport) ----------------------------------------------------
-def _source(text: str) -> protocol.CsvSource:
-    return protocol.csv_source(bytearray(text.encode()), "text/csv")
+def _source(text: str) -> csvroute.CsvSource:
+    return csvroute.csv_source(bytearray(text.encode()), "text/csv")
 
 
 def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None:
@@ -794,23 +893,23 @@ def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None
     lines[22] = "39,female,30.4,1,maybe,southeast"  # row 23, in the fifth
     text = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines) + "\n"
     seen: list[int] = []
-    with pytest.raises(protocol.ApiError) as caught:
-        protocol.score_csv(model, _source(text), 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
+    with pytest.raises(errors.ApiError) as caught:
+        csvroute.score_csv(model, _source(text), 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
     assert caught.value.status == 422
     assert [(i.row, i.field) for i in caught.value.issues] == [(7, "age"), (23, "smoker")]
     assert seen == [5]  # prediction stops at the first bad chunk; validation goes on
     lines[6], lines[22] = lines[0], lines[0]
     fixed = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines)
-    whole = protocol.score_csv(model, _source(fixed), 100, chunk_rows=5)
-    one = protocol.score_csv(model, _source(fixed), 100)
+    whole = csvroute.score_csv(model, _source(fixed), 100, chunk_rows=5)
+    one = csvroute.score_csv(model, _source(fixed), 100)
     assert whole.rows == 25
     assert whole.charges.tolist() == one.charges.tolist()
 
 
 def test_csv_ragged_rows_are_reported_with_the_bad_values_before_them(model: Artifact) -> None:
     text = "age,sex,bmi,children,smoker,region\n17,female,30.4,1,no,southeast\n39,female\n101,male,30,1,no,x\n"
-    with pytest.raises(protocol.ApiError) as caught:
-        protocol.score_csv(model, _source(text), 100, chunk_rows=5)
+    with pytest.raises(errors.ApiError) as caught:
+        csvroute.score_csv(model, _source(text), 100, chunk_rows=5)
     assert [(i.row, i.field) for i in caught.value.issues] == [(1, "age"), (2, "(row)")]
 
 
@@ -820,7 +919,7 @@ def test_multipart_parts_are_offsets_into_the_body() -> None:
         b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p \\"q\\".csv"\r\n'
         b"Content-Type: text/csv\r\n\r\nage\r\n39\r\n--xyz--\r\n"
     )
-    parts = protocol.parse_multipart(body, 'multipart/form-data; boundary="xyz"')
+    parts = formdata.parse_multipart(body, 'multipart/form-data; boundary="xyz"')
     assert [(p.name, p.filename, p.content_type) for p in parts] == [
         ("a", None, "text/plain"),
         ("file", 'p "q".csv', "text/csv"),
@@ -830,10 +929,10 @@ def test_multipart_parts_are_offsets_into_the_body() -> None:
 
 def test_bearer_check_compares_every_key() -> None:
     keys = (b"alpha", b"beta")
-    protocol.check_bearer("Bearer beta", keys)
+    request.check_bearer("Bearer beta", keys)
     for header in (None, "Bearer", "Token beta", "Bearer gamma", "Bearer alph"):
-        with pytest.raises(protocol.ApiError) as caught:
-            protocol.check_bearer(header, keys)
+        with pytest.raises(errors.ApiError) as caught:
+            request.check_bearer(header, keys)
         assert caught.value.status == 401
         assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
 
@@ -848,7 +947,7 @@ def test_an_unexpected_error_is_a_json_500_and_logged(model_dir: Path, monkeypat
         while c.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        monkeypatch.setattr(protocol, "predict_one", broken)
+        monkeypatch.setattr(routes, "predict_one", broken)
         error = error_of(post_json(c, RECORD), 500)
         assert "request id" in error["message"]
         assert "boom" not in error["message"]  # internals stay in the log
@@ -981,7 +1080,7 @@ def test_bad_quantiles_are_422_naming_the_parameter_and_rule(client: TestClient,
     for body in (RECORD, [RECORD]):
         response = client.post(f"/api/v1/predict?{query}", content=orjson.dumps(body), headers=JSON_HEADERS)
         error = error_of(response, 422, "quantiles", rule)
-        assert protocol.LEVELS_RULE in error["issues"][0]["rule"]  # the whole rule, whatever broke it
+        assert request.LEVELS_RULE in error["issues"][0]["rule"]  # the whole rule, whatever broke it
 
 
 def test_quantiles_may_be_given_once(client: TestClient) -> None:

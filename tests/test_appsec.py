@@ -28,8 +28,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from chargecast.schema import MAX_REPORTED_ISSUES
-from chargecast.serving import app as app_module
-from chargecast.serving import protocol
+from chargecast.serving import errors, headers, jsonbody, routes
+from chargecast.serving import service as service_module
 from chargecast.serving.app import create_app
 from chargecast.settings import Settings
 
@@ -151,6 +151,24 @@ def test_no_forecast_without_a_key(keyed: TestClient, model_dir: Path, method: s
     assert GRANTED[method, path] in granted.text
 
 
+def test_the_key_is_checked_before_the_model_is_waited_for(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the model loads, a request without a key learns nothing, not even that: 401, not 503."""
+
+    async def never_loads(self: service_module.Service) -> None:
+        return None
+
+    monkeypatch.setattr(service_module.Service, "load", never_loads)
+    monkeypatch.setattr(service_module, "MODEL_WAIT_SECONDS", 0.05)
+    settings_ = Settings(model_dir=model_dir, api_keys=KEY, log_level="warning")  # type: ignore[arg-type]
+    with TestClient(create_app(settings_)) as loading:
+        for method, path in sorted(FORECASTING):
+            assert call(loading, method, path).status_code == 401, path
+            waited = call(loading, method, path, f"Bearer {KEY}")
+            assert waited.status_code == 503, path
+            assert waited.headers["retry-after"] == "1"
+            assert "still loading" in waited.text
+
+
 GRANTED = {  # what each route answers with a key: a forecast, the form, or the model's details
     ("POST", "/api/v1/predict"): '"charges":',
     ("POST", "/api/v1/predict/csv"): ",charges,charges_low,charges_high",
@@ -222,6 +240,16 @@ def _policy(response: Any) -> dict[str, list[str]]:
     return out
 
 
+def test_the_policy_names_each_style_block_by_hash_and_no_unclosed_one() -> None:
+    page = "<style>a{}</style><p>x</p><style>b<i>{}</style><style>never closed"
+    policy = headers.page_policy(page)
+    assert policy.startswith(
+        f"default-src 'none'; style-src {headers.style_source('a{}')} {headers.style_source('b<i>{}')}; "
+    )
+    assert policy.count("sha256-") == 2
+    assert "style-src" not in headers.page_policy("<p>no style</p>")
+
+
 def test_pages_allow_only_their_own_stylesheet_and_no_script(client: TestClient, keyed: TestClient) -> None:
     pages = {
         "empty form": client.get("/"),
@@ -259,7 +287,7 @@ def test_a_500_carries_the_headers_too(model_dir: Path, monkeypatch: pytest.Monk
         while c.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        monkeypatch.setattr(protocol, "predict_bare", broken)
+        monkeypatch.setattr(routes, "predict_bare", broken)
         response = c.post("/predict_api", content=orjson.dumps(RECORD), headers=JSON_TYPE)
     error_issues(response, 500)
     for name, value in COMMON.items():
@@ -272,7 +300,7 @@ def test_no_error_body_shows_the_model_directory(tmp_path: Path, monkeypatch: py
     model_dir = tmp_path / "secret-location" / "models" / "current"
     model_dir.mkdir(parents=True)
     (model_dir / "metadata.json").write_text("{not json", encoding="utf-8")  # fails to load, naming its path
-    monkeypatch.setattr(app_module, "MODEL_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(service_module, "MODEL_WAIT_SECONDS", 0.05)
     with TestClient(create_app(Settings(model_dir=model_dir, log_level="error"))) as c:
         deadline = time.monotonic() + 10
         while c.app.state.service.load_error is None:  # type: ignore[attr-defined]
@@ -295,7 +323,7 @@ def test_a_loaded_model_shows_no_path_either(client: TestClient, model_dir: Path
 
 
 # -- strict JSON: duplicate keys ---------------------------------------------------------
-DUPLICATE = protocol.DUPLICATE_KEY_RULE
+DUPLICATE = jsonbody.DUPLICATE_KEY_RULE
 
 
 @pytest.mark.parametrize(
@@ -334,16 +362,16 @@ def test_colons_inside_strings_are_not_duplicates(client: TestClient) -> None:
 def test_a_duplicate_deeper_than_pythons_stack_is_still_found() -> None:
     depth = 1000  # orjson reads up to 1024 levels; json's parser runs out of stack first
     body = b"[" * depth + b'{"a:": 1, "a:": 2}' + b"]" * depth
-    with pytest.raises(protocol.ApiError) as caught:
-        protocol.parse_json(body)
+    with pytest.raises(errors.ApiError) as caught:
+        jsonbody.parse_json(body)
     assert caught.value.status == 422
     assert [i.field for i in caught.value.issues] == ["[0]" * depth + ".a:"]
 
 
 def test_many_duplicates_are_capped_and_counted() -> None:
     body = orjson.dumps([{"k": i} for i in range(50)]).replace(b'{"k"', b'{"k":0,"k"')
-    with pytest.raises(protocol.ApiError) as caught:
-        protocol.parse_json(body)
+    with pytest.raises(errors.ApiError) as caught:
+        jsonbody.parse_json(body)
     assert [i.field for i in caught.value.issues] == [f"[{i}].k" for i in range(MAX_REPORTED_ISSUES)]
     assert f"the first {MAX_REPORTED_ISSUES} of 50 problems" in caught.value.message
 
@@ -428,16 +456,16 @@ def test_duplicate_keys_match_the_reference(document: Any, space: str) -> None:
     text = _render(document, space)
     body = text.encode("utf-8")
     want = reference_duplicates(text)
-    issues, total = protocol.duplicate_keys(body)
+    issues, total = jsonbody.duplicate_keys(body)
     assert [i.field for i in issues] == want[:MAX_REPORTED_ISSUES]
     assert total == len(want)
     if want:
-        with pytest.raises(protocol.ApiError) as caught:
-            protocol.parse_json(body)
+        with pytest.raises(errors.ApiError) as caught:
+            jsonbody.parse_json(body)
         assert caught.value.status == 422
         assert [i.field for i in caught.value.issues] == want[:MAX_REPORTED_ISSUES]
     else:
-        assert protocol.parse_json(body) == json.loads(text)
+        assert jsonbody.parse_json(body) == json.loads(text)
 
 
 @settings(max_examples=200, deadline=None)
@@ -448,10 +476,10 @@ def test_the_colon_count_proof_never_lets_a_duplicate_through(keys: list[str], n
     body = ("{" + pairs + "}").encode()
     want = reference_duplicates(body)
     if want:
-        with pytest.raises(protocol.ApiError):
-            protocol.parse_json(body)
+        with pytest.raises(errors.ApiError):
+            jsonbody.parse_json(body)
     else:
-        protocol.parse_json(body)
+        jsonbody.parse_json(body)
 
 
 # -- strict query strings ----------------------------------------------------------------

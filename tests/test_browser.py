@@ -21,7 +21,7 @@ import uvicorn
 from browser import CHROMIUM, Browser
 from chargecast import schema
 from chargecast.model.artifact import Artifact
-from chargecast.serving import protocol
+from chargecast.serving import predict
 from chargecast.serving.app import create_app
 from chargecast.serving.form import REFERENCE, dollars
 from chargecast.settings import Settings
@@ -143,7 +143,7 @@ def _range_labels_apart(browser: Browser) -> bool:
 
 def test_submitting_explains_the_forecast_in_words(browser: Browser, base_url: str, model: Artifact) -> None:
     submit(browser, base_url, PATIENT)
-    result = protocol.form_result(model, schema.encode_record(PATIENT))
+    result = predict.form_result(model, schema.encode_record(PATIENT))
     assert browser.text("#charges") == dollars(result.charges)
     assert browser.text("#expected") == f"Expected cost (what to budget): {dollars(result.charges)}"
     assert browser.text("#interval") == (

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from chargecast.model.artifact import Artifact
-from chargecast.serving import protocol
+from chargecast.serving import csvroute, errors, formdata, jsonbody, predict, request
 from chargecast.serving.budget import Lease, MemoryBudget, answer_cost, csv_cost, form_cost, json_cost
 
 RECORD = {"age": 39, "sex": "female", "bmi": 30.4, "children": 1, "smoker": "no", "region": "southeast"}
@@ -42,7 +42,7 @@ def test_a_lease_takes_what_fits_and_refuses_the_rest_with_a_503() -> None:
     budget = MemoryBudget(1000)
     lease = Lease(budget)
     lease.take(600)
-    with pytest.raises(protocol.ApiError) as refused:
+    with pytest.raises(errors.ApiError) as refused:
         Lease(budget).take(401, "CSV file")
     assert refused.value.status == 503
     assert refused.value.headers["Retry-After"]
@@ -58,7 +58,7 @@ def test_a_lease_takes_what_fits_and_refuses_the_rest_with_a_503() -> None:
 def test_fits_refuses_without_taking() -> None:
     budget = MemoryBudget(1000)
     Lease(budget).fits(1000)
-    with pytest.raises(protocol.ApiError):
+    with pytest.raises(errors.ApiError):
         Lease(budget).fits(1001)
     assert budget.used == 0
 
@@ -105,8 +105,8 @@ def test_parsing_json_stays_within_its_estimate(body: bytes) -> None:
 
 def _parsed(body: bytes) -> Any:
     try:
-        return protocol.parse_json(body)
-    except protocol.ApiError as exc:
+        return jsonbody.parse_json(body)
+    except errors.ApiError as exc:
         return exc
 
 
@@ -120,20 +120,20 @@ NINETY_NINE = ",".join(f"0.{i:02d}" for i in range(1, 100))
 )
 def test_answering_a_list_stays_within_its_estimate(model: Artifact, rows: int, explain: bool, levels: str) -> None:
     body = orjson.dumps([RECORD] * rows)
-    parsed = protocol.parse_levels(levels) if levels else None
+    parsed = request.parse_levels(levels) if levels else None
     n_levels = len(parsed.values) if parsed else 0
-    if rows * n_levels > protocol.MAX_QUANTILE_CELLS:
-        rows = protocol.MAX_QUANTILE_CELLS // n_levels
+    if rows * n_levels > predict.MAX_QUANTILE_CELLS:
+        rows = predict.MAX_QUANTILE_CELLS // n_levels
         body = orjson.dumps([RECORD] * rows)
-    peak = peak_of(lambda: protocol.predict_payload(model, protocol.parse_json(body), explain, parsed))
+    peak = peak_of(lambda: predict.predict_payload(model, jsonbody.parse_json(body), explain, parsed))
     estimate = json_cost(body) + answer_cost(rows, explain, n_levels)
     assert peak <= estimate, f"peak {peak:,} > estimate {estimate:,}"
 
 
 def test_a_list_with_too_many_quantiles_is_a_422_naming_them(model: Artifact) -> None:
-    levels = protocol.parse_levels(NINETY_NINE)
-    with pytest.raises(protocol.ApiError) as refused:
-        protocol.predict_payload(model, [RECORD] * 1_011, False, levels)
+    levels = request.parse_levels(NINETY_NINE)
+    with pytest.raises(errors.ApiError) as refused:
+        predict.predict_payload(model, [RECORD] * 1_011, False, levels)
     assert refused.value.status == 422
     assert refused.value.issues[0].field == "quantiles"
     assert "100,000" in refused.value.issues[0].rule
@@ -141,7 +141,7 @@ def test_a_list_with_too_many_quantiles_is_a_422_naming_them(model: Artifact) ->
 
 def test_parsing_a_form_stays_within_its_estimate() -> None:
     body = b"age=" + b"1" * 900_000 + "&sex=é".encode() + b"&bmi=3&x=" + b"y" * 100_000
-    peak = peak_of(lambda: protocol.form_values(body, "application/x-www-form-urlencoded"))
+    peak = peak_of(lambda: formdata.form_values(body, "application/x-www-form-urlencoded"))
     assert peak <= form_cost(body)
 
 
@@ -167,11 +167,11 @@ CSV_BODIES = {
 @pytest.mark.parametrize("make", CSV_BODIES.values(), ids=CSV_BODIES.keys())
 def test_scoring_and_streaming_a_csv_stays_within_its_estimate(model: Artifact, make: Callable[[], bytearray]) -> None:
     body = make()
-    source = protocol.csv_source(body, "text/csv")
+    source = csvroute.csv_source(body, "text/csv")
 
     def score_and_stream() -> int:
-        scored = protocol.score_csv(model, source, 250_000)
-        return sum(len(chunk) for chunk in protocol.csv_chunks(scored))
+        scored = csvroute.score_csv(model, source, 250_000)
+        return sum(len(chunk) for chunk in csvroute.csv_chunks(scored))
 
     out = 0
 

@@ -20,19 +20,20 @@ from starlette.testclient import TestClient
 from chargecast import schema
 from chargecast.model.artifact import Artifact
 from chargecast.schema import FIELDS, CategoryField, NumberField
-from chargecast.serving import protocol
+from chargecast.serving import form, formdata, predict
 from chargecast.serving.app import create_app
 from chargecast.serving.form import (
     PALETTE,
     REFERENCE,
     TEXT_PAIRS,
-    FormResult,
     dollars,
+    render_message,
     render_page,
     share_of_patients,
     sign_class,
     signed_dollars,
 )
+from chargecast.serving.predict import FormResult
 from chargecast.settings import Settings
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -220,7 +221,7 @@ def test_blank_submission_stays_blank(model: Artifact) -> None:
 def test_every_missing_field_is_an_error_naming_it(model: Artifact) -> None:
     # what a browser sends for the untouched empty form: every field, all blank
     values = {spec.name: "" for spec in FIELDS}
-    _, errors = protocol.check_form(values)
+    _, errors = formdata.check_form(values)
     assert errors == {spec.name: f"{spec.label} is required" for spec in FIELDS}
     doc = render(model, values=values, errors=errors)
     (summary,) = doc.find_all(role="alert")
@@ -233,7 +234,7 @@ def test_every_missing_field_is_an_error_naming_it(model: Artifact) -> None:
 def test_one_missing_field_is_not_defaulted(model: Artifact, missing: str) -> None:
     spec = schema.FIELD_BY_NAME[missing]
     for values in (EXAMPLES | {missing: ""}, {k: v for k, v in EXAMPLES.items() if k != missing}):
-        _, errors = protocol.check_form(values)
+        _, errors = formdata.check_form(values)
         assert errors == {missing: f"{spec.label} is required"}
 
 
@@ -494,7 +495,7 @@ def test_screen_readers_get_the_same_numbers_as_a_table(model: Artifact) -> None
 def test_real_prediction_renders_and_adds_up(model: Artifact) -> None:
     record = {"age": "70", "sex": "male", "bmi": "34.1", "children": "2", "smoker": "yes", "region": "northwest"}
     encoded = schema.encode_record(record)
-    result = protocol.form_result(model, encoded)
+    result = predict.form_result(model, encoded)
     prediction = model.predict_record(record)
     assert (result.charges, result.low, result.high) == (prediction.charges, prediction.low, prediction.high)
     assert result.median == model.quantiles_row(prediction.charges, encoded, [0.5])[0]
@@ -520,7 +521,7 @@ def test_real_prediction_renders_and_adds_up(model: Artifact) -> None:
 )
 def test_real_wording_uses_the_artifacts_own_interval_and_median(model: Artifact, record: dict[str, str]) -> None:
     encoded = schema.encode_record(record)
-    result = protocol.form_result(model, encoded)
+    result = predict.form_result(model, encoded)
     low, high = model.distribution.apply_row(result.charges, encoded)
     low_q, median, high_q = model.quantiles_row(result.charges, encoded, [0.05, 0.5, 0.95])
     assert model.level == 0.9
@@ -603,3 +604,41 @@ def test_non_text_colours_meet_three_to_one(name: str) -> None:
 )
 def test_dollar_formatting(amount: float, plain: str, signed: str, cls: str) -> None:
     assert (dollars(amount), signed_dollars(amount), sign_class(amount)) == (plain, signed, cls)
+
+
+# -- the templates ----------------------------------------------------------------------------
+def test_every_value_is_escaped_where_the_page_shows_it(model: Artifact) -> None:
+    nasty = "<b>&\"'"
+    errors = {"age": f"Age {nasty}", form.FORM_ERROR_KEY: f"form {nasty}", nasty: f"other {nasty}"}
+    page = render_page(values=EXAMPLES | {"age": nasty}, errors=errors, result=RESULT, model=model)
+    assert "<b>" not in page
+    doc = parse(page)
+    assert doc.by_id("age-error").text() == f"Error: Age {nasty}"
+    summary = [li.text() for li in doc.find_all(role="alert")[0].find_all("li")]
+    assert summary == [f"Age {nasty}", f"form {nasty}", f"other {nasty}"]
+    assert [a.attrs["href"] for a in doc.find_all(role="alert")[0].find_all("a")] == ["#age"]  # only fields link
+
+
+def test_the_message_page_escapes_its_sentence() -> None:
+    doc = parse(render_message("not ready: <script>alert(1)</script> & more"))
+    assert not doc.find_all("script")
+    (p,) = doc.find_all("p")
+    assert p.text() == "not ready: <script>alert(1)</script> & more"
+    assert not doc.find_all("style")  # no stylesheet: its policy allows none
+
+
+def test_the_page_carries_no_whitespace_from_the_templates_layout(model: Artifact) -> None:
+    """Templates are laid out one element a line; none of that reaches the page's text."""
+    page = render_page(values=EXAMPLES, errors={"age": "Age is wrong"}, result=RESULT, model=model)
+    assert "\n" not in page
+    assert "  " not in page
+
+
+def test_templates_are_compiled_once_and_never_read_again(model: Artifact, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_reads(*args: object) -> None:
+        raise AssertionError("a template was read from disk after start-up")
+
+    monkeypatch.setattr(type(form._ENV.loader), "get_source", no_reads)
+    render_page(values=EXAMPLES, errors={"age": "Age is wrong"}, result=RESULT, model=model)
+    render_page(values={}, errors={}, result=None, model=model)
+    render_message("not ready")

@@ -25,11 +25,12 @@ import pytest
 from starlette.types import Message
 
 import hostile
-from chargecast.serving import app as app_module
-from chargecast.serving import guard
-from chargecast.serving.app import PIECE, Service, create_app
+from chargecast.serving import guard, routes
+from chargecast.serving import service as service_module
+from chargecast.serving.app import PIECE, create_app
 from chargecast.serving.budget import CSV_FIXED, answer_cost, form_cost, json_cost
 from chargecast.serving.guard import GuardedHttpProtocol, GuardedServer, HttpLimits, send_queue
+from chargecast.serving.service import Service
 from chargecast.settings import Settings
 from tools import served
 
@@ -479,8 +480,8 @@ def test_a_body_dripped_after_an_early_answer_is_cut_too(server: Running) -> Non
 def test_no_csv_slot_within_the_wait_is_a_503_with_retry_after(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app_module, "CSV_SLOTS", 0)  # every slot taken, for ever
-    monkeypatch.setattr(app_module, "CSV_SLOT_WAIT", 0.3)
+    monkeypatch.setattr(service_module, "CSV_SLOTS", 0)  # every slot taken, for ever
+    monkeypatch.setattr(routes, "CSV_SLOT_WAIT", 0.3)
     with guarded(model_dir) as running:
         start = time.monotonic()
         csv_type = {"Content-Type": "text/csv"}

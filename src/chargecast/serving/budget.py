@@ -22,7 +22,7 @@ import threading
 from typing import Final
 
 from chargecast.schema import Issue
-from chargecast.serving.protocol import ApiError
+from chargecast.serving.errors import ApiError
 
 # Measured peaks, with a margin (see tests/test_budget.py):
 # - orjson's objects cost about one object and one pointer per JSON value: a list of empty

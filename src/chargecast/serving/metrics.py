@@ -62,36 +62,35 @@ def new_tally(bounds: Sequence[float]) -> Tally:
 class FastHistogram:
     """One labelled histogram child, written in bulk from a tally.
 
-    Reaches into the child's bucket values (stable across prometheus_client releases for
-    years) to add a count per bucket in one write; if they ever move, it falls back to
-    the public ``observe`` (slower, same result). A ``private`` histogram (a patient's inputs
-    or forecast) keeps bucket counts only: the difference of two sums would be one patient's
+    Adds a count per bucket in one write by reaching into the child's bucket values
+    (``_upper_bounds``, ``_buckets``, ``_sum``, each value with ``inc``): unchanged across
+    prometheus_client releases for years, in-process and memory-mapped alike. There is no
+    slower fallback: if they move, building the metrics fails at start-up, and so do the
+    tests that hold these writes to prometheus_client's own ``observe`` and to its
+    multiprocess files (tests/test_app.py). A ``private`` histogram (a patient's inputs or
+    forecast) keeps bucket counts only: the difference of two sums would be one patient's
     exact value.
     """
 
     def __init__(self, child: Histogram, private: bool = False) -> None:
-        self._child = child
         self.private = private
         self.bounds: list[float] = list(child._upper_bounds)
-        try:
-            self._buckets: list[Any] = list(child._buckets)
-            self._sum: Any = child._sum
-            self._fast = len(self.bounds) == len(self._buckets)
-        except AttributeError:  # pragma: no cover - only if prometheus_client's internals change
-            self._fast = False
+        self._buckets: list[Any] = list(child._buckets)
+        self._sum: Any = child._sum
+        if len(self.bounds) != len(self._buckets):
+            raise RuntimeError(
+                f"prometheus_client's histogram internals changed: {len(self.bounds)} bounds, "
+                f"{len(self._buckets)} bucket values"
+            )
 
     def add(self, tally: Tally) -> None:
         """Write a tally out and zero it."""
         for i in range(1, len(tally)):
             count = int(tally[i])
             if count:
-                if self._fast:
-                    self._buckets[i - 1].inc(count)
-                else:  # pragma: no cover - approximates each value by its bucket's bound
-                    for _ in range(count):
-                        self._child.observe(self.bounds[i - 1])
+                self._buckets[i - 1].inc(count)
                 tally[i] = 0.0
-        if self._fast and tally[0] and not self.private:
+        if tally[0] and not self.private:
             self._sum.inc(tally[0])
         tally[0] = 0.0
 
@@ -288,7 +287,7 @@ class Metrics:
         self.commit(endpoint, tally)
 
     def observe(self, endpoint: str, rows: Any, charges: Any) -> None:
-        """One record (from the event loop) or a batch, whichever ``protocol.Scored`` holds."""
+        """One record (from the event loop) or a batch, whichever ``predict.Scored`` holds."""
         if isinstance(charges, np.ndarray):
             self.observe_many(endpoint, rows, charges)
         else:

@@ -9,6 +9,7 @@ JavaScript and nothing fetched from a CDN.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
 from typing import Any, Final
 
@@ -16,14 +17,9 @@ import orjson
 
 import chargecast
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
-from chargecast.serving.protocol import (
-    EXAMPLE_RECORD,
-    LEVELS_RULE,
-    MAX_LEVELS,
-    MAX_QUANTILE_CELLS,
-    MAX_RECORDS,
-    OUTPUT_COLUMNS,
-)
+from chargecast.serving.csvroute import OUTPUT_COLUMNS
+from chargecast.serving.predict import EXAMPLE_RECORD, MAX_QUANTILE_CELLS, MAX_RECORDS
+from chargecast.serving.request import LEVELS_RULE, MAX_LEVELS
 from chargecast.settings import Settings
 
 JSON: Final = "application/json"
@@ -69,27 +65,31 @@ def record_schema(*, strict: bool = True) -> dict[str, Any]:
     return schema
 
 
-def components() -> dict[str, Any]:
-    number = {"type": "number"}
-    interval = {
+# -- components ---------------------------------------------------------------------------
+def _number() -> dict[str, Any]:
+    return {"type": "number"}
+
+
+def _version() -> dict[str, Any]:
+    return {"type": "string", "description": "The model artifact's version."}
+
+
+def _interval() -> dict[str, Any]:
+    return {
         "type": "object",
         "description": "The prediction interval: charges fall in [low, high] with probability `level`.",
         "required": ["low", "high", "level"],
         "properties": {
-            "low": number,
-            "high": number,
+            "low": _number(),
+            "high": _number(),
             "level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "examples": [0.9]},
         },
         "additionalProperties": False,
     }
-    contributions = {
-        "type": "object",
-        "description": "Per-input contributions in USD; they sum to charges minus baseline.",
-        "required": list(FEATURES),
-        "properties": {name: number for name in FEATURES},
-        "additionalProperties": False,
-    }
-    quantiles = {
+
+
+def _quantiles() -> dict[str, Any]:
+    return {
         "type": "object",
         "description": "Only with ?quantiles=: the forecast quantile at each level asked for, in USD, keyed by the "
         "level's canonical name (the shortest decimal that reads back as the same number, no exponent: 0.50 is "
@@ -99,7 +99,10 @@ def components() -> dict[str, Any]:
         "additionalProperties": {"type": "number", "minimum": 0},
         "examples": [{"0.05": 4100.5, "0.5": 6050.0, "0.95": 14950.25}],
     }
-    total = {
+
+
+def _total() -> dict[str, Any]:
+    return {
         "type": "object",
         "description": "A book of patients: the sum of their expected charges and an interval for the sum of what "
         "they will actually cost (equal-tailed, at the model's level). The interval is much narrower than the sum "
@@ -111,7 +114,20 @@ def components() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    prediction_props: dict[str, Any] = {
+
+
+def _contributions() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Per-input contributions in USD; they sum to charges minus baseline.",
+        "required": list(FEATURES),
+        "properties": {name: _number() for name in FEATURES},
+        "additionalProperties": False,
+    }
+
+
+def _prediction_properties() -> dict[str, Any]:
+    return {
         "charges": {"type": "number", "description": "Expected (mean) charges in USD."},
         "interval": _ref("Interval"),
         "quantiles": _ref("Quantiles"),
@@ -125,8 +141,79 @@ def components() -> dict[str, Any]:
             "in /api/v1/model): the forecast extrapolates and the interval's coverage was not measured there.",
         },
     }
-    version = {"type": "string", "description": "The model artifact's version."}
-    issue = {
+
+
+def _forecasts() -> dict[str, Any]:
+    """What the JSON prediction routes answer: one record's forecast, a batch's, a CSV's total."""
+    properties = _prediction_properties()
+    return {
+        "Prediction": {
+            "type": "object",
+            "required": ["charges", "interval"],
+            "properties": properties,
+            "additionalProperties": False,
+        },
+        "PredictionResponse": {
+            "type": "object",
+            "description": "One record's forecast; contributions and baseline only with ?explain=true.",
+            "required": ["charges", "interval", "model_version"],
+            "properties": properties | {"model_version": _version()},
+            "additionalProperties": False,
+        },
+        "BatchResponse": {
+            "type": "object",
+            "description": "Forecasts in the order the records were sent, and their total.",
+            "required": ["predictions", "total", "model_version"],
+            "properties": {
+                "predictions": {"type": "array", "items": _ref("Prediction")},
+                "total": _ref("Total"),
+                "model_version": _version(),
+            },
+            "additionalProperties": False,
+        },
+        "BookSummary": {
+            "type": "object",
+            "description": "A CSV's row count and its total; the same numbers, byte for byte, as "
+            "'chargecast predict FILE --summary PATH.json' writes for the file.",
+            "required": ["rows", "total"],
+            "properties": {"rows": {"type": "integer", "minimum": 1}, "total": _ref("Total")},
+            "additionalProperties": False,
+        },
+    }
+
+
+def _service_states() -> dict[str, Any]:
+    """What the model, health and readiness routes answer."""
+    return {
+        "ModelInfo": {
+            "type": "object",
+            "description": "The artifact metadata: version, metrics, input schema, interval level, training facts.",
+            "required": ["version", "interval_level", "schema"],
+            "properties": {
+                "version": _version(),
+                "interval_level": {"type": "number"},
+                "schema": {"type": "array", "items": {"type": "object"}},
+                "metrics": {"type": "object"},
+            },
+            "additionalProperties": True,
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+            "additionalProperties": False,
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["status", "model_version"],
+            "properties": {"status": {"const": "ready"}, "model_version": _version()},
+            "additionalProperties": False,
+        },
+    }
+
+
+def _issue() -> dict[str, Any]:
+    return {
         "type": "object",
         "required": ["field", "rule"],
         "properties": {
@@ -141,7 +228,10 @@ def components() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    error = {
+
+
+def _error() -> dict[str, Any]:
+    return {
         "type": "object",
         "description": "Every error, from every route but the HTML form (which shows errors inline).",
         "required": ["error"],
@@ -159,6 +249,11 @@ def components() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+
+
+def components() -> dict[str, Any]:
+    """Every schema the document names, in the order /docs lists them."""
+    forecasts = _forecasts()
     return {
         "PatientRecord": record_schema(),
         "PatientBatch": {
@@ -169,68 +264,14 @@ def components() -> dict[str, Any]:
             "description": f"1 to {MAX_RECORDS} records; bigger batches go to /api/v1/predict/csv.",
         },
         "FormRecord": record_schema(strict=False),
-        "Interval": interval,
-        "Quantiles": quantiles,
-        "Total": total,
-        "Contributions": contributions,
-        "Prediction": {
-            "type": "object",
-            "required": ["charges", "interval"],
-            "properties": prediction_props,
-            "additionalProperties": False,
-        },
-        "PredictionResponse": {
-            "type": "object",
-            "description": "One record's forecast; contributions and baseline only with ?explain=true.",
-            "required": ["charges", "interval", "model_version"],
-            "properties": prediction_props | {"model_version": version},
-            "additionalProperties": False,
-        },
-        "BatchResponse": {
-            "type": "object",
-            "description": "Forecasts in the order the records were sent, and their total.",
-            "required": ["predictions", "total", "model_version"],
-            "properties": {
-                "predictions": {"type": "array", "items": _ref("Prediction")},
-                "total": _ref("Total"),
-                "model_version": version,
-            },
-            "additionalProperties": False,
-        },
-        "BookSummary": {
-            "type": "object",
-            "description": "A CSV's row count and its total; the same numbers, byte for byte, as "
-            "'chargecast predict FILE --summary PATH.json' writes for the file.",
-            "required": ["rows", "total"],
-            "properties": {"rows": {"type": "integer", "minimum": 1}, "total": _ref("Total")},
-            "additionalProperties": False,
-        },
-        "ModelInfo": {
-            "type": "object",
-            "description": "The artifact metadata: version, metrics, input schema, interval level, training facts.",
-            "required": ["version", "interval_level", "schema"],
-            "properties": {
-                "version": version,
-                "interval_level": {"type": "number"},
-                "schema": {"type": "array", "items": {"type": "object"}},
-                "metrics": {"type": "object"},
-            },
-            "additionalProperties": True,
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"const": "ok"}},
-            "additionalProperties": False,
-        },
-        "Ready": {
-            "type": "object",
-            "required": ["status", "model_version"],
-            "properties": {"status": {"const": "ready"}, "model_version": version},
-            "additionalProperties": False,
-        },
-        "Issue": issue,
-        "Error": error,
+        "Interval": _interval(),
+        "Quantiles": _quantiles(),
+        "Total": _total(),
+        "Contributions": _contributions(),
+        **forecasts,
+        **_service_states(),
+        "Issue": _issue(),
+        "Error": _error(),
     }
 
 
@@ -267,22 +308,44 @@ def _errors(codes: tuple[int, ...], media: str = JSON) -> dict[str, Any]:
     return {str(code): _response(_REASONS[code], media, schema) for code in keys}
 
 
-def build(settings: Settings) -> dict[str, Any]:
-    """The whole document; security appears only when API keys are configured."""
-    keyed = bool(settings.api_keys)
-    api_errors = (400, 401, 413, 415, 422, 503) if keyed else (400, 413, 415, 422, 503)
-    secured: list[dict[str, list[str]]] | None = [{"bearerAuth": []}] if keyed else None
-    limit = f"{settings.max_body_bytes:,} bytes"
+# -- paths ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Operations:
+    """What every operation's description depends on: whether API keys are set, and the limits."""
 
-    def op(summary: str, description: str, responses: dict[str, Any], *, auth: bool, **extra: Any) -> dict[str, Any]:
+    keyed: bool
+    limit: str  # the JSON and form body limit, in words
+    csv_limits: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Operations:
+        csv_limits = f"Limits: {settings.csv_max_rows:,} rows, {settings.csv_max_bytes:,} bytes."
+        return cls(bool(settings.api_keys), f"{settings.max_body_bytes:,} bytes", csv_limits)
+
+    @property
+    def api_errors(self) -> tuple[int, ...]:
+        return (400, 401, 413, 415, 422, 503) if self.keyed else (400, 413, 415, 422, 503)
+
+    def op(
+        self, summary: str, description: str, responses: dict[str, Any], *, auth: bool, **extra: Any
+    ) -> dict[str, Any]:
+        """One operation; with keys set, each says whether it needs one (``security: []`` when not)."""
         out: dict[str, Any] = {"summary": summary, "description": description, **extra, "responses": responses}
-        if auth and secured:
-            out["security"] = secured
-        elif secured:
-            out["security"] = []
+        if self.keyed:
+            out["security"] = [{"bearerAuth": []}] if auth else []
         return out
 
-    json_record_body = {"required": True, "content": {JSON: {"schema": _ref("PatientRecord")}}}
+
+FORM_KEY: Final = (
+    " With API keys set, the form needs one too, like every route that returns a forecast; a browser cannot "
+    "send the header from a form, so serve it behind a proxy that adds it (an identity-aware proxy)."
+)
+
+
+def _form_paths(ops: _Operations) -> dict[str, Any]:
+    """``/`` and ``/predict``: the HTML form, which answers pages, errors included."""
+    form_key = FORM_KEY if ops.keyed else ""
+    form_errors = (400, 401, 413, 415, 503) if ops.keyed else (400, 413, 415, 503)
     form_body = {
         "required": True,
         "content": {
@@ -290,17 +353,10 @@ def build(settings: Settings) -> dict[str, Any]:
             "multipart/form-data": {"schema": _ref("FormRecord")},
         },
     }
-    form_errors = (400, 401, 413, 415, 503) if keyed else (400, 413, 415, 503)
-    form_key = (
-        " With API keys set, the form needs one too, like every route that returns a forecast; a browser cannot "
-        "send the header from a form, so serve it behind a proxy that adds it (an identity-aware proxy)."
-        if keyed
-        else ""
-    )
-    form_post = op(
+    form_post = ops.op(
         "Submit the form",
         "Validates on the server; answers the page with each problem next to its field (422), or with the "
-        f"forecast, its prediction interval and the explanation (200). Bodies over {limit} get 413." + form_key,
+        f"forecast, its prediction interval and the explanation (200). Bodies over {ops.limit} get 413." + form_key,
         {
             "200": _response("The page with the forecast.", HTML),
             "422": _response("The page with each problem next to its field.", HTML),
@@ -309,6 +365,24 @@ def build(settings: Settings) -> dict[str, Any]:
         auth=True,
         requestBody=form_body,
     )
+    return {
+        "/": {
+            "get": ops.op(
+                "The web form",
+                "An HTML page to forecast one patient's charges." + form_key,
+                {"200": _response("The form.", HTML), **_errors((401, 503) if ops.keyed else (503,), HTML)},
+                auth=True,
+            ),
+            "post": form_post | {"operationId": "submitForm"},
+        },
+        "/predict": {
+            "post": form_post | {"operationId": "submitFormTutorial", "summary": "Submit the form (tutorial)"}
+        },
+    }
+
+
+def _predict_parameters() -> list[dict[str, Any]]:
+    """``?explain=`` and ``?quantiles=`` of /api/v1/predict."""
     explain = {
         "name": "explain",
         "in": "query",
@@ -335,8 +409,49 @@ def build(settings: Settings) -> dict[str, Any]:
             "uniqueItems": True,
         },
     }
-    csv_limits = f"Limits: {settings.csv_max_rows:,} rows, {settings.csv_max_bytes:,} bytes."
-    csv_body = {
+    return [explain, quantiles]
+
+
+def _json_paths(ops: _Operations) -> dict[str, Any]:
+    """``/predict_api`` (the tutorial's bare number) and ``/api/v1/predict`` (records and batches)."""
+    record_body = {"required": True, "content": {JSON: {"schema": _ref("PatientRecord")}}}
+    forecasts = {"oneOf": [_ref("PredictionResponse"), _ref("BatchResponse")]}
+    return {
+        "/predict_api": {
+            "post": ops.op(
+                "One record in, a bare number out (tutorial)",
+                "The tutorial's route: a JSON object with the six fields in, the expected charges out.",
+                {
+                    "200": _response("Expected charges in USD.", JSON, {"type": "number"}),
+                    **_errors(ops.api_errors),
+                },
+                auth=True,
+                operationId="predictBare",
+                requestBody=record_body,
+            )
+        },
+        "/api/v1/predict": {
+            "post": ops.op(
+                "Forecast one record or a batch",
+                f"A JSON object (one record) answers a PredictionResponse; an array of 1 to {MAX_RECORDS} records "
+                "answers a BatchResponse in the same order, with the total of the book. charges is the expected "
+                "(mean) charge; ?quantiles= adds the forecast distribution's quantiles, ?explain=true the "
+                f"contributions (both may be combined). Bodies over {ops.limit} get 413.",
+                {"200": _response("The forecast(s).", JSON, forecasts), **_errors(ops.api_errors)},
+                auth=True,
+                operationId="predict",
+                parameters=_predict_parameters(),
+                requestBody={
+                    "required": True,
+                    "content": {JSON: {"schema": {"oneOf": [_ref("PatientRecord"), _ref("PatientBatch")]}}},
+                },
+            )
+        },
+    }
+
+
+def _csv_body() -> dict[str, Any]:
+    return {
         "required": True,
         "content": {
             # application/csv and application/vnd.ms-excel are accepted too (see the description)
@@ -350,104 +465,63 @@ def build(settings: Settings) -> dict[str, Any]:
             },
         },
     }
-    paths: dict[str, Any] = {
-        "/": {
-            "get": op(
-                "The web form",
-                "An HTML page to forecast one patient's charges." + form_key,
-                {"200": _response("The form.", HTML), **_errors((401, 503) if keyed else (503,), HTML)},
-                auth=True,
-            ),
-            "post": form_post | {"operationId": "submitForm"},
-        },
-        "/predict": {
-            "post": form_post | {"operationId": "submitFormTutorial", "summary": "Submit the form (tutorial)"}
-        },
-        "/predict_api": {
-            "post": op(
-                "One record in, a bare number out (tutorial)",
-                "The tutorial's route: a JSON object with the six fields in, the expected charges out.",
-                {
-                    "200": _response("Expected charges in USD.", JSON, {"type": "number"}),
-                    **_errors(api_errors),
-                },
-                auth=True,
-                operationId="predictBare",
-                requestBody=json_record_body,
-            )
-        },
-        "/api/v1/predict": {
-            "post": op(
-                "Forecast one record or a batch",
-                f"A JSON object (one record) answers a PredictionResponse; an array of 1 to {MAX_RECORDS} records "
-                "answers a BatchResponse in the same order, with the total of the book. charges is the expected "
-                "(mean) charge; ?quantiles= adds the forecast distribution's quantiles, ?explain=true the "
-                f"contributions (both may be combined). Bodies over {limit} get 413.",
-                {
-                    "200": _response(
-                        "The forecast(s).",
-                        JSON,
-                        {"oneOf": [_ref("PredictionResponse"), _ref("BatchResponse")]},
-                    ),
-                    **_errors(api_errors),
-                },
-                auth=True,
-                operationId="predict",
-                parameters=[explain, quantiles],
-                requestBody={
-                    "required": True,
-                    "content": {JSON: {"schema": {"oneOf": [_ref("PatientRecord"), _ref("PatientBatch")]}}},
-                },
-            )
-        },
+
+
+def _csv_paths(ops: _Operations) -> dict[str, Any]:
+    """``/api/v1/predict/csv`` (the file back with three columns) and its ``/summary`` (the total)."""
+    return {
         "/api/v1/predict/csv": {
-            "post": op(
+            "post": ops.op(
                 "Forecast a CSV file",
                 "A CSV with a header row holding the six input columns (any order, other columns pass through), "
                 "as the body (text/csv; text/plain, application/csv and application/vnd.ms-excel are taken as CSV too) "
                 "or as the multipart field 'file'. Answers the same rows with "
                 f"{', '.join(OUTPUT_COLUMNS)} appended (rounded to cents), streamed. Any bad row makes one 422 "
                 "listing row, column and rule. A streamed answer has no room for the book's total: send the same "
-                f"file to /api/v1/predict/csv/summary for it. {csv_limits}",
+                f"file to /api/v1/predict/csv/summary for it. {ops.csv_limits}",
                 {
                     "200": _response("The CSV with three more columns.", "text/csv", {"type": "string"}),
-                    **_errors((*api_errors, 408)),
+                    **_errors((*ops.api_errors, 408)),
                 },
                 auth=True,
                 operationId="predictCsv",
-                requestBody=csv_body,
+                requestBody=_csv_body(),
             )
         },
         "/api/v1/predict/csv/summary": {
-            "post": op(
+            "post": ops.op(
                 "Total of a CSV file",
                 "The same input, rules and limits as /api/v1/predict/csv; answers the number of rows and the "
                 "book's total (sum of expected charges, with an interval for the sum of actual charges) as JSON, "
                 "byte for byte what 'chargecast predict FILE --summary PATH.json' writes for the same file. "
-                + csv_limits,
+                + ops.csv_limits,
                 {
                     "200": _response("The row count and the total.", JSON, _ref("BookSummary")),
-                    **_errors((*api_errors, 408)),
+                    **_errors((*ops.api_errors, 408)),
                 },
                 auth=True,
                 operationId="predictCsvSummary",
-                requestBody=csv_body,
+                requestBody=_csv_body(),
             )
         },
+    }
+
+
+def _service_paths(ops: _Operations) -> dict[str, Any]:
+    """The model's metadata (keyed), then health, readiness and these documents (open)."""
+    model_errors = (401, 422, 503) if ops.keyed else (422, 503)
+    return {
         "/api/v1/model": {
-            "get": op(
+            "get": ops.op(
                 "The model's metadata",
                 "Version, metrics, input schema, interval level and training facts of the served artifact.",
-                {
-                    "200": _response("The metadata.", JSON, _ref("ModelInfo")),
-                    **_errors((401, 422, 503) if keyed else (422, 503)),
-                },
+                {"200": _response("The metadata.", JSON, _ref("ModelInfo")), **_errors(model_errors)},
                 auth=True,
                 operationId="model",
             )
         },
         "/healthz": {
-            "get": op(
+            "get": ops.op(
                 "Liveness",
                 "200 whenever the process serves; it checks nothing else.",
                 {"200": _response("Alive.", JSON, _ref("Health"))},
@@ -456,7 +530,7 @@ def build(settings: Settings) -> dict[str, Any]:
             )
         },
         "/readyz": {
-            "get": op(
+            "get": ops.op(
                 "Readiness",
                 "200 once the model is loaded and a warm-up prediction succeeded; 503 before.",
                 {"200": _response("Ready.", JSON, _ref("Ready")), **_errors((503,))},
@@ -465,7 +539,7 @@ def build(settings: Settings) -> dict[str, Any]:
             )
         },
         "/openapi.json": {
-            "get": op(
+            "get": ops.op(
                 "This document",
                 "The OpenAPI description of the service.",
                 {"200": _response("OpenAPI 3.1.", JSON, {"type": "object"})},
@@ -474,7 +548,7 @@ def build(settings: Settings) -> dict[str, Any]:
             )
         },
         "/docs": {
-            "get": op(
+            "get": ops.op(
                 "Readable API documentation",
                 "This document as an HTML page.",
                 {"200": _response("The page.", HTML)},
@@ -483,24 +557,31 @@ def build(settings: Settings) -> dict[str, Any]:
             )
         },
     }
+
+
+DESCRIPTION: Final = (
+    "Forecast a patient's medical charges at admission, with a calibrated interval and an "
+    "explanation. Errors always have the shape of the Error schema. JSON bodies are read strictly: a key "
+    "given twice in one object is a 422 naming it (with its list index), never last-wins. Every answer says "
+    "Cache-Control: no-store (forecasts and errors carry patient data) and X-Content-Type-Options: nosniff, "
+    "and is never to be framed; the HTML pages also carry a Content-Security-Policy that runs no script and "
+    "fetches nothing. With API keys set, every route that returns a forecast or the model's details needs "
+    "one, the form included; health, readiness and these documents stay open. Metrics are not served on "
+    "this port (see CHARGECAST_METRICS_PORT)."
+)
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The whole document; security appears only when API keys are configured."""
+    ops = _Operations.of(settings)
+    paths = _form_paths(ops) | _json_paths(ops) | _csv_paths(ops) | _service_paths(ops)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {
-            "title": "chargecast",
-            "version": chargecast.__version__,
-            "description": "Forecast a patient's medical charges at admission, with a calibrated interval and an "
-            "explanation. Errors always have the shape of the Error schema. JSON bodies are read strictly: a key "
-            "given twice in one object is a 422 naming it (with its list index), never last-wins. Every answer says "
-            "Cache-Control: no-store (forecasts and errors carry patient data) and X-Content-Type-Options: nosniff, "
-            "and is never to be framed; the HTML pages also carry a Content-Security-Policy that runs no script and "
-            "fetches nothing. With API keys set, every route that returns a forecast or the model's details needs "
-            "one, the form included; health, readiness and these documents stay open. Metrics are not served on "
-            "this port (see CHARGECAST_METRICS_PORT).",
-        },
+        "info": {"title": "chargecast", "version": chargecast.__version__, "description": DESCRIPTION},
         "paths": paths,
         "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},
     }
-    if keyed:
+    if ops.keyed:
         document["components"]["securitySchemes"] = {
             "bearerAuth": {"type": "http", "scheme": "bearer", "description": "One of CHARGECAST_API_KEYS."}
         }
