@@ -1,18 +1,35 @@
-# `make run` and `make test` work on a fresh clone: they create .venv and install from the lock.
+# `make run` and `make test` work on a fresh clone: they create .venv and install from a lock.
+# `make run` installs only what serving needs (serve.lock, ~20 packages); `make test` and the other
+# targets add the development lock (dev.lock, a superset at the same pins) to the same .venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet
+SERVE_STAMP := $(VENV)/.serve-installed
 STAMP := $(VENV)/.installed
+# Browser tests drive Debian's Chromium through Playwright (executable_path): never download one.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: run test lint typecheck unit quick train bench serve-bench lock clean
 
-$(STAMP): requirements/dev.lock pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+
+# The package itself is installed editable with no dependencies; build.lock brings the setuptools it builds with.
+$(SERVE_STAMP): requirements/serve.lock requirements/build.lock pyproject.toml | $(BIN)/python
+	$(PIP) --require-hashes -r requirements/serve.lock -r requirements/build.lock
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
-run: $(STAMP)
+# dev.lock holds serve.lock's and build.lock's pins, so it also satisfies `make run`.
+$(STAMP): requirements/dev.lock pyproject.toml | $(BIN)/python
+	$(PIP) --require-hashes -r requirements/dev.lock
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@ $(SERVE_STAMP)
+
+run: $(SERVE_STAMP)
+	@echo "The chargecast command is $(BIN)/chargecast (or 'source $(BIN)/activate', then chargecast --help)."
+	@echo "Serving $${CHARGECAST_MODEL_DIR:-models/current} at http://$${CHARGECAST_HOST:-127.0.0.1}:$${CHARGECAST_PORT:-8080}/ (API under /api/v1, docs at /docs); Ctrl-C stops it."
 	$(BIN)/chargecast serve
 
 test: lint typecheck unit

@@ -703,68 +703,13 @@ def _pycaret_section(result: TrainResult) -> list[str]:
 
 
 def _model_card(result: TrainResult, metadata: Mapping[str, Any], facts: _Holdout) -> str:
-    c, h, cv = result.config, result.metrics["holdout"], result.metrics["cv"]
     data = _data_info(result, metadata)
-    chosen = _chosen_row(result)
-    libs = ", ".join(f"{k} {v}" for k, v in _libraries(metadata).items())
-    uses_sex = "sex" not in c.exclude
     parts = [
         f"# Model card: chargecast {_version(metadata)}",
-        "## Model details",
-        "\n".join(
-            [
-                f"- Version: {_version(metadata)}",
-                f"- Model: `{result.chosen}`, {chosen.get('description', '')}",
-                f"- Created: {metadata.get('created_at') or '(not recorded)'}",
-                f"- Libraries: {libs}",
-                f"- Inputs: {', '.join(f'`{f}`' for f in FEATURES)}; excluded: {_excluded(result)}",
-                f"- Output: expected (mean) charges in USD, with an equal-tailed {c.level:.0%} "
-                "prediction interval (any level on request) and per-input contributions",
-            ]
-        ),
-        "## Intended use",
-        "An estimate of a patient's expected medical charges at admission, for portfolio and "
-        "cash-flow planning over many patients, where errors average out.",
-        "## Out-of-scope uses",
-        "\n".join(
-            [
-                "- Pricing, underwriting or accepting an individual.",
-                "- Clinical decisions of any kind: the model knows no diagnosis or medical history.",
-                "- Minors, or populations unlike US adults in the simulated training data.",
-                "- Real-world charge levels: the data are simulated, not observed.",
-            ]
-        ),
-        "## Data",
-        'The "insurance" data set from Brett Lantz, *Machine Learning with R* (Packt): simulated '
-        "textbook data, 1,338 rows, adults in four US regions, with age, sex, bmi, children, smoker, "
-        "region and charges.",
-        "\n".join(
-            [
-                f"- File: `{data['source']}`",
-                f"- sha256: `{data['sha256']}`",
-                f"- Rows: {data['rows']} ({len(result.X_train):,} for training, "
-                f"{len(result.y_test):,} holdout, seed {c.seed})",
-            ]
-        ),
-        "## Input ranges",
-        "Numeric inputs as seen in training and as accepted by the API. Values inside the accepted "
-        "range but outside the training range are extrapolations: the forecast there is not "
-        "supported by data.",
-        _ranges_table(result.X_train),
-        "Category counts in the training part:",
-        _category_counts(result.X_train),
-        "## Metrics",
-        _table(
-            ["metric", "cross-validation", "holdout (scored once)"],
-            [
-                ["R²", f"{_r2(cv['r2_mean'])} ± {_r2(cv['r2_std'])}", _r2(h["r2"])],
-                ["MAE", _money(cv["mae_mean"]), _money(h["mae"])],
-                ["RMSE", _money(cv["rmse_mean"]), _money(h["rmse"])],
-                [f"{c.level:.0%} interval coverage", _pct(cv["coverage"]), _pct(h["coverage"])],
-            ],
-        ),
-        "Cross-validated coverage calibrates each fold model on the other folds' residuals: it checks "
-        "the procedure. The holdout column measures the interval this model ships with.",
+        *_card_details(result, metadata),
+        *_CARD_SCOPE,
+        *_card_data(result, data),
+        *_card_metrics(result),
         *_splits_section(result, metadata),
         "## Intervals",
         *_meaning(result, facts),
@@ -777,23 +722,98 @@ def _model_card(result: TrainResult, metadata: Mapping[str, Any], facts: _Holdou
         "prediction minus the baseline, and the baseline is the mean prediction over the training "
         f"data ({_money(result.predictor.baseline)}). A contribution says how much an input moves "
         "this model's forecast, not that the input causes the charges.",
-        "## Limitations and ethical considerations",
-        "\n".join(
-            [
-                "- Sex is "
-                + ("a rating factor in this model" if uses_sex else "excluded from this model")
-                + "; pricing on sex is unlawful for insurers in the EU. Region can act as a proxy for "
-                "protected characteristics.",
-                "- The data are simulated textbook data: relationships are cleaner than real claims.",
-                f"- The sample is small ({data['rows']} rows, few smokers per group), so each "
-                "group's residual distribution, its far tails most of all, and rare profiles are "
-                "estimated from few patients.",
-                "- There is no medical history, diagnosis or treatment: most variation among "
-                "non-smokers is unexplained.",
-            ]
-        ),
+        *_card_limitations(result, data),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _card_details(result: TrainResult, metadata: Mapping[str, Any]) -> list[str]:
+    libs = ", ".join(f"{k} {v}" for k, v in _libraries(metadata).items())
+    details = [
+        f"- Version: {_version(metadata)}",
+        f"- Model: `{result.chosen}`, {_chosen_row(result).get('description', '')}",
+        f"- Created: {metadata.get('created_at') or '(not recorded)'}",
+        f"- Libraries: {libs}",
+        f"- Inputs: {', '.join(f'`{f}`' for f in FEATURES)}; excluded: {_excluded(result)}",
+        f"- Output: expected (mean) charges in USD, with an equal-tailed {result.config.level:.0%} "
+        "prediction interval (any level on request) and per-input contributions",
+    ]
+    return ["## Model details", "\n".join(details)]
+
+
+_CARD_SCOPE = (
+    "## Intended use",
+    "An estimate of a patient's expected medical charges at admission, for portfolio and "
+    "cash-flow planning over many patients, where errors average out.",
+    "## Out-of-scope uses",
+    "\n".join(
+        [
+            "- Pricing, underwriting or accepting an individual.",
+            "- Clinical decisions of any kind: the model knows no diagnosis or medical history.",
+            "- Minors, or populations unlike US adults in the simulated training data.",
+            "- Real-world charge levels: the data are simulated, not observed.",
+        ]
+    ),
+)
+
+
+def _card_data(result: TrainResult, data: Mapping[str, Any]) -> list[str]:
+    """Where the data came from and the ranges training saw, beside those the API accepts."""
+    return [
+        "## Data",
+        'The "insurance" data set from Brett Lantz, *Machine Learning with R* (Packt): simulated '
+        "textbook data, 1,338 rows, adults in four US regions, with age, sex, bmi, children, smoker, "
+        "region and charges.",
+        "\n".join(
+            [
+                f"- File: `{data['source']}`",
+                f"- sha256: `{data['sha256']}`",
+                f"- Rows: {data['rows']} ({len(result.X_train):,} for training, "
+                f"{len(result.y_test):,} holdout, seed {result.config.seed})",
+            ]
+        ),
+        "## Input ranges",
+        "Numeric inputs as seen in training and as accepted by the API. Values inside the accepted "
+        "range but outside the training range are extrapolations: the forecast there is not "
+        "supported by data.",
+        _ranges_table(result.X_train),
+        "Category counts in the training part:",
+        _category_counts(result.X_train),
+    ]
+
+
+def _card_metrics(result: TrainResult) -> list[str]:
+    h, cv = result.metrics["holdout"], result.metrics["cv"]
+    return [
+        "## Metrics",
+        _table(
+            ["metric", "cross-validation", "holdout (scored once)"],
+            [
+                ["R²", f"{_r2(cv['r2_mean'])} ± {_r2(cv['r2_std'])}", _r2(h["r2"])],
+                ["MAE", _money(cv["mae_mean"]), _money(h["mae"])],
+                ["RMSE", _money(cv["rmse_mean"]), _money(h["rmse"])],
+                [f"{result.config.level:.0%} interval coverage", _pct(cv["coverage"]), _pct(h["coverage"])],
+            ],
+        ),
+        "Cross-validated coverage calibrates each fold model on the other folds' residuals: it checks "
+        "the procedure. The holdout column measures the interval this model ships with.",
+    ]
+
+
+def _card_limitations(result: TrainResult, data: Mapping[str, Any]) -> list[str]:
+    uses_sex = "sex" not in result.config.exclude
+    limits = [
+        "- Sex is "
+        + ("a rating factor in this model" if uses_sex else "excluded from this model")
+        + "; pricing on sex is unlawful for insurers in the EU. Region can act as a proxy for "
+        "protected characteristics.",
+        "- The data are simulated textbook data: relationships are cleaner than real claims.",
+        f"- The sample is small ({data['rows']} rows, few smokers per group), so each "
+        "group's residual distribution, its far tails most of all, and rare profiles are "
+        "estimated from few patients.",
+        "- There is no medical history, diagnosis or treatment: most variation among non-smokers is unexplained.",
+    ]
+    return ["## Limitations and ethical considerations", "\n".join(limits)]
 
 
 def _ranges_table(X: Array) -> str:
@@ -876,166 +896,212 @@ def figures(
 
     Yielding open figures (rather than PNG bytes only) lets tests read what was drawn.
     """
-    from matplotlib.layout_engine import TightLayoutEngine
-
     f = facts or _holdout(result)
     mean_abs = _mean_abs(result) if mean_abs is None else mean_abs
-    dist = result.distribution
-    names = list(dist.groups)
-    colours = [GROUP_COLOURS[k % len(GROUP_COLOURS)] for k in range(len(names))]
-    groups = assign_groups(result.X_test, dist.groups)
-    y, pred, low, high = result.y_test, result.pred_test, result.low_test, result.high_test
-    level, tail = dist.level, (1 - dist.level) / 2
-
     with _figure("predicted_vs_actual") as (fig, (ax,)):
-        top = float(max(y.max(initial=0.0), high.max(initial=0.0), pred.max(initial=0.0))) * 1.03
-        inside, below, above = (y >= low) & (y <= high), y < low, y > high
-        # Inside first, so the misses are drawn on top where intervals overlap.
-        for mask, colour, where, alpha in (
-            (inside, INSIDE, "inside", 0.35),
-            (below, BELOW, "below", 0.9),
-            (above, ABOVE, "above", 0.9),
-        ):
-            count = int(mask.sum())
-            ax.vlines(pred[mask], low[mask], high[mask], colors=colour, alpha=alpha, linewidth=1.6)
-            label = f"actual {where} its interval: {count} ({_pct(count / len(y) if len(y) else math.nan)})"
-            ax.scatter(pred[mask], y[mask], s=22, color=colour, label=label, zorder=3)
-        ax.plot([0, top], [0, top], color="black", linestyle="--", linewidth=1, label="actual = forecast")
-        ax.set(xlim=(0, top), ylim=(0, top))
-        ax.set_xlabel("forecast charges (USD)")
-        ax.set_ylabel("actual charges (USD)")
-        ax.set_title(
-            f"Holdout: each patient's {level:.0%} interval (vertical bar) at its forecast, and the actual charge (dot)"
-        )
-        ax.legend(loc="upper left")
-        ax.grid(alpha=0.3)
-        _usd(ax.xaxis)
-        _usd(ax.yaxis)
+        _predicted_vs_actual(ax, result)
         yield "predicted_vs_actual", fig
-
     with _figure("residuals") as (fig, (ax,)):
-        for k, name in enumerate(names):
-            m = groups == k
-            ax.scatter(pred[m], y[m] - pred[m], s=18, color=colours[k], label=f"{name} ({int(m.sum())})")
-        ax.axhline(0, color="black", linewidth=1)
-        ax.set_xlabel("forecast charges (USD)")
-        ax.set_ylabel("actual − forecast (USD)")
-        ax.set_title("Holdout residuals by interval group: most just below zero, a few far above")
-        ax.legend(loc="lower left", ncols=2)
-        ax.grid(alpha=0.3)
-        _usd(ax.xaxis)
-        _usd(ax.yaxis)
+        _residuals(ax, result)
         yield "residuals", fig
-
-    with _figure("interval_coverage", ncols=3, sharey=True, gridspec_kw={"width_ratios": [1.25, 1, 1]}) as (
-        fig,
-        (ax_cov, ax_tail, ax_wid),
-    ):
-        h = result.metrics["holdout"]
-        rows = [int(g["rows"]) for g in result.by_group] + [f.rows]
-        cov = np.array([float(g["coverage"]) for g in result.by_group] + [float(h["coverage"])])
-        below_s = np.array([float(g["below"]) for g in result.by_group] + [f.below])
-        above_s = np.array([float(g["above"]) for g in result.by_group] + [f.above])
-        wid = np.array([float(g["mean_interval_width"]) for g in result.by_group] + [float(h["mean_interval_width"])])
-        labels = [f"{name}\n({n} patients)" for name, n in zip([*names, "all holdout"], rows, strict=True)]
-        pos = np.arange(len(labels))[::-1].astype(np.float64)  # first group on top
-        point_colours = [*colours, "#333333"]
-
-        cov_err = wilson_bars(cov, rows)
-        for i in range(len(labels)):
-            ax_cov.errorbar(
-                cov[i], pos[i], xerr=cov_err[:, i : i + 1], fmt="o", color=point_colours[i], capsize=6, markersize=8
-            )
-            if math.isfinite(cov[i]):
-                ax_cov.annotate(
-                    _pct(cov[i]), (cov[i], pos[i]), xytext=(0, 9), textcoords="offset points", ha="center", fontsize=11
-                )
-        ax_cov.axvline(level, color="black", linestyle="--", linewidth=1, label=f"nominal {level:.0%}")
-        low_edge = np.nanmin(cov - cov_err[0], initial=level)
-        ax_cov.set_xlim(min(0.5, math.floor(low_edge * 20) / 20), 1.0)
-        ax_cov.set_yticks(pos, labels)
-        ax_cov.set_ylim(pos.min() - 0.6, pos.max() + 0.6)
-        ax_cov.set_xlabel("share of holdout patients inside")
-        ax_cov.set_title("Coverage (95% Wilson)")
-        ax_cov.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13))
-        _percent(ax_cov.xaxis)
-
-        bar = 0.36
-        for share, colour, where, shift in ((below_s, BELOW, "below", bar / 2), (above_s, ABOVE, "above", -bar / 2)):
-            ax_tail.barh(
-                pos + shift,
-                np.nan_to_num(share),
-                height=bar,
-                color=colour,
-                xerr=wilson_bars(share, rows),
-                ecolor="#555555",
-                capsize=3,
-                label=f"{where} the interval",
-            )
-        ax_tail.axvline(tail, color="black", linestyle="--", linewidth=1, label=f"expected {tail:.0%} each")
-        ax_tail.set_xlim(0, max(0.2, float(np.nanmax(np.append(wilson_bars(above_s, rows)[1] + above_s, 0.0))) * 1.05))
-        ax_tail.set_xlabel("share of holdout patients")
-        ax_tail.set_title("Misses below and above (95% Wilson)")
-        ax_tail.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2)
-        _percent(ax_tail.xaxis)
-
-        bars = ax_wid.barh(pos, np.nan_to_num(wid), height=0.6, color=point_colours)
-        ax_wid.bar_label(bars, labels=[_money(v) for v in wid], padding=4, fontsize=11)
-        ax_wid.axvline(
-            result.constant_band["mean_interval_width"],
-            color="black",
-            linestyle=":",
-            linewidth=1.5,
-            label=f"constant band (forecast ± {_money(result.constant_band['half_width'])})",
-        )
-        ax_wid.set_xlim(0, float(np.nanmax(np.append(wid, 1.0))) * 1.3)
-        ax_wid.set_xlabel("mean interval width (USD)")
-        ax_wid.set_title("Width")
-        ax_wid.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13))
-        _usd(ax_wid.xaxis)
-        for ax in (ax_cov, ax_tail, ax_wid):
-            ax.grid(axis="x", alpha=0.3)
-        fig.suptitle(f"Holdout, {level:.0%} intervals by group")
-        fig.set_layout_engine(TightLayoutEngine(w_pad=3.0))  # keep one panel's "100%" off the next one's "0%"
+    with _figure("interval_coverage", ncols=3, sharey=True, gridspec_kw={"width_ratios": [1.25, 1, 1]}) as (fig, axes):
+        _interval_coverage(fig, axes, result, f)
         yield "interval_coverage", fig
-
-    with _figure("coverage_by_level", ncols=2) as (fig, (ax_cov, ax_tail)):
-        cov, below_s, above_s = f.sweep[:, 0], f.sweep[:, 1], f.sweep[:, 2]
-        lo, hi = wilson(np.round(cov * f.rows), np.full(len(LEVELS), f.rows))
-        ax_cov.fill_between(LEVELS, lo, hi, color=INSIDE, alpha=0.3, label="95% Wilson interval")
-        ax_cov.plot(LEVELS, cov, color="black", linewidth=2, label="holdout coverage")
-        ax_cov.plot([0.5, 1.0], [0.5, 1.0], color="#4c72b0", linestyle="--", linewidth=1.5, label="coverage = level")
-        ax_cov.axvline(level, color="#555555", linestyle=":", linewidth=1, label=f"default level {level:.0%}")
-        ax_cov.set(xlim=(0.5, 1.0), ylim=(0.4, 1.0))
-        ax_cov.set_xlabel("interval level")
-        ax_cov.set_ylabel("share of holdout patients inside")
-        ax_cov.set_title("Coverage against the level")
-        ax_cov.legend(loc="upper left")
-        for share, colour, where in ((below_s, BELOW, "below"), (above_s, ABOVE, "above")):
-            lo, hi = wilson(np.round(share * f.rows), np.full(len(LEVELS), f.rows))
-            ax_tail.fill_between(LEVELS, lo, hi, color=colour, alpha=0.18)
-            ax_tail.plot(LEVELS, share, color=colour, linewidth=2, label=f"{where} the interval")
-        ax_tail.plot(
-            LEVELS, (1 - LEVELS) / 2, color="black", linestyle="--", linewidth=1.5, label="expected: (1 − level) / 2"
-        )
-        ax_tail.set(xlim=(0.5, 1.0), ylim=(0.0, 0.3))
-        ax_tail.set_xlabel("interval level")
-        ax_tail.set_ylabel("share of holdout patients")
-        ax_tail.set_title("Misses in each tail (shaded: 95% Wilson interval)")
-        ax_tail.legend(loc="upper right")
-        for ax in (ax_cov, ax_tail):
-            ax.grid(alpha=0.3)
-            _percent(ax.xaxis)
-            _percent(ax.yaxis)
+    with _figure("coverage_by_level", ncols=2) as (fig, axes):
+        _coverage_by_level(axes, result, f)
         yield "coverage_by_level", fig
-
     with _figure("contributions") as (fig, (ax,)):
-        order = np.argsort(mean_abs, kind="stable")
-        bars = ax.barh([FEATURES[i] for i in order], mean_abs[order], color="#4c72b0")
-        ax.bar_label(bars, labels=[_money(float(v)) for v in mean_abs[order]], padding=4, fontsize=11)
-        ax.set_xlim(0, float(mean_abs.max(initial=1.0)) * 1.15)
-        ax.set_xlabel("mean absolute contribution on the holdout (USD)")
-        ax.set_title(f"How far each input moves the forecast from the baseline {_money(result.predictor.baseline)}")
-        ax.grid(axis="x", alpha=0.3)
-        _usd(ax.xaxis)
+        _contributions(ax, result, mean_abs)
         yield "contributions", fig
+
+
+def _group_colours(n: int) -> list[str]:
+    return [GROUP_COLOURS[k % len(GROUP_COLOURS)] for k in range(n)]
+
+
+def _predicted_vs_actual(ax: Axes, result: TrainResult) -> None:
+    y, pred, low, high = result.y_test, result.pred_test, result.low_test, result.high_test
+    top = float(max(y.max(initial=0.0), high.max(initial=0.0), pred.max(initial=0.0))) * 1.03
+    inside, below, above = (y >= low) & (y <= high), y < low, y > high
+    # Inside first, so the misses are drawn on top where intervals overlap.
+    for mask, colour, where, alpha in (
+        (inside, INSIDE, "inside", 0.35),
+        (below, BELOW, "below", 0.9),
+        (above, ABOVE, "above", 0.9),
+    ):
+        count = int(mask.sum())
+        ax.vlines(pred[mask], low[mask], high[mask], colors=colour, alpha=alpha, linewidth=1.6)
+        label = f"actual {where} its interval: {count} ({_pct(count / len(y) if len(y) else math.nan)})"
+        ax.scatter(pred[mask], y[mask], s=22, color=colour, label=label, zorder=3)
+    ax.plot([0, top], [0, top], color="black", linestyle="--", linewidth=1, label="actual = forecast")
+    ax.set(xlim=(0, top), ylim=(0, top))
+    ax.set_xlabel("forecast charges (USD)")
+    ax.set_ylabel("actual charges (USD)")
+    ax.set_title(
+        f"Holdout: each patient's {result.distribution.level:.0%} interval (vertical bar) at its forecast, "
+        "and the actual charge (dot)"
+    )
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    _usd(ax.xaxis)
+    _usd(ax.yaxis)
+
+
+def _residuals(ax: Axes, result: TrainResult) -> None:
+    y, pred, names = result.y_test, result.pred_test, result.distribution.groups
+    groups = assign_groups(result.X_test, names)
+    for k, (name, colour) in enumerate(zip(names, _group_colours(len(names)), strict=True)):
+        m = groups == k
+        ax.scatter(pred[m], y[m] - pred[m], s=18, color=colour, label=f"{name} ({int(m.sum())})")
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xlabel("forecast charges (USD)")
+    ax.set_ylabel("actual − forecast (USD)")
+    ax.set_title("Holdout residuals by interval group: most just below zero, a few far above")
+    ax.legend(loc="lower left", ncols=2)
+    ax.grid(alpha=0.3)
+    _usd(ax.xaxis)
+    _usd(ax.yaxis)
+
+
+@dataclass(frozen=True)
+class _GroupRows:
+    """The interval-coverage plot's rows: each group, then the whole holdout, first on top."""
+
+    rows: list[int]
+    coverage: Array
+    below: Array
+    above: Array
+    width: Array
+    labels: list[str]
+    pos: Array
+    colours: list[str]
+
+
+def _group_rows(result: TrainResult, f: _Holdout) -> _GroupRows:
+    h, groups, names = result.metrics["holdout"], result.by_group, list(result.distribution.groups)
+    rows = [int(g["rows"]) for g in groups] + [f.rows]
+    labels = [f"{name}\n({n} patients)" for name, n in zip([*names, "all holdout"], rows, strict=True)]
+    return _GroupRows(
+        rows=rows,
+        coverage=np.array([float(g["coverage"]) for g in groups] + [float(h["coverage"])]),
+        below=np.array([float(g["below"]) for g in groups] + [f.below]),
+        above=np.array([float(g["above"]) for g in groups] + [f.above]),
+        width=np.array([float(g["mean_interval_width"]) for g in groups] + [float(h["mean_interval_width"])]),
+        labels=labels,
+        pos=np.arange(len(labels))[::-1].astype(np.float64),
+        colours=[*_group_colours(len(names)), "#333333"],
+    )
+
+
+def _interval_coverage(fig: Figure, axes: list[Axes], result: TrainResult, f: _Holdout) -> None:
+    from matplotlib.layout_engine import TightLayoutEngine
+
+    g, level = _group_rows(result, f), result.distribution.level
+    _coverage_panel(axes[0], g, level)
+    _tails_panel(axes[1], g, (1 - level) / 2)
+    _width_panel(axes[2], g, result.constant_band)
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Holdout, {level:.0%} intervals by group")
+    fig.set_layout_engine(TightLayoutEngine(w_pad=3.0))  # keep one panel's "100%" off the next one's "0%"
+
+
+def _coverage_panel(ax: Axes, g: _GroupRows, level: float) -> None:
+    cov, pos = g.coverage, g.pos
+    cov_err = wilson_bars(cov, g.rows)
+    for i in range(len(g.labels)):
+        ax.errorbar(cov[i], pos[i], xerr=cov_err[:, i : i + 1], fmt="o", color=g.colours[i], capsize=6, markersize=8)
+        if math.isfinite(cov[i]):
+            ax.annotate(
+                _pct(cov[i]), (cov[i], pos[i]), xytext=(0, 9), textcoords="offset points", ha="center", fontsize=11
+            )
+    ax.axvline(level, color="black", linestyle="--", linewidth=1, label=f"nominal {level:.0%}")
+    low_edge = np.nanmin(cov - cov_err[0], initial=level)
+    ax.set_xlim(min(0.5, math.floor(low_edge * 20) / 20), 1.0)
+    ax.set_yticks(pos, g.labels)
+    ax.set_ylim(pos.min() - 0.6, pos.max() + 0.6)
+    ax.set_xlabel("share of holdout patients inside")
+    ax.set_title("Coverage (95% Wilson)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    _percent(ax.xaxis)
+
+
+def _tails_panel(ax: Axes, g: _GroupRows, tail: float) -> None:
+    bar = 0.36
+    for share, colour, where, shift in ((g.below, BELOW, "below", bar / 2), (g.above, ABOVE, "above", -bar / 2)):
+        ax.barh(
+            g.pos + shift,
+            np.nan_to_num(share),
+            height=bar,
+            color=colour,
+            xerr=wilson_bars(share, g.rows),
+            ecolor="#555555",
+            capsize=3,
+            label=f"{where} the interval",
+        )
+    ax.axvline(tail, color="black", linestyle="--", linewidth=1, label=f"expected {tail:.0%} each")
+    ax.set_xlim(0, max(0.2, float(np.nanmax(np.append(wilson_bars(g.above, g.rows)[1] + g.above, 0.0))) * 1.05))
+    ax.set_xlabel("share of holdout patients")
+    ax.set_title("Misses below and above (95% Wilson)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2)
+    _percent(ax.xaxis)
+
+
+def _width_panel(ax: Axes, g: _GroupRows, constant_band: Mapping[str, float]) -> None:
+    bars = ax.barh(g.pos, np.nan_to_num(g.width), height=0.6, color=g.colours)
+    ax.bar_label(bars, labels=[_money(v) for v in g.width], padding=4, fontsize=11)
+    ax.axvline(
+        constant_band["mean_interval_width"],
+        color="black",
+        linestyle=":",
+        linewidth=1.5,
+        label=f"constant band (forecast ± {_money(constant_band['half_width'])})",
+    )
+    ax.set_xlim(0, float(np.nanmax(np.append(g.width, 1.0))) * 1.3)
+    ax.set_xlabel("mean interval width (USD)")
+    ax.set_title("Width")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    _usd(ax.xaxis)
+
+
+def _coverage_by_level(axes: list[Axes], result: TrainResult, f: _Holdout) -> None:
+    ax_cov, ax_tail = axes
+    level, n = result.distribution.level, np.full(len(LEVELS), f.rows)
+    cov, below, above = f.sweep[:, 0], f.sweep[:, 1], f.sweep[:, 2]
+    lo, hi = wilson(np.round(cov * f.rows), n)
+    ax_cov.fill_between(LEVELS, lo, hi, color=INSIDE, alpha=0.3, label="95% Wilson interval")
+    ax_cov.plot(LEVELS, cov, color="black", linewidth=2, label="holdout coverage")
+    ax_cov.plot([0.5, 1.0], [0.5, 1.0], color="#4c72b0", linestyle="--", linewidth=1.5, label="coverage = level")
+    ax_cov.axvline(level, color="#555555", linestyle=":", linewidth=1, label=f"default level {level:.0%}")
+    ax_cov.set(xlim=(0.5, 1.0), ylim=(0.4, 1.0))
+    ax_cov.set_xlabel("interval level")
+    ax_cov.set_ylabel("share of holdout patients inside")
+    ax_cov.set_title("Coverage against the level")
+    ax_cov.legend(loc="upper left")
+    for share, colour, where in ((below, BELOW, "below"), (above, ABOVE, "above")):
+        lo, hi = wilson(np.round(share * f.rows), n)
+        ax_tail.fill_between(LEVELS, lo, hi, color=colour, alpha=0.18)
+        ax_tail.plot(LEVELS, share, color=colour, linewidth=2, label=f"{where} the interval")
+    ax_tail.plot(
+        LEVELS, (1 - LEVELS) / 2, color="black", linestyle="--", linewidth=1.5, label="expected: (1 − level) / 2"
+    )
+    ax_tail.set(xlim=(0.5, 1.0), ylim=(0.0, 0.3))
+    ax_tail.set_xlabel("interval level")
+    ax_tail.set_ylabel("share of holdout patients")
+    ax_tail.set_title("Misses in each tail (shaded: 95% Wilson interval)")
+    ax_tail.legend(loc="upper right")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        _percent(ax.xaxis)
+        _percent(ax.yaxis)
+
+
+def _contributions(ax: Axes, result: TrainResult, mean_abs: Array) -> None:
+    order = np.argsort(mean_abs, kind="stable")
+    bars = ax.barh([FEATURES[i] for i in order], mean_abs[order], color="#4c72b0")
+    ax.bar_label(bars, labels=[_money(float(v)) for v in mean_abs[order]], padding=4, fontsize=11)
+    ax.set_xlim(0, float(mean_abs.max(initial=1.0)) * 1.15)
+    ax.set_xlabel("mean absolute contribution on the holdout (USD)")
+    ax.set_title(f"How far each input moves the forecast from the baseline {_money(result.predictor.baseline)}")
+    ax.grid(axis="x", alpha=0.3)
+    _usd(ax.xaxis)
