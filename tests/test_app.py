@@ -74,7 +74,7 @@ def error_of(response: Any, status: int, field: str | None = None, rule: str | N
     assert isinstance(error["message"], str)
     assert error["message"]
     for issue in error["issues"]:
-        assert {"field", "rule"} <= set(issue) <= {"field", "rule", "value", "row"}
+        assert {"field", "rule"} <= set(issue) <= {"field", "rule", "value", "line"}
         assert isinstance(issue["field"], str)
         assert isinstance(issue["rule"], str)
     if field is not None:
@@ -438,12 +438,12 @@ def test_bad_csv_rows_get_one_422_with_row_column_and_rule(client: TestClient) -
     rows = [RECORD, {**RECORD, "age": 17}, {**RECORD, "sex": "x", "bmi": ""}, RECORD, {**RECORD, "children": "two"}]
     response = client.post("/api/v1/predict/csv", content=_csv(rows), headers={"Content-Type": "text/csv"})
     error = error_of(response, 422)
-    found = {(i["row"], i["field"], i["rule"]) for i in error["issues"]}
+    found = {(i["line"], i["field"], i["rule"]) for i in error["issues"]}
     assert found == {
-        (2, "age", "must be a whole number from 18 to 100"),
-        (3, "sex", "must be one of female, male"),
-        (3, "bmi", "is required"),
-        (5, "children", "must be a whole number from 0 to 10"),
+        (3, "age", "must be a whole number from 18 to 100"),  # physical lines: the header is line 1
+        (4, "sex", "must be one of female, male"),
+        (4, "bmi", "is required"),
+        (6, "children", "must be a whole number from 0 to 10"),
     }
     assert {i["value"] for i in error["issues"] if "value" in i} == {"17", "x", "two"}  # as sent: CSV is text
 
@@ -451,17 +451,29 @@ def test_bad_csv_rows_get_one_422_with_row_column_and_rule(client: TestClient) -
 @pytest.mark.parametrize(
     ("text", "status", "field", "rule"),
     [
-        ("", 400, "body", "is required"),
-        ("age,sex,bmi,children,smoker,region\n", 422, "body", "at least one data row"),
+        ("", 422, "file", "has no data rows"),
+        ("age,sex,bmi,children,smoker,region\n", 422, "file", "has no data rows"),
         ("age,sex,bmi,children,region\n39,female,30.4,1,southeast\n", 422, "smoker", "column is required"),
         ("age,sex,bmi,children,smoker,region,charges\n39,female,30.4,1,no,southeast,1\n", 422, "charges", "adds"),
         ("age,age,sex,bmi,children,smoker,region\n", 422, "age", "appears 2 times"),
-        ("age,sex,bmi,children,smoker,region\n39,female,30.4\n", 422, "(row)", "has 3 values but the header has 6"),
-        ("age,sex,bmi,children,smoker,region\n39,female,30.4,1,no,south\x00east\n", 422, "region", "one of"),
-        ("age,sex,bmi,children,smoker,region\r39,female,30.4,1,no,southeast\r", 400, "body", "valid CSV"),
-        ("a" * 200_000, 400, "body", "valid CSV"),
+        ("age,sex,bmi,children,smoker,region\n39,female,30.4\n", 422, "record", "has 3 cells, the header has 6"),
+        ("age,sex,bmi,children,smoker,region\n39,female,30.4,1,no,south\x00east\n", 400, "file", "not a binary file"),
+        ("age;sex;bmi;children;smoker;region\n39;female;30.4;1;no;southeast\n", 422, "age", "separated by semicolons"),
+        ("age\tsex\tbmi\tchildren\tsmoker\tregion\n39\tfemale\t30.4\t1\tno\tsoutheast\n", 422, "age", "by tabs"),
+        ("a" * 200_000, 400, "file", "valid CSV"),
     ],
-    ids=["empty", "header-only", "missing-column", "output-column", "duplicate", "ragged", "nul", "cr-only", "huge"],
+    ids=[
+        "empty",
+        "header-only",
+        "missing-column",
+        "output-column",
+        "duplicate",
+        "ragged",
+        "nul",
+        "semicolons",
+        "tabs",
+        "huge",
+    ],
 )
 def test_bad_csv_files(client: TestClient, text: str, status: int, field: str, rule: str) -> None:
     response = client.post("/api/v1/predict/csv", content=text.encode(), headers={"Content-Type": "text/csv"})
@@ -470,7 +482,8 @@ def test_bad_csv_files(client: TestClient, text: str, status: int, field: str, r
 
 def test_csv_that_is_not_utf8_is_400(client: TestClient) -> None:
     body = "age,sex,bmi,children,smoker,region\n39,fémale,30.4,1,no,southeast\n".encode("latin-1")
-    error_of(client.post("/api/v1/predict/csv", content=body, headers={"Content-Type": "text/csv"}), 400, "body")
+    response = client.post("/api/v1/predict/csv", content=body, headers={"Content-Type": "text/csv"})
+    assert error_of(response, 400, "file", "UTF-8")["issues"][0]["line"] == 2
 
 
 @pytest.mark.parametrize("content_type", [None, "application/json", "image/png"])
@@ -514,9 +527,9 @@ def test_csv_multipart_takes_the_file_field_else_the_first_part_with_a_filename(
     assert response.headers["content-disposition"] == 'attachment; filename="patients.scored.csv"'
 
 
-def test_csv_multipart_with_an_empty_file_is_400(client: TestClient) -> None:
+def test_csv_multipart_with_an_empty_file_is_422(client: TestClient) -> None:
     empty = _multipart(("file", "", b""))  # a browser's file input left empty
-    error_of(client.post("/api/v1/predict/csv", content=empty, headers=MULTIPART), 400, "body", "is required")
+    error_of(client.post("/api/v1/predict/csv", content=empty, headers=MULTIPART), 422, "file", "has no data rows")
 
 
 def test_csv_limits_are_configurable(model_dir: Path) -> None:
@@ -889,14 +902,14 @@ def _source(text: str) -> csvroute.CsvSource:
 
 def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None:
     lines = ["39,female,30.4,1,no,southeast"] * 25
-    lines[6] = "17,female,30.4,1,no,southeast"  # row 7, in the second chunk of 5
-    lines[22] = "39,female,30.4,1,maybe,southeast"  # row 23, in the fifth
+    lines[6] = "17,female,30.4,1,no,southeast"  # line 8 (the header is line 1), in the second chunk of 5
+    lines[22] = "39,female,30.4,1,maybe,southeast"  # line 24, in the fifth
     text = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines) + "\n"
     seen: list[int] = []
     with pytest.raises(errors.ApiError) as caught:
         csvroute.score_csv(model, _source(text), 100, on_chunk=lambda X, c: seen.append(len(c)), chunk_rows=5)
     assert caught.value.status == 422
-    assert [(i.row, i.field) for i in caught.value.issues] == [(7, "age"), (23, "smoker")]
+    assert [(i.line, i.field) for i in caught.value.issues] == [(8, "age"), (24, "smoker")]
     assert seen == [5]  # prediction stops at the first bad chunk; validation goes on
     lines[6], lines[22] = lines[0], lines[0]
     fixed = "age,sex,bmi,children,smoker,region\n" + "\n".join(lines)
@@ -906,11 +919,26 @@ def test_csv_chunks_number_rows_across_chunk_boundaries(model: Artifact) -> None
     assert whole.charges.tolist() == one.charges.tolist()
 
 
-def test_csv_ragged_rows_are_reported_with_the_bad_values_before_them(model: Artifact) -> None:
+def test_csv_ragged_records_are_reported_in_line_order_among_the_bad_values(model: Artifact) -> None:
     text = "age,sex,bmi,children,smoker,region\n17,female,30.4,1,no,southeast\n39,female\n101,male,30,1,no,x\n"
     with pytest.raises(errors.ApiError) as caught:
         csvroute.score_csv(model, _source(text), 100, chunk_rows=5)
-    assert [(i.row, i.field) for i in caught.value.issues] == [(1, "age"), (2, "(row)")]
+    found = [(i.line, i.field) for i in caught.value.issues]
+    assert found == [(2, "age"), (3, "record"), (4, "age"), (4, "region")]
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_csv_line_endings_number_lines_alike_and_come_back_as_sent(client: TestClient, eol: str) -> None:
+    lines = ["age,sex,bmi,children,smoker,region", "39,female,30.4,1,no,southeast", '52,male,34.1,3,"yes",northwest']
+    good = eol.join(lines) + eol
+    response = client.post("/api/v1/predict/csv", content=good, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert response.text.count(eol) == 3
+    assert eol == "\r\n" or "\r\n" not in response.text
+    bad = eol.join([*lines, "17,female,30.4,1,no,southeast"]) + eol
+    response = client.post("/api/v1/predict/csv", content=bad, headers={"Content-Type": "text/csv"})
+    assert error_of(response, 422, "age")["issues"][0]["line"] == 4
+    assert csvroute.csv_source(bytearray(good.encode()), "text/csv").rows_bound() >= 3
 
 
 def test_multipart_parts_are_offsets_into_the_body() -> None:
@@ -1159,10 +1187,10 @@ def test_csv_summary_takes_an_upload_and_refuses_what_the_csv_route_refuses(
     }
     bad = _csv([RECORD, {**RECORD, "age": 17}])
     error = error_of(client.post(route, content=bad, headers={"Content-Type": "text/csv"}), 422, "age")
-    assert error["issues"][0]["row"] == 2
+    assert error["issues"][0]["line"] == 3  # the header is line 1
     error_of(client.post(route, content=text, headers={"Content-Type": "application/json"}), 415, "Content-Type")
     error_of(
         client.post(f"{route}?quantiles=0.5", content=text, headers={"Content-Type": "text/csv"}), 422, "quantiles"
     )
-    error_of(client.post(route, content="", headers={"Content-Type": "text/csv"}), 400, "body")
+    error_of(client.post(route, content="", headers={"Content-Type": "text/csv"}), 422, "file", "has no data rows")
     error_of(client.post(route, content="age\n", headers={"Content-Type": "text/csv"}), 422, "sex", "required")

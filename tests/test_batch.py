@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +18,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from chargecast.batch import OUTPUT_COLUMNS, BatchError, score_file
-from chargecast.model import artifact as artifact_module
 from chargecast.model.artifact import Artifact
 from chargecast.model.intervals import MONTE_CARLO_BOOK
 from chargecast.model.totals import TOTAL_BLOCK, BookTotal
 from chargecast.schema import FEATURES, FIELDS, CategoryField, ValidationError, encode_columns
 
-if importlib.util.find_spec("chargecast.training.data") is None:
-    # The real module is written on another branch; train() needs only X, y and rows.
-    _stub = types.ModuleType("chargecast.training.data")
-    _stub.__dict__["Dataset"] = object
-    sys.modules["chargecast.training.data"] = _stub
-
-from chargecast.training.train import TrainConfig, train
-
 ROOT = Path(__file__).resolve().parents[1]
-INSURANCE = ROOT.parent / "shared" / "data" / "insurance.csv"
 
 
 @pytest.fixture(scope="session")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real artifact, trained once (one CV repeat) on the shared insurance data."""
-    if not INSURANCE.is_file():
-        pytest.fail(f"test data not found at {INSURANCE}; the repository must sit beside shared/")
-    df = pd.read_csv(INSURANCE)
-    X = encode_columns({c: df[c].to_numpy() for c in FEATURES})
-    ds = types.SimpleNamespace(X=X, y=df["charges"].to_numpy(), rows=len(df), sha256="x", source="x")
-    result = train(ds, TrainConfig(repeats=1, splits=0))  # type: ignore[arg-type, unused-ignore]
-    out = tmp_path_factory.mktemp("model") / "current"
-    artifact_module.write(out, result.predictor, result.distribution, {"model": result.chosen})
-    return out
+def model_path(model_dir: Path) -> Path:
+    return model_dir
 
 
 @pytest.fixture(scope="session")
-def scorer(model_path: Path) -> Artifact:
-    return Artifact.load(model_path)
+def scorer(model: Artifact) -> Artifact:
+    return model
 
 
 def records(n: int, seed: int = 0) -> pd.DataFrame:
@@ -105,9 +84,9 @@ def leftovers(directory: Path) -> list[str]:
 # -- round trips ---------------------------------------------------------------------------
 
 
-def test_csv_to_csv_keeps_every_column_and_cell(scorer: Artifact, tmp_path: Path) -> None:
+def test_csv_to_csv_keeps_every_column_and_cell(scorer: Artifact, insurance_csv: Path, tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
-    data = with_extras(pd.read_csv(INSURANCE, dtype=str, keep_default_na=False).drop(columns="charges"))
+    data = with_extras(pd.read_csv(insurance_csv, dtype=str, keep_default_na=False).drop(columns="charges"))
     data.to_csv(src, index=False)
     dest = tmp_path / "out.csv"
     assert score_file(src, dest, scorer) == len(data)
@@ -125,7 +104,7 @@ def test_an_input_that_already_holds_an_output_column_is_refused(scorer: Artifac
     src.write_text(f"age,sex,bmi,children,smoker,region,{column.upper()}\n39,male,30,1,no,southeast,1\n")
     with pytest.raises(ValidationError) as caught:
         score_file(src, dest, scorer)
-    assert [(i.field, i.row) for i in caught.value.issues] == [(column, 1)]
+    assert [(i.field, i.line) for i in caught.value.issues] == [(column, 1)]
     assert not dest.exists()
     assert leftovers(tmp_path) == []
 
@@ -277,8 +256,8 @@ def test_garbage_and_missing_files_are_clear_errors(scorer: Artifact, tmp_path: 
     folder.mkdir()
     cases: dict[Path, tuple[type[Exception], str]] = {
         binary: (ValidationError, "UTF-8|binary"),
-        latin1: (ValidationError, "(row|line) 2, file: must be UTF-8"),
-        late_latin1: (ValidationError, "(row|line) 3002, file: must be UTF-8"),
+        latin1: (ValidationError, "line 2, file: must be UTF-8"),
+        late_latin1: (ValidationError, "line 3002, file: must be UTF-8"),
         not_parquet: (BatchError, "not a readable Parquet file"),
         parquet_as_csv: (ValidationError, "UTF-8|binary"),
         empty: (ValidationError, "has no data rows"),
@@ -335,7 +314,7 @@ def test_bad_rows_in_different_chunks_are_all_reported_by_line(scorer: Artifact,
     with pytest.raises(ValidationError) as info:
         score_file(src, dest, scorer, chunk_rows=7, progress=rows_seen.append)
     err = info.value
-    found = [(i.row, i.field, i.value, i.rule) for i in err.issues]
+    found = [(i.line, i.field, i.value, i.rule) for i in err.issues]
     assert found == [
         (5, "sex", "unknown", "must be one of female, male"),
         (32, "age", "17", "must be a whole number from 18 to 100"),
@@ -343,7 +322,7 @@ def test_bad_rows_in_different_chunks_are_all_reported_by_line(scorer: Artifact,
         (82, "children", None, "is required"),
     ]
     assert (err.total, err.truncated) == (4, False)
-    assert "row 32, age: must be a whole number from 18 to 100 (got '17')" in str(err)
+    assert "line 32, age: must be a whole number from 18 to 100 (got '17')" in str(err)
     assert sum(rows_seen) == 100  # the whole file was scanned
     assert dest.read_text(encoding="utf-8") == "an earlier result\n"
     assert leftovers(tmp_path) == []
@@ -356,7 +335,7 @@ def test_many_bad_rows_report_the_first_twenty_and_the_total(scorer: Artifact, t
     with pytest.raises(ValidationError) as info:
         score_file(src, dest, scorer, chunk_rows=50)
     err = info.value
-    assert [i.row for i in err.issues] == [row + 2 for row in sorted(bad)][:20]
+    assert [i.line for i in err.issues] == [row + 2 for row in sorted(bad)][:20]
     assert (err.total, err.truncated) == (30, True)
     assert not dest.exists()
     assert leftovers(tmp_path) == []
@@ -374,7 +353,7 @@ def test_malformed_and_blank_lines_keep_line_numbers_exact(scorer: Artifact, tmp
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ValidationError) as info:
         score_file(src, tmp_path / "out.csv", scorer, chunk_rows=4)
-    found = [(i.row, i.field) for i in info.value.issues]
+    found = [(i.line, i.field) for i in info.value.issues]
     assert found == [(5, "record"), (21, "smoker"), (26, "record")]
     assert info.value.issues[0].rule == "has 7 cells, the header has 6"
     assert not (tmp_path / "out.csv").exists()
@@ -395,7 +374,7 @@ def test_line_numbers_survive_pyarrow_block_boundaries(scorer: Artifact, tmp_pat
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ValidationError) as info:
         score_file(src, tmp_path / "out.csv", scorer, chunk_rows=10_000)
-    found = [(i.row, i.field) for i in info.value.issues]
+    found = [(i.line, i.field) for i in info.value.issues]
     assert found == [(25_000, "record"), (40_000, "sex"), (47_000, "record"), (59_990, "sex")]
 
 
@@ -412,7 +391,7 @@ def test_parquet_nulls_are_reported_by_row(scorer: Artifact, tmp_path: Path) -> 
     pq.write_table(table, src)
     with pytest.raises(ValidationError) as info:
         score_file(src, tmp_path / "out.csv", scorer, chunk_rows=8)
-    assert [(i.row, i.field, i.rule) for i in info.value.issues] == [
+    assert [(i.line, i.field, i.rule) for i in info.value.issues] == [
         (12, "age", "is required"),
         (41, "region", "is required"),
     ]
@@ -452,7 +431,7 @@ def test_blank_lines_before_the_header_keep_the_line_numbers(scorer: Artifact, t
     src.write_text("\nage,sex,bmi,children,smoker,region\n19,female,27.9,0,maybe,southwest\n", encoding="utf-8")
     with pytest.raises(ValidationError) as caught:
         score_file(src, tmp_path / "out.csv", scorer)
-    assert [(i.row, i.field) for i in caught.value.issues] == [(3, "smoker")]
+    assert [(i.line, i.field) for i in caught.value.issues] == [(3, "smoker")]
 
 
 def test_a_failing_progress_callback_leaves_no_output(scorer: Artifact, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_bad_data_file_is_one_clear_message(tmp_path: Path) -> None:
     bad.write_text("age,sex,bmi,children,smoker,region,charges\n30,female,22,0,maybe,southeast,1000\n")
     proc = run("train", "--data", str(bad), "--out", str(tmp_path / "m"))
     assert proc.returncode == 2
-    assert "row 2, smoker: must be one of no, yes" in proc.stderr
+    assert "line 2, smoker: must be one of no, yes" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "m").exists()
 
@@ -122,7 +122,7 @@ def test_predict_writes_no_summary_when_a_row_is_bad(model_dir: Path, tmp_path: 
     summary = tmp_path / "book.json"
     proc = run("predict", str(bad), "--model", str(model_dir), "--summary", str(summary))
     assert proc.returncode == 2
-    assert "row 2, smoker: must be one of no, yes" in proc.stderr
+    assert "line 2, smoker: must be one of no, yes" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
 
@@ -134,7 +134,7 @@ def test_predict_refuses_a_file_that_already_holds_charges_and_writes_nothing(
     out = tmp_path / "scored.csv"
     proc = run("predict", str(insurance_csv), "-o", str(out), "--model", str(model_dir))
     assert proc.returncode == 2
-    assert "1, charges: is a column chargecast adds; remove or rename it" in proc.stderr
+    assert "line 1, charges: is a column chargecast adds; remove or rename it" in proc.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 

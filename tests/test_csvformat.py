@@ -11,6 +11,7 @@ from chargecast import csvformat
 from chargecast.schema import ValidationError
 
 HEADER = "age,sex,bmi,children,smoker,region"
+GOOD = "39,female,30.4,1,no,southeast"
 ROW = "39,female,30.4,1,no,southeast"
 
 
@@ -30,7 +31,7 @@ def validate(text: str, **kwargs: bool) -> None:
 def problems_of(text: str, **kwargs: bool) -> list[tuple[int | None, str]]:
     with pytest.raises(ValidationError) as caught:
         validate(text, **kwargs)
-    return [(i.row, i.field) for i in caught.value.issues]
+    return [(i.line, i.field) for i in caught.value.issues]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_another_separator_gets_a_hint(sep: str, label: str) -> None:
 def test_bad_utf8_and_binary_files_name_their_line() -> None:
     with pytest.raises(ValidationError) as caught:
         list(csvformat.text_lines(csvformat.buffer_blocks(bytearray(f"{HEADER}\n{ROW}\n".encode() + b"\xff\n"))))
-    assert (caught.value.issues[0].row, caught.value.issues[0].rule) == (3, "must be UTF-8 encoded CSV text")
+    assert (caught.value.issues[0].line, caught.value.issues[0].rule) == (3, "must be UTF-8 encoded CSV text")
     with pytest.raises(ValidationError, match="binary"):
         list(csvformat.text_lines([f"{HEADER}\n".encode(), b"\x00\x01\n"]))
 
@@ -109,3 +110,20 @@ def test_written_rows_keep_the_cells_quote_only_where_needed_and_round_to_cents(
         f"{ROW},plain,1234.57,1233.57,1235.57\r\n"
         f'{ROW},"a,b",1.00,0.00,2.00\r\n'
     )
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r", "\r\n"])
+@pytest.mark.parametrize("cell", ["a\rb", "a\nb", "a\r\nb", "\r", 'x,"y"\r'])
+def test_a_cell_holding_any_line_break_is_quoted_whatever_the_files_ending(eol: str, cell: str) -> None:
+    """The csv module quotes only its own terminator's characters; a bare CR in an LF file
+    would come back as two records."""
+    source = f'note,{HEADER}{eol}"{cell.replace(chr(34), chr(34) * 2)}",{GOOD}{eol}'
+    reader = csvformat.Reader([source.encode()], target=False)
+    (chunk,) = list(reader.chunks())
+    assert chunk.rows[0][0] == cell
+    writer = csvformat.Writer(reader.header)
+    ones = np.ones(1)
+    out = (writer.head + writer.rows(chunk.rows, ones, ones, ones, plain=reader.plain)).decode()
+    assert out.endswith(f"1.00,1.00,1.00{eol}")
+    again = csvformat.Reader([out.encode()], target=True)
+    assert [row[0] for c in again.chunks() for row in c.rows] == [cell]

@@ -161,9 +161,9 @@ BAD_ROWS = {
 def test_bad_row_is_reported_with_its_line(tmp_path: Path, line: str, expected: Issue) -> None:
     # Header is line 1, the good rows lines 2-3, so the bad row is line 4.
     err = validation_error(write_csv(tmp_path, [HEADER, *GOOD, line]))
-    assert err.issues == [dataclasses.replace(expected, row=4)]
+    assert err.issues == [dataclasses.replace(expected, line=4)]
     assert not err.truncated
-    assert "row 4" in str(err)
+    assert "line 4" in str(err)
 
 
 @pytest.mark.parametrize(
@@ -212,7 +212,7 @@ def test_csv_syntax_error_is_a_validation_error(tmp_path: Path) -> None:
     # An unbalanced quote swallows the rest of the file into one oversized field.
     path = write_csv(tmp_path, [HEADER, GOOD[0], '30,"female' + "x" * 200_000])
     err = validation_error(path)
-    assert [(i.field, i.row) for i in err.issues] == [("file", 3)]
+    assert [(i.field, i.line) for i in err.issues] == [("file", 3)]
     assert err.issues[0].rule.startswith("is not valid CSV: field larger than field limit")
 
 
@@ -245,7 +245,7 @@ def test_issues_from_features_charges_and_shape_are_merged_by_line(tmp_path: Pat
         ],
     )
     err = validation_error(path)
-    assert [(i.row, i.field) for i in err.issues] == [
+    assert [(i.line, i.field) for i in err.issues] == [
         (2, "age"),
         (3, "charges"),
         (4, "record"),
@@ -265,7 +265,7 @@ def test_many_bad_rows_give_a_truncated_error_with_the_total(tmp_path: Path) -> 
     assert err.total == 25
     assert len(err.issues) == 20
     # The first 20 bad lines, in order: 12 ages (lines 3-14), then charges from line 15.
-    assert [i.row for i in err.issues] == list(range(3, 23))
+    assert [i.line for i in err.issues] == list(range(3, 23))
     assert [i.field for i in err.issues] == ["age"] * 12 + ["charges"] * 8
     assert str(err).endswith("... and 5 more")
 

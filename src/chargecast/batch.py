@@ -243,7 +243,7 @@ def _encode(chunk: _Rows, header: csvformat.Header, problems: csvformat.Problems
     try:
         return schema.encode_columns(columns, first_row=0)
     except ValidationError as exc:
-        problems.add([dataclasses.replace(i, row=chunk.lines[i.row or 0]) for i in exc.issues], exc.total)
+        problems.add([dataclasses.replace(i, line=chunk.lines[i.line or 0]) for i in exc.issues], exc.total)
         return None
 
 

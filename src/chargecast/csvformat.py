@@ -12,7 +12,7 @@ means the same everywhere (they used to have three readers with three sets of ru
 - output rows are the input cells as they came, quoted only where CSV needs it, then the
   three forecast columns rounded to cents, with the input's line ending.
 
-Text is decoded a block (about 1 MiB, cut after a newline) at a time, from a file or from
+Text is decoded a block (about 256 KiB, cut after a newline) at a time, from a file or from
 an upload held in memory, so memory holds one block and one chunk of records, and one
 character outside Latin-1 never makes Python hold a whole file at four bytes per character.
 The stdlib ``csv`` module parses: no pandas or pyarrow on the serving path.
@@ -34,7 +34,7 @@ import numpy.typing as npt
 from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, TARGET, Issue, ValidationError, encode_columns
 
 OUTPUT_COLUMNS: Final = (TARGET, f"{TARGET}_low", f"{TARGET}_high")
-BLOCK: Final = 1 << 20
+BLOCK: Final = 1 << 18
 CHUNK_ROWS: Final = 32_768
 BOM: Final = b"\xef\xbb\xbf"
 Array = npt.NDArray[np.float64]
@@ -101,19 +101,28 @@ class Text:
             try:
                 text = block.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise _file_error("must be UTF-8 encoded CSV text", line + block.count(b"\n", 0, exc.start)) from None
+                raise _file_error("must be UTF-8 encoded CSV text", line + line_breaks(block, 0, exc.start)) from None
             if "\x00" in text:  # the csv module accepts NUL bytes since 3.11; a NUL means a binary file
-                raise _file_error("must be CSV text, not a binary file", line + text.count("\n", 0, text.index("\x00")))
+                raise _file_error(
+                    "must be CSV text, not a binary file", line + line_breaks(text, 0, text.index("\x00"))
+                )
             if not self.first_line:
-                self.first_line = text[: text.find("\n") + 1] or text
+                self.first_line = io.StringIO(text, newline="").readline()
             self.quoted = self.quoted or '"' in text
             yield io.StringIO(text, newline="")
-            line += text.count("\n")
+            line += line_breaks(text)
 
 
 def text_lines(blocks: Iterable[bytes]) -> Iterator[str]:
     """Text lines with their endings, decoded a block at a time (see :class:`Text`)."""
     return Text(blocks).lines()
+
+
+def line_breaks(data: str | bytes | bytearray, start: int = 0, end: int | None = None) -> int:
+    """Line breaks as the reader counts them: ``\\n``, ``\\r\\n`` and a lone ``\\r`` (old Mac files)."""
+    if isinstance(data, str):
+        return data.count("\n", start, end) + data.count("\r", start, end) - data.count("\r\n", start, end)
+    return data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
 
 
 def _file_error(rule: str, line: int | None = None) -> ValidationError:
@@ -196,7 +205,7 @@ class Problems:
 
     def raise_if_any(self) -> None:
         if self.total:
-            shown = sorted(self.issues, key=lambda i: i.row or 0)[:MAX_REPORTED_ISSUES]
+            shown = sorted(self.issues, key=lambda i: i.line or 0)[:MAX_REPORTED_ISSUES]
             raise ValidationError(shown, self.total > len(shown), self.total)
 
 
@@ -221,7 +230,8 @@ class Reader:
             raise _file_error("has no data rows") from None
         except csv.Error as exc:
             raise _file_error(f"is not valid CSV: {exc}", self._reader.line_num) from None
-        eol = "\r\n" if self.text.first_line.endswith("\r\n") else "\n"
+        first = self.text.first_line
+        eol = next((end for end in ("\r\n", "\r") if first.endswith(end)), "\n")
         self.header = read_header(cells, eol, target=target)
 
     @property
@@ -274,13 +284,13 @@ def encode(chunk: Chunk, header: Header) -> tuple[Array | None, list[Issue], int
     try:
         return encode_columns(columns, first_row=0), [], 0
     except ValidationError as exc:
-        found = [Issue(i.field, i.rule, i.value, chunk.lines[i.row or 0]) for i in exc.issues]
+        found = [Issue(i.field, i.rule, i.value, chunk.lines[i.line or 0]) for i in exc.issues]
         return None, found, exc.total
 
 
 # -- writing ----------------------------------------------------------------------------
 class _Sink:
-    """A write-only text sink for csv.writer that hands out what was written as UTF-8."""
+    """A write-only text sink for csv.writer that hands out what was written."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
@@ -289,22 +299,29 @@ class _Sink:
         self._parts.append(text)
         return len(text)
 
-    def take(self) -> bytes:
-        out = "".join(self._parts).encode()
+    def take(self) -> str:
+        out = "".join(self._parts)
         self._parts.clear()
         return out
 
 
 class Writer:
     """Output rows: the input cells as they came, quoted only where CSV needs it, then the
-    three forecast columns in cents; the same bytes for the CLI and the API."""
+    three forecast columns in cents; the same bytes for the CLI and the API.
+
+    The csv module quotes a cell only for the characters of its own line terminator, so
+    with ``\\n`` endings a cell holding a lone ``\\r`` would be written bare and read back
+    as two lines. Such rows (rare: the cell must have been quoted in the input) are written
+    again with ``\\r\\n`` as the terminator, which quotes both, and then given the file's ending.
+    """
 
     def __init__(self, header: Header) -> None:
         self._sink = _Sink()
         self._eol = header.eol
+        self._stray = {"\n": "\r", "\r": "\n"}.get(header.eol, "")
         self._writer = csv.writer(self._sink, lineterminator=header.eol)
-        self._writer.writerow([*header.cells, *OUTPUT_COLUMNS])
-        self.head = self._sink.take()
+        self._careful = csv.writer(self._sink, lineterminator="\r\n")
+        self.head = self._write([[*header.cells, *OUTPUT_COLUMNS]])
 
     def rows(
         self, rows: Sequence[Sequence[str]], charges: Array, low: Array, high: Array, *, plain: bool = False
@@ -316,7 +333,17 @@ class Writer:
             eol = self._eol
             tails = [f"{c:.2f},{lo:.2f},{hi:.2f}{eol}" for c, lo, hi in cents]
             return "".join([",".join(row) + "," + tail for row, tail in zip(rows, tails, strict=True)]).encode()
-        self._writer.writerows(
-            [*row, f"{c:.2f}", f"{lo:.2f}", f"{hi:.2f}"] for row, (c, lo, hi) in zip(rows, cents, strict=True)
+        return self._write(
+            [[*row, f"{c:.2f}", f"{lo:.2f}", f"{hi:.2f}"] for row, (c, lo, hi) in zip(rows, cents, strict=True)]
         )
-        return self._sink.take()
+
+    def _write(self, rows: list[list[str]]) -> bytes:
+        self._writer.writerows(rows)
+        text = self._sink.take()
+        if self._stray and self._stray in text:  # only a cell can hold it: write those rows again
+            lines = []
+            for row in rows:
+                self._careful.writerow(row)
+                lines.append(self._sink.take()[:-2] + self._eol)
+            text = "".join(lines)
+        return text.encode()

@@ -2,7 +2,8 @@
 
 The form, the API, CSV validation and the training columns all derive from ``FIELDS``.
 Validation never raises anything but :class:`ValidationError`, whose issues name the
-row (for tables), the field, the offending value and the rule it broke.
+line (for files: the physical line the record starts on), the field, the offending value and
+the rule it broke.
 """
 
 from __future__ import annotations
@@ -126,22 +127,22 @@ Encoded = tuple[float, float, float, float, float, float]
 
 @dataclass(frozen=True)
 class Issue:
-    """One broken rule: which row (tables only), field, value and rule."""
+    """One broken rule: which line of a file (the record's first), field, value and rule."""
 
     field: str
     rule: str
     value: Any = None
-    row: int | None = None
+    line: int | None = None
 
     def __str__(self) -> str:
-        where = f"row {self.row}, " if self.row is not None else ""
+        where = f"line {self.line}, " if self.line is not None else ""
         shown = "" if self.value is None else f" (got {_show(self.value)})"
         return f"{where}{self.field}: {self.rule}{shown}"
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"field": self.field, "rule": self.rule}
-        if self.row is not None:
-            out["row"] = self.row
+        if self.line is not None:
+            out["line"] = self.line
         if self.value is not None:
             value = self.value if _jsonable(self.value) else _REPR.repr(self.value)
             out["value"] = value[:80] + "…" if isinstance(value, str) and len(value) > 80 else value
@@ -177,6 +178,13 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 
 MAX_NAME_CHARS: Final = 80
 
 
+def _number(text: str) -> float | None:
+    """A number written as plain ASCII decimals; float() alone would also take "5_2", "٥٢",
+    "nan", and it strips a narrower set of spaces than str.strip (not "\\x1f")."""
+    text = text.strip()
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
 def _show(value: Any) -> str:
     """A short repr; bounded in depth too, so a deeply nested value cannot recurse."""
     text = _REPR.repr(value)
@@ -210,10 +218,10 @@ def check_value(spec: Field, value: Any) -> float | Issue:
     if isinstance(value, bool):
         return Issue(spec.name, spec.rule, value)
     if isinstance(value, str):
-        # Plain ASCII decimals only: float() would also take "5_2", "٥٢" or "nan".
-        if not _NUMBER.fullmatch(value.strip()):
+        parsed = _number(value)
+        if parsed is None:
             return Issue(spec.name, spec.rule, value)
-        number = float(value.strip())
+        number = parsed
     elif isinstance(value, (int, float)):
         number = float(value)
     else:
@@ -361,7 +369,9 @@ def _short_text(raw: npt.NDArray[Any]) -> npt.NDArray[np.str_]:
     if raw.dtype.kind == "U" and raw.dtype.itemsize // 4 <= MAX_CATEGORY_CHARS:
         return raw
     if raw.dtype.kind in "OSU":
-        return np.array([str(v)[: MAX_CATEGORY_CHARS + 1] for v in raw.tolist()], dtype=f"<U{MAX_CATEGORY_CHARS + 1}")
+        # numpy's str arrays drop trailing NULs ("male\x00" would read as "male"): keep them wrong
+        cells = [str(v)[: MAX_CATEGORY_CHARS + 1].replace("\x00", "\ufffd") for v in raw.tolist()]
+        return np.array(cells, dtype=f"<U{MAX_CATEGORY_CHARS + 1}")
     return raw.astype(str)
 
 
@@ -389,7 +399,8 @@ def _float_or_nan(value: Any) -> float:
     if isinstance(value, bool) or value is None:
         return math.nan
     if isinstance(value, str):
-        return float(value) if _NUMBER.fullmatch(value.strip()) else math.nan
+        number = _number(value)
+        return math.nan if number is None else number
     try:
         return float(value)
     except (ValueError, TypeError):

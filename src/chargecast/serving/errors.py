@@ -1,7 +1,7 @@
 """The one error shape every JSON answer uses, and the exception that carries it.
 
 Every refusal anywhere in serving is an :class:`ApiError`; the routes turn it into
-``{"error": {"status": int, "message": str, "issues": [{"field", "rule", "value"?, "row"?}]}}``,
+``{"error": {"status": int, "message": str, "issues": [{"field", "rule", "value"?, "line"?}]}}``,
 so a client parses one shape whatever went wrong.
 """
 

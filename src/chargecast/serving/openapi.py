@@ -224,7 +224,11 @@ def _issue() -> dict[str, Any]:
             },
             "rule": {"type": "string", "description": "The rule that was broken, in words."},
             "value": {"description": "The offending value (long text is cut)."},
-            "row": {"type": "integer", "minimum": 1, "description": "CSV data row, counted from 1 (no header)."},
+            "line": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "CSV line where the record starts (the header is line 1; quoted newlines count).",
+            },
         },
         "additionalProperties": False,
     }
