@@ -360,7 +360,7 @@ def test_malformed_and_blank_lines_keep_line_numbers_exact(scorer: Artifact, tmp
 
 
 def test_line_numbers_survive_pyarrow_block_boundaries(scorer: Artifact, tmp_path: Path) -> None:
-    """A 3 MB file spans several 1 MiB read blocks: skipped lines must be counted across them."""
+    """A 3 MB file spans several read blocks (256 KiB each): skipped lines must be counted across them."""
     lines = with_extras(records(60_000, seed=10)).to_csv(index=False).splitlines()
     broken = {25_000: "surplus", 25_001: "blank", 40_000: "bad", 47_000: "surplus", 59_990: "bad"}
     for number, kind in broken.items():  # number is the file line; lines[0] is line 1

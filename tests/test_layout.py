@@ -1,0 +1,34 @@
+"""The shape of the source tree: what a review would otherwise have to re-check by hand."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "chargecast"
+MAX_FUNCTION_LINES = 80  # issue 9: create_app had grown to 200 lines of nested routes
+
+
+def _functions() -> list[tuple[int, str]]:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                size = node.end_lineno - node.lineno + 1
+                found.append((size, f"{path.relative_to(SRC)}:{node.lineno} {node.name}"))
+    return found
+
+
+def test_no_function_is_longer_than_the_cap() -> None:
+    functions = _functions()
+    assert len(functions) > 100  # the walk really saw the package
+    too_long = sorted(f for f in functions if f[0] > MAX_FUNCTION_LINES)
+    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines: {too_long}"
+
+
+def test_each_deployable_is_a_package_of_its_own() -> None:
+    for package in ("model", "training", "serving", "deploy"):
+        assert (SRC / package / "__init__.py").is_file(), package
+    top = sorted(p.stem for p in SRC.glob("*.py") if p.stem not in {"__init__", "__main__"})
+    assert set(top) <= {"schema", "settings", "cli", "argtypes", "batch", "csvformat"}, top
