@@ -9,6 +9,7 @@ be one the service (or the audit, drift and actuals monitors) exports: the names
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -183,3 +184,63 @@ def test_the_gke_rules_resource_carries_exactly_the_plain_groups() -> None:
     )
     assert set(resource) == {"apiVersion", "kind", "metadata", "spec"}
     assert set(resource["spec"]) == {"groups"}
+
+
+# -- the dashboard -------------------------------------------------------------------------------
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every query of every panel."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_the_dashboard_is_grafana_json_with_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert dashboard["uid"] == "chargecast"
+    panels = dashboard["panels"]
+    assert len(panels) >= 8
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids are unique"
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        position = panel["gridPos"]
+        assert position["x"] + position["w"] <= 24, panel["title"]
+    # No two panels overlap on Grafana's 24-column grid.
+    cells = [
+        (p["gridPos"]["x"] + dx, p["gridPos"]["y"] + dy)
+        for p in panels
+        for dx in range(p["gridPos"]["w"])
+        for dy in range(p["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells))
+
+
+def test_the_dashboard_shows_what_on_call_needs() -> None:
+    used = {name for _, expr in dashboard_expressions() for name in metric_names(expr)}
+    assert used == CONTRACT, f"on no panel: {CONTRACT - used}; not in the contract: {used - CONTRACT}"
+    quantiles = {m for _, e in dashboard_expressions() for m in re.findall(r"histogram_quantile\((0\.\d+)", e)}
+    assert quantiles == {"0.5", "0.99"}
+    coverage = next(p for p in json.loads(DASHBOARD.read_text())["panels"] if "chargecast_actuals_coverage" in str(p))
+    steps = coverage["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps] == [None, 0.85, 0.95], "the 0.85-0.95 band of ChargecastIntervalCoverageOff"
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query as a recording rule (Grafana's $__rate_interval stands in as 5m)."""
+    queries = dashboard_expressions()
+    rules = [
+        {"record": f"dashboard:panel_{i}", "expr": expr.replace("$__rate_interval", "5m")}
+        for i, (_, expr) in enumerate(queries)
+    ]
+    (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = run_promtool("check", "rules", "dashboard.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in proc.stdout
+
+
+def test_the_contract_pattern_finds_names_and_nothing_else() -> None:
+    expr = 'sum by (route) (rate(chargecast_http_requests_total{route="/x"}[5m])) > on(feature) chargecast_ready'
+    assert metric_names(expr) == {"chargecast_http_requests_total", "chargecast_ready"}
