@@ -59,6 +59,11 @@ def local() -> list[Obj]:
     return render("overlays/local")
 
 
+@pytest.fixture(scope="module")
+def cloudsql() -> list[Obj]:
+    return render("overlays/gke-cloudsql")
+
+
 def one(objects: list[Obj], kind: str) -> Obj:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
@@ -84,6 +89,7 @@ def named_port(objects: list[Obj], name: str) -> int:
 
 def test_each_overlay_renders_the_expected_objects(gke: list[Obj], local: list[Obj]) -> None:
     assert sorted(o["kind"] for o in gke) == [
+        "ConfigMap",
         "Deployment",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
@@ -94,10 +100,12 @@ def test_each_overlay_renders_the_expected_objects(gke: list[Obj], local: list[O
     ]
     # podman kube play runs the Deployment as one pod; autoscaler, budget and load balancer mean nothing there.
     assert sorted(o["kind"] for o in local) == ["Deployment", "ServiceAccount"]
-    assert all(o["metadata"]["name"] == "chargecast" for o in gke + local)
+    # The generated ConfigMap's name ends in a hash of its data, so a change rolls the pods.
+    assert re.fullmatch(r"chargecast-audit-default-[a-z0-9]{10}", one(gke, "ConfigMap")["metadata"]["name"])
+    assert all(o["metadata"]["name"] == "chargecast" for o in gke + local if o["kind"] != "ConfigMap")
 
 
-@pytest.mark.parametrize("overlay", ["gke", "local"])
+@pytest.mark.parametrize("overlay", ["gke", "gke-cloudsql", "local"])
 def test_strict_schema_validation_for_every_gke_version(overlay: str, tmp_path: Path) -> None:
     rendered = tmp_path / f"{overlay}.yaml"
     rendered.write_text(render_text(f"overlays/{overlay}"))
@@ -108,11 +116,12 @@ def test_strict_schema_validation_for_every_gke_version(overlay: str, tmp_path: 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ERROR" not in proc.stdout
     # Everything but the custom resources (checked against their CRDs below) was really checked.
-    kinds = {o["kind"].lower() for o in render(f"overlays/{overlay}")} - {k.lower() for k in CUSTOM}
-    for kind in kinds:
+    objects = [o for o in render(f"overlays/{overlay}") if o["kind"] not in CUSTOM]
+    for obj in objects:
+        resource = f"{obj['kind'].lower()}/{obj['metadata']['name']}"
         for version in GKE_VERSIONS:
             minor = version.rsplit(".", 1)[0]
-            assert f"passed for resource {kind}/chargecast against version {minor}" in proc.stdout, proc.stdout
+            assert f"passed for resource {resource} against version {minor}" in proc.stdout, proc.stdout
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARN")]
     assert all(any(f"kind {kind} " in line for kind in CUSTOM) for line in warnings), warnings
 
@@ -390,3 +399,77 @@ def test_local_overlay_is_one_pod_on_loopback(local: list[Obj]) -> None:
     assert "lifecycle" not in c
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
     assert not {"HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitoring"} & {o["kind"] for o in local}
+
+
+# -- the audit log's URL and Cloud SQL ------------------------------------------------------------
+
+
+def test_the_audit_log_is_off_unless_the_optional_secret_names_it(gke: list[Obj]) -> None:
+    """A pod has no disk shared or kept: the app's local SQLite default would split and lose the record."""
+    c = container(gke)
+    config = one(gke, "ConfigMap")
+    assert config["data"] == {"CHARGECAST_AUDIT_URL": "off"}
+    # Later envFrom sources win, and an env entry would beat both: the Secret must come last, alone.
+    assert c["envFrom"] == [
+        {"configMapRef": {"name": config["metadata"]["name"]}},
+        {"secretRef": {"name": "chargecast-audit", "optional": True}},
+    ]
+    assert "CHARGECAST_AUDIT_URL" not in {e["name"] for e in c["env"]}
+    assert config["metadata"]["labels"]["app.kubernetes.io/name"] == "chargecast"
+
+
+def test_the_local_overlay_keeps_the_apps_own_audit_default(local: list[Obj]) -> None:
+    c = container(local)
+    assert "envFrom" not in c
+    assert "CHARGECAST_AUDIT_URL" not in {e["name"] for e in c["env"]}
+
+
+def proxy(objects: list[Obj]) -> Obj:
+    (sidecar,) = pod_spec(objects)["initContainers"]
+    assert sidecar["name"] == "cloud-sql-proxy"
+    result: Obj = sidecar
+    return result
+
+
+def test_the_cloudsql_proxy_is_a_native_sidecar_on_loopback(cloudsql: list[Obj]) -> None:
+    sidecar = proxy(cloudsql)
+    assert sidecar["restartPolicy"] == "Always", "a native sidecar: up before the app, down after it"
+    assert re.fullmatch(r"gcr\.io/cloud-sql-connectors/cloud-sql-proxy:2\.\d+\.\d+", sidecar["image"]), "pinned"
+    args = sidecar["args"]
+    assert {"--port=5432", "--structured-logs", "--health-check", "--http-address=0.0.0.0"} <= set(args)
+    assert not any(a.startswith("--address") for a in args), "the default address is 127.0.0.1: pod-local"
+    assert args[-1] == "$(CLOUDSQL_INSTANCE)"
+    assert {e["name"]: e["value"] for e in sidecar["env"]} == {"CLOUDSQL_INSTANCE": "PROJECT:REGION:INSTANCE"}
+    (health,) = [int(a.split("=")[1]) for a in args if a.startswith("--http-port=")]
+    app_ports = {p["containerPort"] for p in container(cloudsql)["ports"]}
+    assert health not in app_ports | {5432}, "the proxy's default health/metrics port 9090 is the app's metrics port"
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/startup", "port": health}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/liveness", "port": health}
+    assert "readinessProbe" not in sidecar, "a database outage must not take forecasts off the load balancer"
+    assert set(sidecar["resources"]["requests"]) == {"cpu", "memory"}
+    assert "memory" in sidecar["resources"]["limits"]
+
+
+def test_the_cloudsql_overlay_changes_only_the_pod_template(gke: list[Obj], cloudsql: list[Obj]) -> None:
+    assert [o for o in cloudsql if o["kind"] != "Deployment"] == [o for o in gke if o["kind"] != "Deployment"]
+    assert container(cloudsql) == container(gke), "the app container is untouched: its URL comes from the Secret"
+    with_proxy = yaml.safe_load(yaml.safe_dump(one(cloudsql, "Deployment")))
+    del with_proxy["spec"]["template"]["spec"]["initContainers"]
+    assert with_proxy == one(gke, "Deployment")
+
+
+def test_every_container_of_the_cloudsql_pod_is_restricted(cloudsql: list[Obj]) -> None:
+    pod = pod_spec(cloudsql)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not any(key in pod for key in ("hostNetwork", "hostPID", "hostIPC"))
+    for c in pod["containers"] + pod["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True, c["name"]
+        assert sc["allowPrivilegeEscalation"] is False, c["name"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc.get("seccompProfile", pod["securityContext"]["seccompProfile"]) == {"type": "RuntimeDefault"}
+        assert not sc.get("privileged", False), c["name"]
+        assert not any("hostPort" in port for port in c.get("ports", [])), c["name"]
+    assert {v["name"] for v in pod["volumes"]} == {"tmp"}, "no hostPath, no key file"
