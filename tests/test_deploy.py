@@ -12,7 +12,9 @@ kustomize`` is real, so the happy path renders the repository's own gke overlay 
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,18 +44,24 @@ printf '%s\t%s\t%s\n' "$call" "${CLOUDSDK_CORE_PROJECT-(unset)}" "${CLOUDSDK_COR
   >> "$FAKE_DIR/env.log"
 if [ -n "$FAKE_FAIL" ]; then
   case "$call" in
-    "$FAKE_FAIL"*) printf 'ERROR: (%s) simulated failure\n' "$name" >&2; exit 1 ;;
+    "$FAKE_FAIL"*) printf 'ERROR: (%s) simulated failure of: %s\n' "$name" "$call" >&2; exit 1 ;;
   esac
 fi
 case "$call" in
   "gcloud auth list"*) [ -n "$FAKE_NO_LOGIN" ] || echo dev@example.com ;;
+  "gcloud projects describe "*"projectNumber"*) echo 123456789012 ;;
   "gcloud projects describe"*) echo "$3" ;;
+  "gcloud sql instances describe"*) [ -n "$FAKE_HAVE_SQL" ] || { echo NOT_FOUND >&2; exit 1; } ;;
+  "gcloud sql databases describe"*|"gcloud sql users describe"*)
+    [ -n "$FAKE_HAVE_SQL" ] || { echo NOT_FOUND >&2; exit 1; } ;;
+  "kubectl get secret"*) [ -n "$FAKE_HAVE_SECRET" ] || { echo NotFound >&2; exit 1; } ;;
+  "kubectl create secret"*) exec "$REAL_KUBECTL" "$@" ;;
   "gcloud artifacts repositories describe"*) [ -n "$FAKE_HAVE_REPO" ] || { echo NOT_FOUND >&2; exit 1; } ;;
   "gcloud container clusters describe"*) [ -n "$FAKE_HAVE_CLUSTER" ] || { echo NOT_FOUND >&2; exit 1; } ;;
   "gcloud artifacts docker images describe"*) echo "$FAKE_DIGEST" ;;
   "kubectl kustomize"*) exec "$REAL_KUBECTL" "$@" ;;
   "kubectl apply"*)
-    while IFS= read -r line; do printf '%s\n' "$line"; done > "$FAKE_DIR/applied.yaml"
+    { echo ---; while IFS= read -r line; do printf '%s\n' "$line"; done; } >> "$FAKE_DIR/applied.yaml"
     echo "deployment.apps/chargecast configured" ;;
   "kubectl get service"*)
     n=0
@@ -106,8 +114,9 @@ def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
     monkeypatch.setenv("REAL_KUBECTL", kubectl)
     monkeypatch.setenv("FAKE_DIGEST", DIGEST)
     monkeypatch.setenv("FAKE_IP_AFTER", "1")
-    for name in ("FAKE_FAIL", "FAKE_NO_LOGIN", "FAKE_HAVE_REPO", "FAKE_HAVE_CLUSTER", "FAKE_DIRTY"):
+    for name in ("FAKE_FAIL", "FAKE_NO_LOGIN", "FAKE_HAVE_REPO", "FAKE_HAVE_CLUSTER", "FAKE_DIRTY", "FAKE_HAVE_SQL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("FAKE_HAVE_SECRET", raising=False)
     return Fakes(tmp_path, bin_dir)
 
 
@@ -256,6 +265,45 @@ def test_the_image_is_deployed_by_the_digest_of_what_was_just_pushed(changes: di
             "gcloud container clusters get-credentials chargecast --location=us-central1-b",
         ),
         ({}, "apply manifests", "kubectl apply -f -"),
+        (
+            {"cloudsql_instance": "audit"},
+            "enable APIs",
+            "gcloud services enable container.googleapis.com artifactregistry.googleapis.com sqladmin.googleapis.com",
+        ),
+        (
+            {"cloudsql_instance": "audit", "region": "europe-west4"},
+            "create Cloud SQL instance",
+            "gcloud sql instances create audit --database-version=POSTGRES_15 --edition=enterprise "
+            "--tier=db-f1-micro --region=europe-west4 --storage-auto-increase",
+        ),
+        ({"cloudsql_instance": "audit"}, "create database", "gcloud sql databases create chargecast --instance=audit"),
+        ({"cloudsql_instance": "audit"}, "create database user", "gcloud sql users create chargecast --instance=audit"),
+        (
+            {"cloudsql_instance": "audit"},
+            "grant Cloud SQL client",
+            "gcloud projects add-iam-policy-binding demo-project --role=roles/cloudsql.client "
+            '"--member=principal://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/'
+            'workloadIdentityPools/demo-project.svc.id.goog/subject/ns/default/sa/chargecast" '
+            "--condition=None '--format=value(etag)'",
+        ),
+        (
+            {"cloudsql_instance": "audit"},
+            "set database password",
+            'gcloud sql users set-password chargecast --instance=audit "--password=${DB_PASSWORD}"',
+        ),
+        (
+            {"cloudsql_instance": "audit"},
+            "render audit secret",
+            'kubectl create secret generic chargecast-audit "--from-file=CHARGECAST_AUDIT_URL=${WORKDIR}/audit-url" '
+            "--dry-run=client -o yaml",
+        ),
+        ({"cloudsql_instance": "audit"}, "apply audit secret", "kubectl apply -f -"),
+        (
+            {"cloudsql_instance": "audit", "nodes": 2},
+            "create cluster",
+            "gcloud container clusters create chargecast --location=us-central1-b --num-nodes=2 "
+            "--enable-managed-prometheus --workload-pool=demo-project.svc.id.goog",
+        ),
         ({}, "wait for rollout", "kubectl rollout status deployment/chargecast --timeout=5m"),
         (
             {},
@@ -647,3 +695,161 @@ def test_placeholders_stay_expandable_in_the_listing() -> None:
     assert " 1. check tools: gcloud, gke-gcloud-auth-plugin, kubectl, docker must be on PATH" in format_plan(
         plan_gke(options())
     )
+
+
+# -- the audit log on Cloud SQL (--cloudsql-instance) ---------------------------------------------
+
+CLOUDSQL_STEPS = [
+    "create Cloud SQL instance",
+    "create database",
+    "create database user",
+    "look up project number",
+    "grant Cloud SQL client",
+    "generate database password",
+    "set database password",
+    "render audit secret",
+    "apply audit secret",
+]
+
+
+@pytest.mark.parametrize("changes", [{}, {"nodes": 2}, {"build": "cloud"}])
+def test_cloudsql_steps_come_in_the_order_each_needs(changes: dict[str, Any]) -> None:
+    names = [s.name for s in plan_gke(options(cloudsql_instance="audit", **changes)).steps]
+    assert [n for n in names if n in CLOUDSQL_STEPS] == CLOUDSQL_STEPS
+    for before, after in [
+        ("enable APIs", "create Cloud SQL instance"),  # the Cloud SQL Admin API is off in a new project
+        ("render manifests", "create Cloud SQL instance"),  # a broken manifest fails before minutes of creation
+        ("create cluster", "create Cloud SQL instance"),
+        ("get credentials", "set database password"),  # its probe asks the cluster for the Secret
+        ("apply audit secret", "apply manifests"),  # the first pods already find the Secret
+    ]:
+        assert names.index(before) < names.index(after), f"{before} must run before {after}"
+    assert [s.name for s in plan_gke(options(**changes)).steps if s.name in CLOUDSQL_STEPS] == []
+
+
+def test_what_cloudsql_creates_is_probed_first_and_the_password_is_kept_while_the_secret_exists() -> None:
+    steps = by_name(plan_gke(options(cloudsql_instance="audit")))
+    for name in ("create Cloud SQL instance", "create database", "create database user"):
+        step = steps[name]
+        verb = step.argv.index("create")
+        assert step.skip_if[:verb] == step.argv[:verb]
+        assert step.skip_if[verb : verb + 2] == ("describe", step.argv[verb + 1])
+    probe = ("kubectl", "get", "secret", "chargecast-audit", "-o", "name")
+    for name in ("set database password", "render audit secret", "apply audit secret"):
+        assert steps[name].skip_if == probe, name
+    assert steps["generate database password"].secret
+    assert steps["generate database password"].capture == "DB_PASSWORD"
+    ((file, url),) = steps["render audit secret"].files
+    assert (file, url) == ("audit-url", "postgresql://chargecast:${DB_PASSWORD}@127.0.0.1:5432/chargecast")
+    assert not any("${DB_PASSWORD}" in a for a in steps["render audit secret"].argv), "the URL goes in by file"
+
+
+def test_cloudsql_dry_run_shows_placeholders_and_runs_nothing(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    assert deploy("--cloudsql-instance", "audit", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert fakes.calls() == [], "nothing ran, so no password even exists"
+    shown = {name: text for name, text, _ in listed(out)}
+    assert [n for n in shown if n in CLOUDSQL_STEPS] == CLOUDSQL_STEPS
+    assert shown["set database password"].endswith('"--password=${DB_PASSWORD}"')
+    assert "its output becomes ${DB_PASSWORD}, a secret that is never printed" in out
+    assert re.findall(r"--password=(\S+)", out) == ['${DB_PASSWORD}"']
+    assert "| postgresql://chargecast:${DB_PASSWORD}@127.0.0.1:5432/chargecast" in out
+    assert "|                     value: demo-project:us-central1:audit" in out
+
+
+def test_cloudsql_first_deploy_keeps_the_password_out_of_every_message(
+    fakes: Fakes, capfd: pytest.CaptureFixture[str]
+) -> None:
+    plan = plan_gke(options(cloudsql_instance="audit"))
+    values = run_plan(plan, sleep=lambda _: None)
+    password = values["DB_PASSWORD"]
+    assert len(password) >= 32
+    calls = fakes.calls()
+    ran = [
+        c
+        for c in calls
+        if c.startswith(("gcloud sql", "gcloud projects add-iam", "kubectl create secret")) and " describe " not in c
+    ]
+    assert ran == [
+        "gcloud sql instances create audit --database-version=POSTGRES_15 --edition=enterprise --tier=db-f1-micro "
+        "--region=us-central1 --storage-auto-increase",
+        "gcloud sql databases create chargecast --instance=audit",
+        "gcloud sql users create chargecast --instance=audit",
+        "gcloud projects add-iam-policy-binding demo-project --role=roles/cloudsql.client "
+        "--member=principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/"
+        "demo-project.svc.id.goog/subject/ns/default/sa/chargecast --condition=None --format=value(etag)",
+        f"gcloud sql users set-password chargecast --instance=audit --password={password}",
+        "kubectl create secret generic chargecast-audit --from-file=CHARGECAST_AUDIT_URL="
+        + next(c for c in calls if c.startswith("kubectl create secret")).split("=", 2)[2],
+    ]
+    out, err = capfd.readouterr()
+    assert password not in out + err
+    applied = (fakes.dir / "applied.yaml").read_text()
+    # One apply of the Secret (one document), then one of the manifests (many).
+    parts = applied.split("---\n")
+    (audit,) = yaml_docs(parts[1])
+    manifests = yaml_docs("---\n".join(parts[2:]))
+    url = base64.b64decode(audit["data"]["CHARGECAST_AUDIT_URL"]).decode()
+    assert url == f"postgresql://chargecast:{password}@127.0.0.1:5432/chargecast"
+    deployment = next(o for o in manifests if o["kind"] == "Deployment")
+    (sidecar,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert sidecar["env"] == [{"name": "CLOUDSQL_INSTANCE", "value": "demo-project:us-central1:audit"}]
+    assert "PROJECT:REGION:INSTANCE" not in applied
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}@{DIGEST}"
+
+
+def test_a_failing_password_step_shows_the_placeholder_not_the_password(
+    fakes: Fakes, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "gcloud sql users set-password")
+    assert deploy("--cloudsql-instance", "audit") == 2
+    out, err = capfd.readouterr()
+    (logged,) = [c for c in fakes.calls() if "set-password" in c]
+    password = logged.rsplit("--password=", 1)[1]
+    assert password
+    assert password not in out + err, "neither in the command shown nor in the tool's own error"
+    assert "step 'set database password': `gcloud sql users set-password chargecast --instance=audit" in err
+    assert '"--password=${DB_PASSWORD}"' in err
+    assert "simulated failure of: gcloud sql users set-password chargecast --instance=audit" in err
+    assert "--password=${DB_PASSWORD}" in err.split("simulated failure of: ")[1]
+    assert not any(c.startswith("kubectl create secret") for c in fakes.calls()), "no Secret for an unset password"
+
+
+def test_cloudsql_second_deploy_skips_the_instance_and_keeps_the_password(
+    fakes: Fakes, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("FAKE_HAVE_REPO", "FAKE_HAVE_CLUSTER", "FAKE_HAVE_SQL", "FAKE_HAVE_SECRET"):
+        monkeypatch.setenv(name, "1")
+    assert deploy("--cloudsql-instance", "audit") == 0
+    calls = fakes.calls()
+    assert not any(" create " in f" {c} " and c.startswith(("gcloud sql", "gcloud artifacts")) for c in calls)
+    assert not any("set-password" in c or c.startswith("kubectl create secret") for c in calls)
+    assert "gcloud sql instances describe audit --format=value(name)" in calls
+    assert calls.count("kubectl get secret chargecast-audit -o name") == 3
+    # The grant is repeated (adding an existing binding changes nothing); the manifests are applied once.
+    assert sum(c.startswith("gcloud projects add-iam-policy-binding") for c in calls) == 1
+    assert sum(c == "kubectl apply -f -" for c in calls) == 1
+    assert capfd.readouterr().out.count("already there: skipped") == 2 + 3 + 3
+
+
+def test_cloudsql_refuses_domain_scoped_projects(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["deploy", "gke", "--project", "example.com:demo-project", "--tag", "v1", "--cloudsql-instance", "audit"]
+    assert main([*argv, "--dry-run"]) == 2
+    assert "does not support domain-scoped projects" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="domain-scoped"):
+        options(project="example.com:demo-project", cloudsql_instance="audit")
+
+
+@pytest.mark.parametrize("name", ["Audit", "1audit", "audit-", "a_b", "a" * 99])
+def test_a_bad_instance_name_is_a_usage_error(fakes: Fakes, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        deploy("--cloudsql-instance", name, "--dry-run")
+    assert exited.value.code == 2
+    assert "cloudsql-instance" in capsys.readouterr().err
+    assert fakes.calls() == []
+
+
+def yaml_docs(text: str) -> list[dict[str, Any]]:
+    import yaml  # type: ignore[import-untyped, unused-ignore]
+
+    return [doc for doc in yaml.safe_load_all(text) if doc]

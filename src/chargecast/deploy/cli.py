@@ -22,6 +22,13 @@ NAMES: tuple[tuple[str, str | None, str, str], ...] = (
     ("--cluster", APP, r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?", "cluster name"),
     ("--repository", APP, r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?", "Artifact Registry repository"),
     ("--tag", None, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "image tag (default: the git short SHA, else the version)"),
+    (
+        "--cloudsql-instance",
+        None,
+        r"[a-z](?:[a-z0-9-]{0,96}[a-z0-9])?",
+        "keep the audit log in this Cloud SQL for PostgreSQL instance in REGION (created if missing, "
+        "db-f1-micro); without it the pods' audit log is off",
+    ),
 )
 
 
@@ -83,6 +90,9 @@ def _gke(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.cloudsql_instance and ":" in args.project:
+        print("chargecast deploy gke: --cloudsql-instance does not support domain-scoped projects", file=sys.stderr)
+        return 2
     if args.zone and args.nodes is None:
         print("chargecast deploy gke: --zone is for a Standard cluster; add --nodes N", file=sys.stderr)
         return 2
@@ -96,6 +106,7 @@ def _gke(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         zone=args.zone,
         build=args.build,
+        cloudsql_instance=args.cloudsql_instance,
     )
     return _execute(plan_gke(options), args.dry_run)
 

@@ -10,6 +10,7 @@ environment (``CLOUDSDK_CORE_PROJECT``), so the user's gcloud configuration is n
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,16 @@ DEPLOYMENT = f"deployment/{APP}"
 # The image name the committed gke overlay renders; the deploy replaces it with the pushed digest.
 GKE_IMAGE_PLACEHOLDER = f"REGION-docker.pkg.dev/PROJECT/REPOSITORY/{APP}"
 OVERLAY = Path("deploy/k8s/overlays/gke")
+# The gke overlay plus the Cloud SQL Auth Proxy sidecar, and the placeholder instance it names.
+CLOUDSQL_OVERLAY = Path("deploy/k8s/overlays/gke-cloudsql")
+CLOUDSQL_PLACEHOLDER = "PROJECT:REGION:INSTANCE"
+# The Secret the pods read CHARGECAST_AUDIT_URL from, the database and its user, and the namespace
+# the plan applies to (kubectl's default): Workload Identity names the Kubernetes account by it.
+AUDIT_SECRET = f"{APP}-audit"
+DATABASE = APP
+DB_USER = APP
+NAMESPACE = "default"
+AUDIT_URL = f"postgresql://{DB_USER}:${{DB_PASSWORD}}@127.0.0.1:5432/{DATABASE}"
 # How long to wait for the load balancer's address: 60 polls, 5 s apart.
 IP_POLLS = 60
 IP_POLL_SECONDS = 5.0
@@ -69,11 +80,15 @@ class GkeOptions:
     nodes: int | None = None
     zone: str | None = None
     build: Literal["docker", "cloud"] = "docker"
+    cloudsql_instance: str | None = None  # the audit log on this Cloud SQL for PostgreSQL instance
 
     def __post_init__(self) -> None:
         error = project_error(self.project)
         if error:
             raise ValueError(error)
+        if self.cloudsql_instance and ":" in self.project:
+            # Their Workload Identity pool and connection names are spelled differently; untested here.
+            raise ValueError("--cloudsql-instance does not support domain-scoped projects (example.com:name)")
 
     @property
     def image(self) -> str:
@@ -92,20 +107,51 @@ class GkeOptions:
             return self.region
         return self.zone or f"{self.region}-b"
 
+    @property
+    def connection_name(self) -> str:
+        """PROJECT:REGION:INSTANCE, what the Cloud SQL Auth Proxy connects to."""
+        return f"{self.project}:{self.region}:{self.cloudsql_instance}"
 
-def wrapper_kustomization(image: str) -> str:
-    """A throw-away kustomization around a copy of the gke overlay that pins the image by digest."""
-    return (
+    @property
+    def workload_pool(self) -> str:
+        return f"{self.project}.svc.id.goog"
+
+
+def wrapper_kustomization(image: str, connection_name: str | None = None) -> str:
+    """A throw-away kustomization around a copy of the gke overlay that pins the image by digest.
+
+    With a Cloud SQL instance it wraps the gke-cloudsql overlay and names the instance in the proxy.
+    """
+    overlay = CLOUDSQL_OVERLAY if connection_name else OVERLAY
+    text = (
         "# Written by `chargecast deploy gke`: the repository's gke overlay with the image just pushed.\n"
         "apiVersion: kustomize.config.k8s.io/v1beta1\n"
         "kind: Kustomization\n"
         "resources:\n"
-        f"  - k8s/{OVERLAY.relative_to('deploy/k8s').as_posix()}\n"
+        f"  - k8s/{overlay.relative_to('deploy/k8s').as_posix()}\n"
         "images:\n"
         f"  - name: {GKE_IMAGE_PLACEHOLDER}\n"
         f"    newName: {image}\n"
         "    digest: ${DIGEST}\n"
     )
+    if connection_name:
+        text += (
+            "patches:\n"
+            "  - patch: |\n"
+            "      apiVersion: apps/v1\n"
+            "      kind: Deployment\n"
+            "      metadata:\n"
+            f"        name: {APP}\n"
+            "      spec:\n"
+            "        template:\n"
+            "          spec:\n"
+            "            initContainers:\n"
+            "              - name: cloud-sql-proxy\n"
+            "                env:\n"
+            "                  - name: CLOUDSQL_INSTANCE\n"
+            f"                    value: {connection_name}\n"
+        )
+    return text
 
 
 # -- the steps of `deploy gke`, in the order they run -----------------------------------------------
@@ -139,11 +185,18 @@ def check_project(o: GkeOptions) -> Step:
 def enable_apis(o: GkeOptions) -> Step:
     apis = ("container.googleapis.com", "artifactregistry.googleapis.com")
     cloud = o.build == "cloud"
+    extra = (("cloudbuild.googleapis.com",) if cloud else ()) + (
+        ("sqladmin.googleapis.com",) if o.cloudsql_instance else ()
+    )
+    names = (
+        ["GKE", "Artifact Registry"]
+        + (["Cloud Build"] if cloud else [])
+        + (["Cloud SQL Admin"] if o.cloudsql_instance else [])
+    )
     return Step(
         "enable APIs",
-        ("gcloud", "services", "enable", *apis, *(("cloudbuild.googleapis.com",) if cloud else ())),
-        ("GKE, Artifact Registry and Cloud Build" if cloud else "GKE and Artifact Registry")
-        + " are off in a new project",
+        ("gcloud", "services", "enable", *apis, *extra),
+        ", ".join(names[:-1]) + " and " + names[-1] + " are off in a new project",
         hint="the project needs billing: https://console.cloud.google.com/billing/linkedaccount",
     )
 
@@ -210,7 +263,9 @@ def render_manifests(o: GkeOptions) -> Step:
         "render before creating anything slow, so a broken manifest fails in seconds",
         hint=f"check that `kubectl kustomize {OVERLAY}` works in the repository",
         copies=(("k8s", o.root / "deploy" / "k8s"),),
-        files=(("kustomization.yaml", wrapper_kustomization(o.image)),),
+        files=(
+            ("kustomization.yaml", wrapper_kustomization(o.image, o.connection_name if o.cloudsql_instance else None)),
+        ),
         capture="MANIFESTS",
         must_contain=f"{o.image}@${{DIGEST}}",
     )
@@ -225,6 +280,9 @@ def create_cluster(o: GkeOptions) -> Step:
         create = ("gcloud", "container", "clusters", "create", *where, f"--num-nodes={o.nodes}")
         create += ("--enable-managed-prometheus",)
         why = f"a Standard cluster of {o.nodes} nodes, with managed Prometheus for the PodMonitoring"
+        if o.cloudsql_instance:  # Autopilot has Workload Identity on; a Standard cluster needs it asked for
+            create += (f"--workload-pool={o.workload_pool}",)
+            why += " and Workload Identity for the Cloud SQL proxy"
     return Step(
         "create cluster",
         create,
@@ -270,6 +328,160 @@ def wait_for_ip() -> Step:
     )
 
 
+# -- the audit log on Cloud SQL (--cloudsql-instance) ----------------------------------------------
+
+
+def create_sql_instance(o: GkeOptions) -> Step:
+    name = str(o.cloudsql_instance)
+    return Step(
+        "create Cloud SQL instance",
+        (
+            "gcloud",
+            "sql",
+            "instances",
+            "create",
+            name,
+            "--database-version=POSTGRES_15",
+            "--edition=enterprise",
+            "--tier=db-f1-micro",
+            f"--region={o.region}",
+            "--storage-auto-increase",
+        ),
+        "the audit log's PostgreSQL, beside the cluster: the smallest shared-core tier, storage that grows "
+        "instead of filling up (takes 5-10 minutes)",
+        hint="check billing and the Cloud SQL quota; `gcloud sql instances list` shows what exists",
+        skip_if=("gcloud", "sql", "instances", "describe", name, "--format=value(name)"),
+    )
+
+
+def create_database(o: GkeOptions) -> Step:
+    where = (DATABASE, f"--instance={o.cloudsql_instance}")
+    return Step(
+        "create database",
+        ("gcloud", "sql", "databases", "create", *where),
+        "the audit log creates its own tables, inside a database of its own",
+        skip_if=("gcloud", "sql", "databases", "describe", *where, "--format=value(name)"),
+    )
+
+
+def create_database_user(o: GkeOptions) -> Step:
+    where = (DB_USER, f"--instance={o.cloudsql_instance}")
+    return Step(
+        "create database user",
+        ("gcloud", "sql", "users", "create", *where),
+        "a login of its own, not the instance's postgres superuser; its password is set below",
+        skip_if=("gcloud", "sql", "users", "describe", *where, "--format=value(name)"),
+    )
+
+
+def project_number(o: GkeOptions) -> Step:
+    return Step(
+        "look up project number",
+        ("gcloud", "projects", "describe", o.project, "--format=value(projectNumber)"),
+        "Workload Identity principals name the project by number",
+        capture="PROJECT_NUMBER",
+        require_output=True,
+    )
+
+
+def grant_sql_client(o: GkeOptions) -> Step:
+    # The Kubernetes service account itself, by Workload Identity Federation: no Google service
+    # account to create, no key, no annotation; the grant names the namespace and account.
+    member = (
+        "principal://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
+        f"{o.workload_pool}/subject/ns/{NAMESPACE}/sa/{APP}"
+    )
+    return Step(
+        "grant Cloud SQL client",
+        (
+            "gcloud",
+            "projects",
+            "add-iam-policy-binding",
+            o.project,
+            "--role=roles/cloudsql.client",
+            f"--member={member}",
+            "--condition=None",
+            "--format=value(etag)",
+        ),
+        f"the proxy in each pod connects as the Kubernetes service account {NAMESPACE}/{APP}; "
+        "adding a binding that exists changes nothing",
+        hint="granting needs resourcemanager.projects.setIamPolicy "
+        "(roles/owner or roles/resourcemanager.projectIamAdmin)",
+    )
+
+
+def secret_probe() -> tuple[str, ...]:
+    """Succeeds once the Secret holds a URL: its password is then the one in use, so it is kept."""
+    return ("kubectl", "get", "secret", AUDIT_SECRET, "-o", "name")
+
+
+def generate_password() -> Step:
+    return Step(
+        "generate database password",
+        (sys.executable, "-c", "import secrets; print(secrets.token_urlsafe(24))"),
+        "made here, never shown: it goes to Cloud SQL and into the Secret, and is hidden from every message",
+        capture="DB_PASSWORD",
+        require_output=True,
+        secret=True,
+    )
+
+
+def set_database_password(o: GkeOptions) -> Step:
+    return Step(
+        "set database password",
+        (
+            "gcloud",
+            "sql",
+            "users",
+            "set-password",
+            DB_USER,
+            f"--instance={o.cloudsql_instance}",
+            "--password=${DB_PASSWORD}",
+        ),
+        "before the Secret, so a failure in between heals on the next run (no Secret yet: a new password)",
+        skip_if=secret_probe(),
+    )
+
+
+def render_audit_secret() -> list[Step]:
+    return [
+        Step(
+            "render audit secret",
+            (
+                "kubectl",
+                "create",
+                "secret",
+                "generic",
+                AUDIT_SECRET,
+                "--from-file=CHARGECAST_AUDIT_URL=${WORKDIR}/audit-url",
+                "--dry-run=client",
+                "-o",
+                "yaml",
+            ),
+            "the URL goes in by file, not on kubectl's command line; the pods read it with envFrom",
+            files=(("audit-url", AUDIT_URL),),
+            capture="AUDIT_SECRET",
+            skip_if=secret_probe(),
+        ),
+        Step(
+            "apply audit secret",
+            ("kubectl", "apply", "-f", "-"),
+            "created before the Deployment, so the first pods already log to Cloud SQL",
+            stdin="${AUDIT_SECRET}",
+            skip_if=secret_probe(),
+        ),
+    ]
+
+
+def cloudsql_steps(o: GkeOptions) -> tuple[list[Step], list[Step]]:
+    """(after the cluster is created, after kubectl points at it): the instance, then its credentials."""
+    if not o.cloudsql_instance:
+        return [], []
+    instance = [create_sql_instance(o), create_database(o), create_database_user(o)]
+    access = [project_number(o), grant_sql_client(o), generate_password(), set_database_password(o)]
+    return instance, access + render_audit_secret()
+
+
 def plan_gke(o: GkeOptions) -> Plan:
     """The whole deployment, from an empty project to a URL."""
     build = [build_in_the_cloud(o)] if o.build == "cloud" else build_and_push_here(o)
@@ -278,6 +490,7 @@ def plan_gke(o: GkeOptions) -> Plan:
         hint=f"look at `kubectl get pods -l {SELECTOR}` and `kubectl describe {DEPLOYMENT}`; "
         "`chargecast deploy rollback` returns to the previous version",
     )
+    instance, access = cloudsql_steps(o)
     steps = [
         check_tools(o),
         check_login(),
@@ -288,7 +501,9 @@ def plan_gke(o: GkeOptions) -> Plan:
         resolve_digest(o),
         render_manifests(o),  # before the slow cluster: a broken manifest fails in seconds
         create_cluster(o),
+        *instance,
         get_credentials(o),
+        *access,
         apply_manifests(o),
         rollout,
         wait_for_ip(),

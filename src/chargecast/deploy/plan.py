@@ -38,6 +38,7 @@ class Step:
     skip_if: tuple[str, ...] = ()  # a probe: when it succeeds the work is already done
     tools: tuple[str, ...] = ()  # a check step: these must be on PATH (argv is then empty)
     capture: str = ""  # keep the stripped stdout under this name
+    secret: bool = False  # the captured value is a secret: the runner never prints it, not even in errors
     require_output: bool = False  # an empty stdout is a failure
     must_contain: str = ""  # stdout must contain this, or the step failed
     stdin: str = ""
@@ -106,7 +107,8 @@ def _details(step: Step) -> list[str]:
             f"repeated every {step.poll.interval:g} s, at most {step.poll.attempts} times, until it prints something"
         )
     if step.capture:
-        lines.append(f"its output becomes ${{{step.capture}}}")
+        secret = ", a secret that is never printed" if step.secret else ""
+        lines.append(f"its output becomes ${{{step.capture}}}{secret}")
     lines.append(f"# {step.why}")
     return lines
 

@@ -53,6 +53,7 @@ class _Run:
         # No question may block an unattended run; the plan's own variables (the project) win.
         self.env = {**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1", **dict(plan.env)}
         self.values = {"WORKDIR": str(workdir)}
+        self.secrets: dict[str, str] = {}  # name -> value of captured secrets, masked in all output
         self.workdir, self.out, self.err, self.sleep = workdir, out, err, sleep
 
     def invoke(self, step: Step, argv: Sequence[str], *, stdin: str | None, capture: bool) -> tuple[int, str, str]:
@@ -76,7 +77,7 @@ class _Run:
             ) as proc:
                 assert proc.stderr is not None
                 for line in proc.stderr:
-                    self.err.write(line)
+                    self.err.write(self.redact(line))
                     tail.append(line)
                 status = proc.wait()
             return status, "", "".join(tail)
@@ -99,8 +100,17 @@ class _Run:
         output = self.output(step, [_fill(a, self.values) for a in step.argv])
         if step.capture:
             self.values[step.capture] = output
+            if step.secret:
+                self.secrets[step.capture] = output
         elif output:
-            print(output, file=self.out)
+            print(self.redact(output), file=self.out)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value put back as its ``${NAME}`` placeholder."""
+        for name, value in self.secrets.items():
+            if value:
+                text = text.replace(value, f"${{{name}}}")
+        return text
 
     def output(self, step: Step, argv: list[str]) -> str:
         """Run the step's command (again while it polls for output) and check what it printed."""
@@ -111,13 +121,13 @@ class _Run:
         for attempt in range(1, attempts + 1):
             status, stdout, stderr = self.invoke(step, argv, stdin=stdin, capture=needs_output)
             if status != 0:
-                raise _failed(step, argv, status, stderr)
+                raise _failed(step, [self.redact(a) for a in argv], status, self.redact(stderr))
             output = stdout.strip()
             if output or step.poll is None:
                 break
             if attempt < attempts:
                 self.sleep(step.poll.interval)
-        command = show_command(argv)
+        command = self.redact(show_command(argv))
         if step.poll and not output:
             waited = step.poll.attempts * step.poll.interval
             raise DeployError(step.name, f"`{command}` printed nothing for {waited:g} s\n  fix: {step.hint}")
