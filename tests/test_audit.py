@@ -165,7 +165,7 @@ def test_bad_audit_settings_name_the_variable() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         Settings(audit_patient_key="short")
     with pytest.raises(ValueError, match="label of 1-64"):
-        Settings(api_keys="b@d:key")
+        Settings(api_keys="b@d:key")  # type: ignore[arg-type]
 
 
 # -- the writer on its own: spool, order, limit ---------------------------------------------
