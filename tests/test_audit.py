@@ -163,7 +163,7 @@ def test_bad_audit_settings_name_the_variable() -> None:
     with pytest.raises(ValueError, match="audit_url"):
         Settings(audit_url="mysql://db/x")
     with pytest.raises(ValueError, match="at least 16 bytes"):
-        Settings(audit_patient_key="short")
+        Settings(audit_patient_key="short")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="label of 1-64"):
         Settings(api_keys="b@d:key")  # type: ignore[arg-type]
 
