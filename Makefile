@@ -27,10 +27,11 @@ $(STAMP): requirements/dev.lock pyproject.toml | $(BIN)/python
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@ $(SERVE_STAMP)
 
+# The audit log goes to var/audit.sqlite3 unless CHARGECAST_AUDIT_URL says otherwise (docs/audit.md).
 run: $(SERVE_STAMP)
 	@echo "The chargecast command is $(BIN)/chargecast (or 'source $(BIN)/activate', then chargecast --help)."
 	@echo "Serving $${CHARGECAST_MODEL_DIR:-models/current} at http://$${CHARGECAST_HOST:-127.0.0.1}:$${CHARGECAST_PORT:-8080}/ (API under /api/v1, docs at /docs); Ctrl-C stops it."
-	$(BIN)/chargecast serve
+	CHARGECAST_AUDIT_URL=$${CHARGECAST_AUDIT_URL:-sqlite:///var/audit.sqlite3} $(BIN)/chargecast serve
 
 test: lint typecheck unit
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from chargecast.model import artifact
 from chargecast.model.artifact import Artifact
 from chargecast.training.data import Dataset, load_csv
 from chargecast.training.train import TrainConfig, TrainResult, metadata, train
+from postgres import Postgres, database_name, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,18 @@ def model_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def model(model_dir: Path) -> Artifact:
     return Artifact.load(model_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL 15 server for the session (see tests/postgres.py)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    """A fresh database on the session's server, for one test."""
+    if not postgres.running():  # a test that stopped it and failed before restarting
+        postgres.start()
+    return postgres.fresh_database(database_name())

@@ -31,7 +31,7 @@ from typing import IO, Final
 import numpy as np
 import numpy.typing as npt
 
-from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, TARGET, Issue, ValidationError, encode_columns
+from chargecast.schema import FEATURES, MAX_REPORTED_ISSUES, PATIENT_REF, TARGET, Issue, ValidationError, encode_columns
 
 OUTPUT_COLUMNS: Final = (TARGET, f"{TARGET}_low", f"{TARGET}_high")
 BLOCK: Final = 1 << 18
@@ -281,11 +281,21 @@ class TooManyRowsError(Exception):
 def encode(chunk: Chunk, header: Header) -> tuple[Array | None, list[Issue], int]:
     """The chunk's inputs as an (n, 6) array, or None and its problems (with their lines)."""
     columns = {name: chunk.column(header.columns[name]) for name in FEATURES}
+    if (ref := patient_ref_column(header)) is not None:  # optional; other columns pass through unread
+        columns[PATIENT_REF] = chunk.column(ref)
     try:
         return encode_columns(columns, first_row=0), [], 0
     except ValidationError as exc:
         found = [Issue(i.field, i.rule, i.value, chunk.lines[i.line or 0]) for i in exc.issues]
         return None, found, exc.total
+
+
+def patient_ref_column(header: Header) -> int | None:
+    """Where the optional ``patient_ref`` column is (its header cell matched as the inputs are)."""
+    for i, cell in enumerate(header.cells):
+        if cell.strip().lower() == PATIENT_REF:
+            return i
+    return None
 
 
 # -- writing ----------------------------------------------------------------------------

@@ -121,6 +121,20 @@ FIELDS: Final[tuple[Field, ...]] = (
 )
 FIELD_BY_NAME: Final[dict[str, Field]] = {f.name: f for f in FIELDS}
 FEATURES: Final[tuple[str, ...]] = tuple(f.name for f in FIELDS)
+# The one key a record may carry beyond the features: the caller's reference for the patient,
+# which the audit log stores only as a keyed hash (HMAC-SHA256; docs/audit.md). Empty means none.
+PATIENT_REF: Final = "patient_ref"
+PATIENT_REF_MAX_CHARS: Final = 128
+PATIENT_REF_RULE: Final = f"must be a string of at most {PATIENT_REF_MAX_CHARS} characters (optional)"
+
+
+def check_patient_ref(value: Any) -> str | None:
+    """The rule ``value`` breaks as a patient reference, or None (None and "" mean no reference)."""
+    if value is None or (isinstance(value, str) and len(value) <= PATIENT_REF_MAX_CHARS):
+        return None
+    return PATIENT_REF_RULE
+
+
 # A record encoded as floats, in FEATURES order; categories become their index in `choices`.
 Encoded = tuple[float, float, float, float, float, float]
 
@@ -253,7 +267,10 @@ def validate_record(obj: Any, *, row: int | None = None, field_prefix: str = "")
         else:
             encoded.append(result)
     for key in obj:
-        if key not in FIELD_BY_NAME:
+        if key == PATIENT_REF:
+            if (broken := check_patient_ref(obj[key])) is not None:
+                issues.append(Issue(field_prefix + PATIENT_REF, broken, obj[key], row))
+        elif key not in FIELD_BY_NAME:
             issues.append(Issue(field_prefix + _name(key), "is not a known field", None, row))
     return encoded, issues
 
@@ -306,7 +323,8 @@ def encode_columns(columns: Mapping[str, npt.ArrayLike], *, first_row: int = 1) 
         out[:, j], bad = _column(spec, raw)
         masks.append(bad)
         raws.append(raw)
-    bad_any = np.logical_or.reduce(masks) if masks else np.zeros(n, dtype=bool)
+    refs = _patient_refs(columns, n)
+    bad_any = np.logical_or.reduce([*masks, refs[1]]) if masks else np.zeros(n, dtype=bool)
     if not bad_any.any():
         return out
     issues: list[Issue] = []
@@ -324,10 +342,22 @@ def encode_columns(columns: Mapping[str, npt.ArrayLike], *, first_row: int = 1) 
                         int(i) + first_row,
                     )
                 )
+        if refs[1][i] and len(issues) < MAX_REPORTED_ISSUES:  # after the features, as validate_record
+            issues.append(Issue(PATIENT_REF, PATIENT_REF_RULE, _py(refs[0][i]), int(i) + first_row))
         if len(issues) >= MAX_REPORTED_ISSUES:
             break
-    total = int(sum(int(m.sum()) for m in masks))
+    total = int(sum(int(m.sum()) for m in masks)) + int(refs[1].sum())
     raise ValidationError(issues, total > len(issues), total)
+
+
+def _patient_refs(columns: Mapping[str, npt.ArrayLike], n: int) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """The optional patient_ref column and a mask of cells that break its rule."""
+    if PATIENT_REF not in columns:
+        return np.empty(0, dtype=object), np.zeros(n, dtype=bool)
+    raw = np.asarray(columns[PATIENT_REF], dtype=object)
+    if len(raw) != n:
+        raise ValidationError([Issue(PATIENT_REF, f"column has {len(raw)} values, expected {n}")])
+    return raw, np.array([check_patient_ref(_py(v)) is not None for v in raw], dtype=bool)
 
 
 def _py(value: Any) -> Any:

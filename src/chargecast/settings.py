@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -12,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CANONICAL_DATA_URL = "https://raw.githubusercontent.com/pycaret/datasets/main/data/common/insurance.csv"
 CANONICAL_DATA_SHA256 = "6e3894cf7d9210613f62c866684055decea694345cd4f244ecd7167041578c68"
+KEY_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_PATIENT_KEY_BYTES = 16
 
 
 class Settings(BaseSettings):
@@ -82,6 +88,86 @@ class Settings(BaseSettings):
     shutdown_timeout: int = Field(
         default=8, ge=1, le=60, description="Seconds in-flight requests get after SIGTERM before being cancelled."
     )
+
+    # -- the audit log (docs/audit.md) ----------------------------------------------------
+    audit_url: str = Field(
+        default="off",
+        description="Where audit records go: off, sqlite:///path, postgresql://… or file:///dir (JSON Lines).",
+    )
+    audit_queue_size: int = Field(default=100_000, ge=1, description="Records a worker queues in memory.")
+    audit_flush_seconds: float = Field(
+        default=0.2, gt=0, le=10, description="How often queued records are written (what kill -9 can lose)."
+    )
+    audit_batch_size: int = Field(default=5000, ge=1, le=100_000, description="Records per write to the store.")
+    audit_spool_dir: Path | None = Field(
+        default=None, description="Where records wait while the store is down; default $TMPDIR/chargecast-audit-spool."
+    )
+    audit_spool_max_bytes: int = Field(
+        default=256 << 20, ge=1, description="Most bytes spooled on disk; records beyond it are dropped (and counted)."
+    )
+    audit_patient_key: SecretStr | None = Field(
+        default=None, description="HMAC key for patient_ref (at least 16 bytes); only its HMAC is stored."
+    )
+    audit_patient_key_file: Path | None = Field(default=None, description="A file holding that key (a Secret).")
+
+    @field_validator("audit_url")
+    @classmethod
+    def _audit_url(cls, value: str) -> str:
+        from chargecast.audit.store import parse_url
+
+        parse_url(value)  # AuditUrlError is a ValueError: pydantic names the variable
+        return value.strip()
+
+    @field_validator("audit_patient_key")
+    @classmethod
+    def _patient_key_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_PATIENT_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_PATIENT_KEY_BYTES} bytes")
+        return value
+
+    @property
+    def audit_on(self) -> bool:
+        return self.audit_url.lower() != "off"
+
+    def spool_dir(self) -> Path:
+        return self.audit_spool_dir or Path(tempfile.gettempdir()) / "chargecast-audit-spool"
+
+    def patient_key(self) -> bytes | None:
+        """The HMAC key for patient references, from the variable or its file (surrounding
+        whitespace of the file ignored); None when neither is set."""
+        if self.audit_patient_key is not None:
+            return self.audit_patient_key.get_secret_value().encode()
+        if self.audit_patient_key_file is None:
+            return None
+        key = self.audit_patient_key_file.read_bytes().strip()
+        if len(key) < MIN_PATIENT_KEY_BYTES:
+            raise ValueError(
+                f"CHARGECAST_AUDIT_PATIENT_KEY_FILE {os.fspath(self.audit_patient_key_file)}: "
+                f"the key must be at least {MIN_PATIENT_KEY_BYTES} bytes"
+            )
+        return key
+
+    def keyring(self) -> tuple[tuple[str, bytes], ...]:
+        """``(label, key)`` per API key: ``label:key`` entries name themselves; an unlabelled key
+        is ``key-`` and the first 8 hex of its sha256. Audit records store the label only."""
+        out = []
+        for secret in self.api_keys:
+            text = secret.get_secret_value()
+            label, sep, key = text.partition(":")
+            if not sep:
+                label, key = "key-" + hashlib.sha256(text.encode()).hexdigest()[:8], text
+            out.append((label, key.encode()))
+        return tuple(out)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _labels(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for secret in value:
+            label, sep, key = secret.get_secret_value().partition(":")
+            if sep and (not KEY_LABEL.fullmatch(label) or not key):
+                # never echo the entry: it holds a key
+                raise ValueError("a 'label:key' entry needs a label of 1-64 of A-Z a-z 0-9 . _ - and a key after ':'")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -52,7 +52,9 @@ class Observe:
         # and router: the hot route's forecast costs less than those layers. They handle their
         # own errors; other methods on the same path still go through the router (405).
         self.direct = direct
-        self._prefix = os.urandom(4).hex() + "-"
+        # 16 random hex digits per worker, then a counter: unique across workers and restarts,
+        # so the audit log's key never collides even when clients reuse their X-Request-IDs.
+        self._prefix = os.urandom(8).hex() + "-"
         self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,14 +65,15 @@ class Observe:
         path = scope["path"]
         route = path if path in self.routes else "other"
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        request_id = ""
+        client_id = None
         for key, value in scope["headers"]:
             if key == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                request_id = value.decode("ascii")
-        if not request_id:
-            request_id = f"{self._prefix}{next(self._counter):x}"
-        scope.setdefault("state", {})["request_id"] = request_id
-        id_header = (b"x-request-id", request_id.encode("ascii"))
+                client_id = value.decode("ascii")
+        request_id = f"{self._prefix}{next(self._counter):x}"
+        state = scope.setdefault("state", {})
+        state["request_id"], state["client_request_id"] = request_id, client_id
+        shown = client_id or request_id  # echoed as today: the client's own id when it sent one
+        id_header = (b"x-request-id", shown.encode("ascii"))
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -100,7 +103,7 @@ class Observe:
             elapsed = time.perf_counter() - start
             final = status or 500
             metrics.finished(route, method, final, elapsed)
-            service.access.write(request_id, method, route, final, elapsed, service.version)
+            service.access.write(shown, method, route, final, elapsed, service.version)
 
 
 @asynccontextmanager
@@ -108,9 +111,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Load the model and flush metrics in the background while the app serves."""
     service: Service = app.state.service
     tasks = [asyncio.create_task(service.load()), asyncio.create_task(service.flush_forever())]
+    if service.audit is not None:
+        service.audit.writer.start()
     try:
         yield
     finally:
+        if service.audit is not None:  # every answered request is queued by now: write it (or spool it)
+            await asyncio.to_thread(service.audit.writer.close, service.settings.shutdown_timeout / 2)
+            service.metrics.audit(service.audit.writer)
         for task in tasks:
             task.cancel()
             with suppress(asyncio.CancelledError):

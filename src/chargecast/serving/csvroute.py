@@ -170,8 +170,28 @@ def summarize_csv(
         if on_chunk is not None:
             on_chunk(X, charges)
 
-    score_csv(model, source, max_rows, on_chunk=add, chunk_rows=chunk_rows)
+    summarize_scored(model, source, max_rows, add, chunk_rows)
     return summary_json(book)
+
+
+def summarize_scored(
+    model: Artifact,
+    source: CsvSource,
+    max_rows: int,
+    on_chunk: Callable[[Array, Array], None],
+    chunk_rows: int = SCORE_ROWS,
+) -> CsvScored:
+    """:func:`score_csv` for a summary whose caller also wants the rows (the audit log)."""
+    return score_csv(model, source, max_rows, on_chunk=on_chunk, chunk_rows=chunk_rows)
+
+
+def patient_refs(source: CsvSource) -> list[str | None] | None:
+    """The ``patient_ref`` column of a validated CSV (empty cells as None), or None without one."""
+    reader = source.reader()
+    where = csvformat.patient_ref_column(reader.header)
+    if where is None:
+        return None
+    return [cell or None for chunk in reader.chunks(ANSWER_ROWS) for cell in chunk.column(where)]
 
 
 def csv_chunks(scored: CsvScored) -> Iterator[bytes]:

@@ -175,6 +175,8 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
+        self._operations(r)
+        self._audit_seen = [0, 0]  # delivered, dropped already counted
         self._charges = FastHistogram(self.charges, private=True)
         self._charges_tally = new_tally(self._charges.bounds)
         self._numeric: list[tuple[int, FastHistogram, list[float], Tally]] = []
@@ -201,6 +203,29 @@ class Metrics:
         self._in_progress: dict[str, int] = {}
         self._in_progress_written: dict[str, int] = {}
         self._predicted: dict[str, int] = {}
+
+    def _operations(self, r: CollectorRegistry) -> None:
+        """The audit log (docs/audit.md) and readiness, per worker: alert rules use these names."""
+        self.audit_records = Counter("chargecast_audit_records", "Audit records delivered to the store.", registry=r)
+        self.audit_dropped = Counter(
+            "chargecast_audit_dropped", "Audit records lost: queue full and spool at its limit.", registry=r
+        )
+        self.audit_backlog = Gauge(
+            "chargecast_audit_backlog_records",
+            "Audit records queued or spooled, not yet in the store.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.audit_sink_up = Gauge(
+            "chargecast_audit_sink_up",
+            "1 if this worker's last audit delivery succeeded, else 0.",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "chargecast_ready", "1 while this worker's model is loaded (/readyz 200), else 0.",
+            multiprocess_mode="liveall", registry=r,
+        )  # fmt: skip
 
     # -- the request path (event loop thread only) ----------------------------------------
     def started(self, route: str) -> None:
@@ -292,6 +317,17 @@ class Metrics:
             self.observe_many(endpoint, rows, charges)
         else:
             self.observe_one(endpoint, rows, charges)
+
+    def audit(self, writer: Any) -> None:
+        """The audit writer's plain counters, as metrics (read a few times a second)."""
+        delivered, dropped = writer.delivered, writer.dropped
+        if delivered > self._audit_seen[0]:
+            self.audit_records.inc(delivered - self._audit_seen[0])
+        if dropped > self._audit_seen[1]:
+            self.audit_dropped.inc(dropped - self._audit_seen[1])
+        self._audit_seen = [delivered, dropped]
+        self.audit_backlog.set(writer.backlog())
+        self.audit_sink_up.set(writer.sink_up)
 
     # -- life cycle ----------------------------------------------------------------------
     def set_model(self, version: str, predictor: str, level: float) -> None:

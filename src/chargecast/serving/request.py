@@ -122,8 +122,9 @@ def predict_options(query: bytes) -> tuple[bool, Levels | None]:
     return parse_flag("explain", params.get("explain")), (parse_levels(quantiles) if quantiles is not None else None)
 
 
-def check_bearer(header: str | None, keys: Sequence[bytes]) -> None:
-    """Accept ``Authorization: Bearer <key>`` for any configured key, in constant time per key."""
+def check_bearer(header: str | None, keys: Sequence[bytes]) -> int:
+    """Accept ``Authorization: Bearer <key>`` for any configured key, in constant time per key;
+    the index of the key that matched (the audit log records its label)."""
     challenge = {"WWW-Authenticate": 'Bearer realm="chargecast"'}
     if header is None:
         raise ApiError(
@@ -142,8 +143,10 @@ def check_bearer(header: str | None, keys: Sequence[bytes]) -> None:
             challenge,
         )
     presented = token.encode("utf-8", "surrogateescape")
-    ok = False
-    for key in keys:  # no early exit: every key is compared
-        ok |= hmac.compare_digest(key, presented)
-    if not ok:
+    matched = -1
+    for i, key in enumerate(keys):  # no early exit: every key is compared
+        if hmac.compare_digest(key, presented):
+            matched = i
+    if matched < 0:
         raise ApiError(401, "invalid API key", [Issue("Authorization", "must hold a valid API key")], challenge)
+    return matched

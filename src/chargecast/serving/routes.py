@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
+import numpy as np
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
@@ -25,7 +26,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chargecast.model.artifact import Artifact
+from chargecast.model.totals import BookTotal, summary_json
 from chargecast.schema import Issue
+from chargecast.serving import audit as auditing
 from chargecast.serving import csvroute
 from chargecast.serving import headers as security
 from chargecast.serving.budget import FORM_FACTOR, JSON_PER_BYTE, Lease, answer_cost, csv_cost, form_cost, json_cost
@@ -33,6 +36,7 @@ from chargecast.serving.errors import ApiError
 from chargecast.serving.form import FORM_ERROR_KEY, render_message, render_page
 from chargecast.serving.formdata import check_form, form_values
 from chargecast.serving.jsonbody import parse_json, require_json
+from chargecast.serving.metrics import BatchTally
 from chargecast.serving.predict import (
     Scored,
     check_quantile_cells,
@@ -117,7 +121,12 @@ async def api_predict(scope: Scope, receive: Receive, send: Send, service: Servi
                 _pay_for_answer(scope[LEASE], payload, explain, levels)
                 scored = await anyio.to_thread.run_sync(predict_payload, model, payload, explain, levels)
         else:
-            scored = await anyio.to_thread.run_sync(_parse_and_predict, model, body, explain, levels, scope[LEASE])
+            payload, scored = await anyio.to_thread.run_sync(
+                _parse_and_predict, model, body, explain, levels, scope[LEASE]
+            )
+        if (audit := service.audit) is not None:  # a tuple on the writer's queue, nothing more
+            kind, rows = (auditing.ONE, 1) if type(payload) is dict else (auditing.MANY, scored.count)
+            audit.submit(scope, "/api/v1/predict", model, kind, rows, scored.rows, scored.body, audit.refs(payload))
     except ApiError as exc:
         await send_json(send, exc.status, exc.body(), exc.headers)
         return
@@ -136,10 +145,10 @@ def _pay_for_answer(lease: Lease, payload: Any, explain: bool, levels: Levels | 
 
 def _parse_and_predict(
     model: Artifact, body: bytes | bytearray, explain: bool, levels: Levels | None, lease: Lease
-) -> Scored:
+) -> tuple[Any, Scored]:
     payload = parse_json(body)
     _pay_for_answer(lease, payload, explain, levels)
-    return predict_payload(model, payload, explain, levels)
+    return payload, predict_payload(model, payload, explain, levels)
 
 
 async def predict_api(request: Request, service: Service, model: Artifact) -> Response:
@@ -149,7 +158,12 @@ async def predict_api(request: Request, service: Service, model: Artifact) -> Re
     body = await read_body(
         request.scope, request.receive, service.settings.max_body_bytes, "", json_cost, JSON_PER_BYTE
     )
-    scored = predict_bare(model, parse_json(body))
+    payload = parse_json(body)
+    scored = predict_bare(model, payload)
+    if (audit := service.audit) is not None:
+        audit.submit(
+            request.scope, "/predict_api", model, auditing.BARE, 1, scored.rows, scored.charges, audit.refs(payload)
+        )
     service.metrics.observe("predict_api", scored.rows, scored.charges)
     return Response(scored.body, media_type=JSON)
 
@@ -160,7 +174,7 @@ async def model_route(request: Request, service: Service, model: Artifact) -> Re
 
 
 # -- CSV -------------------------------------------------------------------------------
-CsvWork = Callable[[Service, Artifact, csvroute.CsvSource], T]
+CsvWork = Callable[[Service, Artifact, csvroute.CsvSource, Scope], T]
 
 
 async def _csv_job(request: Request, service: Service, model: Artifact, work: CsvWork[T]) -> T:
@@ -191,23 +205,56 @@ async def _csv_job(request: Request, service: Service, model: Artifact, work: Cs
     if waited.cancelled_caught:
         raise ApiError(503, "busy scoring other CSV files; retry shortly", headers={"Retry-After": "5"})
     try:
-        return await anyio.to_thread.run_sync(work, service, model, source)
+        return await anyio.to_thread.run_sync(work, service, model, source, scope)
     finally:
         service.csv_slots.release()
 
 
-def _score_csv(service: Service, model: Artifact, source: csvroute.CsvSource) -> csvroute.CsvScored:
-    tally = service.metrics.batch()
-    scored = csvroute.score_csv(model, source, service.settings.csv_max_rows, on_chunk=tally.add)
+def _csv_tally(service: Service) -> tuple[BatchTally, list[Any], Callable[[Any, Any], None]]:
+    """The metrics' tally, and (with the audit log on) the encoded rows of every chunk."""
+    tally, inputs = service.metrics.batch(), []
+
+    def add(X: Any, charges: Any) -> None:
+        tally.add(X, charges)
+        if service.audit is not None:
+            inputs.append(X)
+
+    return tally, inputs, add
+
+
+def _audit_csv(
+    service: Service, model: Artifact, scope: Scope, route: str, inputs: list[Any], scored: csvroute.CsvScored
+) -> None:
+    audit = service.audit
+    if audit is None:
+        return
+    refs = csvroute.patient_refs(scored.source)
+    if refs is not None and any(refs):
+        audit.require_key()  # the same 422 as the JSON routes
+    X = np.concatenate(inputs)
+    audit.submit(scope, route, model, auditing.ARRAYS, len(X), X, scored.charges, scored.low, scored.high, refs)
+
+
+def _score_csv(service: Service, model: Artifact, source: csvroute.CsvSource, scope: Scope) -> csvroute.CsvScored:
+    tally, inputs, add = _csv_tally(service)
+    scored = csvroute.score_csv(model, source, service.settings.csv_max_rows, on_chunk=add)
+    _audit_csv(service, model, scope, "/api/v1/predict/csv", inputs, scored)
     service.metrics.commit("csv", tally)  # only a file that was valid throughout counts
     return scored
 
 
-def _summarize_csv(service: Service, model: Artifact, source: csvroute.CsvSource) -> bytes:
-    tally = service.metrics.batch()
-    summary = csvroute.summarize_csv(model, source, service.settings.csv_max_rows, on_chunk=tally.add)
+def _summarize_csv(service: Service, model: Artifact, source: csvroute.CsvSource, scope: Scope) -> bytes:
+    tally, inputs, add = _csv_tally(service)
+    book = BookTotal(model)
+
+    def both(X: Any, charges: Any) -> None:
+        book.add(X, charges)
+        add(X, charges)
+
+    scored = csvroute.summarize_scored(model, source, service.settings.csv_max_rows, both)
+    _audit_csv(service, model, scope, "/api/v1/predict/csv/summary", inputs, scored)
     service.metrics.commit("csv_summary", tally)
-    return summary
+    return summary_json(book)
 
 
 async def predict_csv(request: Request, service: Service, model: Artifact) -> Response:
@@ -256,6 +303,8 @@ async def _form(request: Request, service: Service, model: Artifact, submitted: 
     if errors:
         return _page(model, 422, values=values, errors=errors)
     result = form_result(model, encoded)
+    if (audit := service.audit) is not None:
+        audit.submit(request.scope, request.url.path, model, auditing.FORM, 1, encoded, result)
     service.metrics.observe_one("form", encoded, result.charges)
     return _page(model, 200, values=values, result=result)
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import os
 import time
 from contextlib import suppress
+from pathlib import Path
 from typing import Final
 
 import anyio
 import anyio.to_thread
 from starlette.types import Scope
 
-from chargecast.model.artifact import Artifact
+from chargecast.model.artifact import METADATA_FILE, Artifact
 from chargecast.schema import Issue
 from chargecast.serving import headers as security
 from chargecast.serving import openapi
+from chargecast.serving.audit import CALLER, Audit
 from chargecast.serving.budget import MemoryBudget
 from chargecast.serving.errors import ApiError
 from chargecast.serving.logs import AccessLog
@@ -49,7 +52,10 @@ class Service:
         self.load_error: str | None = None
         self.metrics = Metrics()
         self.access = AccessLog(settings.log_level)
-        self.keys = tuple(k.get_secret_value().encode() for k in settings.api_keys)
+        keyring = settings.keyring()
+        self.keys = tuple(key for _, key in keyring)
+        self.key_labels = tuple(label for label, _ in keyring)
+        self.audit = Audit(settings) if settings.audit_on else None
         self.document = openapi.build(settings)
         self.openapi_json = openapi.to_json(self.document)
         self.docs_html = openapi.render_docs(self.document)
@@ -69,13 +75,15 @@ class Service:
         whether it is loaded. A model still loading is waited for (see :meth:`wait_for_model`).
         """
         if self.keys:
-            check_bearer(header(scope, b"authorization"), self.keys)
+            scope[CALLER] = self.key_labels[check_bearer(header(scope, b"authorization"), self.keys)]
         return self.model or await self.wait_for_model()
 
     async def flush_forever(self) -> None:
         """Write metric tallies and pending access-log lines out a few times a second."""
         while True:
             await asyncio.sleep(self.metrics.FLUSH_SECONDS)
+            if self.audit is not None:
+                self.metrics.audit(self.audit.writer)
             self.metrics.flush()
             self.access.flush()
 
@@ -100,6 +108,10 @@ class Service:
 
     def _load_and_warm(self) -> Artifact:
         model = Artifact.load(self.settings.model_dir, self.settings.model_sha256)
+        if self.audit is not None:  # `chargecast serve` pins the digest it verified; else the file's
+            pinned = self.settings.model_sha256
+            metadata = Path(self.settings.model_dir) / METADATA_FILE
+            self.audit.digest = pinned or hashlib.sha256(metadata.read_bytes()).hexdigest()
         warm_up(model)
         return model
 
@@ -123,6 +135,7 @@ class Service:
             return
         self.model_info = model_info(model)
         self.metrics.set_model(model.version, model.predictor.kind, model.level)
+        self.metrics.ready.set(1)
         self.model = model
         self._loaded.set()
         gc.collect()
