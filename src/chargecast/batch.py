@@ -32,6 +32,7 @@ from chargecast.model.totals import BookTotal, summary_json
 from chargecast.schema import FEATURES, ValidationError
 
 if TYPE_CHECKING:
+    from chargecast.audit.runlog import RunLog
     from chargecast.model.artifact import Artifact
 
 Format = Literal["csv", "parquet"]
@@ -56,6 +57,10 @@ class _Rows:
 
     def __len__(self) -> int:
         return len(self.lines)
+
+    def column(self, j: int) -> list[Any]:
+        """One column's values (``patient_ref`` for the audit log)."""
+        return [row[j] for row in self.cells] if self.cells is not None else self.table.column(j).to_pylist()
 
     def text(self) -> list[list[str]]:
         """The cells as text, as a CSV output writes them (a Parquet null is an empty cell)."""
@@ -83,6 +88,8 @@ class _Job:
     book: BookTotal
     problems: csvformat.Problems
     written: int = 0
+    audit: RunLog | None = None
+    patients: int | None = None  # the patient_ref column the audit log hashes, if any
 
 
 def score_file(
@@ -93,6 +100,7 @@ def score_file(
     chunk_rows: int = csvformat.CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
     summary: Path | None = None,
+    audit: RunLog | None = None,
 ) -> int:
     """Score every row of ``source`` into ``dest``; return the number of rows written.
 
@@ -104,7 +112,9 @@ def score_file(
     Raises :class:`~chargecast.schema.ValidationError` for a bad header (at once) or bad rows
     (after scanning the whole file, so every problem's line is reported in one go), and
     :class:`BatchError` when a file cannot be read or written. On any failure ``dest`` and
-    ``summary`` are left as they were. ``progress`` gets the rows read per chunk.
+    ``summary`` are left as they were. ``progress`` gets the rows read per chunk. ``audit``
+    gets every forecast and writes them to its store only once the whole file scored, just
+    before the output is renamed into place (see :mod:`chargecast.audit.runlog`).
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
@@ -113,7 +123,9 @@ def score_file(
     summary = _check_paths(source, dest, summary)
     with contextlib.ExitStack() as stack:
         opened = (_csv_input if in_format == "csv" else _parquet_input)(source, chunk_rows, stack)
-        job = _Job(artifact, BookTotal(artifact), opened.problems)
+        job = _Job(artifact, BookTotal(artifact), opened.problems, audit=audit)
+        if audit is not None:
+            job.patients = audit.patient_column(opened.header.cells)
         tmp = _temp_path(dest)
         stack.callback(tmp.unlink, missing_ok=True)  # gone unless renamed into place
         sink = _CsvSink(tmp, dest, opened.header) if out_format == "csv" else _ParquetSink(tmp, dest, opened)
@@ -123,7 +135,7 @@ def score_file(
                 if progress is not None:
                     progress(len(chunk))
             job.problems.raise_if_any()
-        _publish(tmp, dest, summary, job.book, stack)
+        _publish(tmp, dest, summary, job.book, stack, audit)
     return job.written
 
 
@@ -134,17 +146,23 @@ def _score_chunk(job: _Job, chunk: _Rows, header: csvformat.Header, sink: _Sink)
         return  # after the first bad row only validation goes on
     charges, low, high = job.model.predict(X)
     sink.write(chunk, charges, low, high)
+    if job.audit is not None:
+        job.audit.add(X, charges, low, high, None if job.patients is None else chunk.column(job.patients))
     job.book.add(X, charges)
     job.written += len(X)
 
 
-def _publish(tmp: Path, dest: Path, summary: Path | None, book: BookTotal, stack: contextlib.ExitStack) -> None:
-    """Rename the output (and the summary, written first) into place."""
+def _publish(
+    tmp: Path, dest: Path, summary: Path | None, book: BookTotal, stack: contextlib.ExitStack, audit: RunLog | None
+) -> None:
+    """Rename the output (and the summary, written first) into place, once the audit log holds it."""
     summary_tmp = None
     if summary is not None:
         summary_tmp = _temp_path(summary)
         stack.callback(summary_tmp.unlink, missing_ok=True)
         _write(summary_tmp, summary, summary_json(book))
+    if audit is not None:
+        audit.commit()
     os.replace(tmp, dest)
     if summary is not None and summary_tmp is not None:
         os.replace(summary_tmp, summary)

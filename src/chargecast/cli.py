@@ -14,6 +14,7 @@ from typing import Any
 
 from chargecast import __version__
 from chargecast.argtypes import fraction, int_at_least, port
+from chargecast.audit.cli import add_audit_parser
 from chargecast.deploy.cli import add_deploy_parser
 from chargecast.schema import FEATURES
 
@@ -107,22 +108,29 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from chargecast.audit.cli import run_log
     from chargecast.batch import score_file
-    from chargecast.model.artifact import Artifact
     from chargecast.settings import get_settings
 
-    model = Artifact.load(args.model or get_settings().model_dir)
+    model, log = run_log(args.model or get_settings().model_dir, args.audit)
     output = args.output or args.input.with_name(f"{args.input.stem}.scored{args.input.suffix}")
-    with Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        TextColumn("{task.completed:,} rows"),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as bar:
+    with (
+        contextlib.closing(log),
+        Progress(
+            TextColumn("scoring"),
+            BarColumn(),
+            TextColumn("{task.completed:,} rows"),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as bar,
+    ):
         task = bar.add_task("rows", total=None)
-        rows = score_file(args.input, output, model, progress=lambda n: bar.advance(task, n), summary=args.summary)
+        rows = score_file(
+            args.input, output, model, progress=lambda n: bar.advance(task, n), summary=args.summary, audit=log.run
+        )
     print(f"{rows:,} rows scored with model {model.version} -> {output}")
+    if log.run is not None:
+        print(f"{log.run.written:,} forecasts logged as request {log.run.request_id} -> audit log {log.where}")
     if args.summary is not None:
         print(f"book total and its {model.level:g} interval -> {args.summary}")
     return 0
@@ -186,6 +194,12 @@ def parser() -> argparse.ArgumentParser:
         help="also write the row count and the book's total charges with its interval as JSON "
         "(the same numbers as POST /api/v1/predict/csv/summary); written only if scoring succeeds",
     )
+    pr.add_argument(
+        "--audit",
+        metavar="URL",
+        help="log every forecast to this audit log (sqlite:///…, postgresql://…, file:///…; default: "
+        "$CHARGECAST_AUDIT_URL; off: none), only if scoring succeeds",
+    )
     pr.set_defaults(func=_predict)
 
     s = sub.add_parser("serve", help="run the web service (settings also from CHARGECAST_* variables)")
@@ -200,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_serve)
     add_deploy_parser(sub)
+    add_audit_parser(sub)
     return p
 
 
@@ -228,9 +243,11 @@ def expected_errors() -> tuple[type[Exception], ...]:
         from chargecast.training.data import DataError
 
         known = (*known, DataError)
+    from chargecast.audit.cli import AuditError
+    from chargecast.audit.runlog import RunLogError
     from chargecast.batch import BatchError
 
-    return (*known, BatchError)
+    return (*known, BatchError, AuditError, RunLogError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     known = expected_errors()
+    if args.command == "audit":
+        args.command = f"audit {args.audit_command}"
     try:
         code: int = args.func(args)
         return code
