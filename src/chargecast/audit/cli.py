@@ -14,8 +14,8 @@ import csv
 import importlib
 import json
 import os
-import re
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +24,7 @@ from typing import IO, Any, Final
 
 from chargecast.argtypes import duration, moment
 from chargecast.audit.runlog import PATIENT_SETTING, RunLog, os_user
-from chargecast.audit.store import AuditUrlError, Forecast, Store, open_store
+from chargecast.audit.store import SCHEMA_VERSION, AuditUrlError, Forecast, Store, open_store, redact
 from chargecast.model.artifact import METADATA_FILE, Artifact, sha256_file
 from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
 
@@ -54,9 +54,25 @@ def connect(url: str | None) -> Store:
     if url is None:
         raise AuditError(f"no audit log: give --audit URL or set {URL_SETTING}")
     try:
-        return open_store(url)
+        store = open_store(url)
     except AuditUrlError as exc:
         raise AuditError(f"--audit: {exc}") from None
+    try:
+        store.migrate()  # connects: an unreachable database is an input error, not a bug
+    except unreachable() as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AuditError(f"--audit: cannot use the audit log at {redact(url)}: {reason}") from None
+    return store
+
+
+def unreachable() -> tuple[type[Exception], ...]:
+    """What a missing or refusing database raises: sqlite3's and psycopg's errors, and OS errors."""
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+    with contextlib.suppress(ImportError):
+        import psycopg
+
+        errors = (*errors, psycopg.Error)
+    return errors
 
 
 @dataclass
@@ -105,11 +121,6 @@ def pinned(model_dir: Path) -> tuple[Artifact, str]:
     return Artifact.load(model_dir, digest), digest
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
 def add_audit_parser(sub: Any) -> None:
     """``chargecast audit …``: the subcommands and their options (bad values are argparse errors, exit 2)."""
     a = sub.add_parser("audit", help="the forecast audit log: create its tables, prune it, export it")
@@ -136,8 +147,8 @@ def add_audit_parser(sub: Any) -> None:
 
 def _migrate(args: argparse.Namespace) -> int:
     with contextlib.closing(connect(chosen_url(args.audit))) as store:
-        version = store.migrate()
-    print(f"audit log schema version {version}")
+        store.migrate()
+    print(f"audit log schema version {SCHEMA_VERSION}")
     return 0
 
 

@@ -115,22 +115,22 @@ def parse_url(url: str) -> tuple[str, str]:
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("sqlite", "postgresql", "postgres", "file"):
-        raise AuditUrlError(f"audit URL {_redact(text)!r} {URL_RULE}")
+        raise AuditUrlError(f"audit URL {redact(text)!r} {URL_RULE}")
     if scheme in ("postgresql", "postgres"):
         parts = urlsplit(text)
         if not parts.hostname and "host=" not in (parts.query or ""):
-            raise AuditUrlError(f"audit URL {_redact(text)!r} names no host ({URL_RULE})")
+            raise AuditUrlError(f"audit URL {redact(text)!r} names no host ({URL_RULE})")
         return "postgresql", text
     # sqlite:///relative/path and file:///relative/dir; four slashes make the path absolute
     if not rest.startswith("/") or rest == "/":
-        raise AuditUrlError(f"audit URL {_redact(text)!r} {URL_RULE} (three slashes, then the path)")
+        raise AuditUrlError(f"audit URL {redact(text)!r} {URL_RULE} (three slashes, then the path)")
     path = unquote(rest[1:].split("?", 1)[0])
     if not path:
-        raise AuditUrlError(f"audit URL {_redact(text)!r} names no path ({URL_RULE})")
+        raise AuditUrlError(f"audit URL {redact(text)!r} names no path ({URL_RULE})")
     return scheme, path
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL as errors show it: never the password."""
     try:
         parts = urlsplit(url)
