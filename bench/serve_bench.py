@@ -88,10 +88,13 @@ def _post(port: int, path: str = "/api/v1/predict") -> int:
 
 
 @contextmanager
-def started(cmd: list[str], port: int) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
+def started(
+    cmd: list[str], port: int, extra: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
     """Start a server; yield it and the seconds from start to its first 200 prediction."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**_env(), **(extra or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = t0 + 30
         while _post(port) != 200:
@@ -209,10 +212,12 @@ def load(port: int, connections: int, threads: int, seconds: int, script: Path) 
     return asyncio.run(_py_load(port, connections, seconds))
 
 
-def measure(name: str, cmd: list[str], seconds: int, script: Path, settle: float) -> dict[str, object]:
+def measure(
+    name: str, cmd: list[str], seconds: int, script: Path, settle: float, extra: dict[str, str] | None = None
+) -> dict[str, object]:
     port = free_port()
     cmd = [c.replace("{port}", str(port)) for c in cmd]
-    with started(cmd, port) as (proc, start_s):
+    with started(cmd, port, extra) as (proc, start_s):
         # The first prediction needs only one worker; wrk's keep-alive connections, opened at
         # once, would all stay with it if the other were still starting, halving the figure.
         time.sleep(settle)
@@ -244,6 +249,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--settle", type=float, default=2.0, help="seconds between start-up and load (all workers up)")
     ap.add_argument("--rounds", type=int, default=3, help="alternate floor and chargecast this many times (medians)")
+    ap.add_argument("--audit-pg", help="also run with the audit log on this PostgreSQL URL")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         model = args.model or train_model(Path(tmp) / "model")
@@ -260,10 +266,17 @@ def main() -> None:
         ]  # fmt: skip
         print(f"serving benchmark: {args.workers} workers, {args.seconds} s per load, {os.cpu_count()} CPUs")
         print(f"targets: {TARGETS}")
+        audits = {"audit-sqlite": f"sqlite:///{tmp}/audit.sqlite3"}
+        if args.audit_pg:
+            audits["audit-pg"] = args.audit_pg
         floors, ours = [], []
+        audited: dict[str, list[dict[str, object]]] = {name: [] for name in audits}
         for _ in range(args.rounds):
             floors.append(measure("floor", floor_cmd, args.seconds, script, args.settle))
             ours.append(measure("chargecast", ours_cmd, args.seconds, script, args.settle))
+            for name, url in audits.items():  # the audit log on, alternating with it off
+                env = {"CHARGECAST_AUDIT_URL": url, "CHARGECAST_AUDIT_SPOOL_DIR": f"{tmp}/spool-{name}"}
+                audited[name].append(measure(name, ours_cmd, args.seconds, script, args.settle, env))
 
     def med(runs: list[dict[str, object]], key: str, attr: str | None = None) -> float:
         values = [float(getattr(r[key], attr) if attr else r[key]) for r in runs]  # type: ignore[arg-type]
@@ -276,6 +289,12 @@ def main() -> None:
         f"p99 {med(ours, 'one', 'p99_ms'):.3f} ms; RSS {med(ours, 'rss_mb'):.0f} MB; "
         f"start {med(ours, 'start_s'):.2f} s"
     )
+    for name, runs in audited.items():
+        print(
+            f"{name}: {med(runs, 'many', 'rps'):,.0f} req/s -> ratio vs audit off "
+            f"{med(runs, 'many', 'rps') / med(ours, 'many', 'rps'):.2f} (target >= 0.80); "
+            f"1 conn p99 {med(runs, 'one', 'p99_ms'):.3f} ms (target <= 1 ms)"
+        )
 
 
 if __name__ == "__main__":
