@@ -152,3 +152,19 @@ def test_a_bug_shows_its_traceback_not_a_user_error(monkeypatch: pytest.MonkeyPa
     patients.write_text("age,sex,bmi,children,smoker,region\n30,female,22,0,no,southeast\n")
     with pytest.raises(ValueError, match="an internal bug"):
         main(["predict", str(patients)])
+
+
+def test_a_bad_secret_setting_is_named_but_never_echoed() -> None:
+    """A rejected audit URL or API key may hold a password: the message names the variable only."""
+    env = {**os.environ, "CHARGECAST_AUDIT_URL": "mysql://u:hunter2@h/db"}
+    done = subprocess.run(
+        [sys.executable, "-m", "chargecast.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "CHARGECAST_AUDIT_URL" in done.stderr
+    assert "hunter2" not in done.stderr

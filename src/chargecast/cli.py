@@ -282,7 +282,8 @@ def _describe(exc: Exception) -> str:
         parts = []
         for error in errors():
             name = "CHARGECAST_" + "_".join(str(p) for p in error["loc"]).upper()
-            parts.append(f"setting {name}: {error['msg']} (got {error.get('input')!r})")
+            secret = "KEY" in name or name == "CHARGECAST_AUDIT_URL" or not error["loc"]  # may hold a password
+            parts.append(f"setting {name}: {error['msg']}" + ("" if secret else f" (got {error.get('input')!r})"))
         return "; ".join(parts)
     return str(exc)
 
