@@ -33,3 +33,10 @@ def test_each_deployable_is_a_package_of_its_own() -> None:
         assert (SRC / package / "__init__.py").is_file(), package
     top = sorted(p.stem for p in SRC.glob("*.py") if p.stem not in {"__init__", "__main__"})
     assert set(top) <= {"schema", "settings", "cli", "argtypes", "batch", "csvformat"}, top
+
+
+def test_one_patient_hash_serves_every_path() -> None:
+    """Audit records (service and CLI) and actual charges must hash a patient reference alike:
+    a second implementation could drift (an encoding, a digest) and actuals would never join."""
+    users = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "hmac.new(" in p.read_text(encoding="utf-8"))
+    assert users == ["audit/patient.py"], users

@@ -14,8 +14,6 @@ output never appeared (all under that run's request id, which the error message 
 from __future__ import annotations
 
 import getpass
-import hashlib
-import hmac
 import secrets
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -25,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from chargecast.audit.patient import patient_hash
 from chargecast.audit.store import Forecast, Store
 from chargecast.csvformat import normalize
 from chargecast.schema import FEATURES, FIELDS, CategoryField
@@ -55,11 +54,6 @@ def os_user() -> str | None:
         return getpass.getuser()
     except (OSError, KeyError, ImportError):
         return None
-
-
-def patient_hash(key: bytes, reference: str) -> str:
-    """HMAC-SHA256 hex of a patient reference: linkable with the key, never the reference itself."""
-    return hmac.new(key, reference.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 class RunLog:

@@ -10,8 +10,6 @@ exactly what was answered, and the request pays for a tuple and a lock.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ from typing import Any, Final
 import orjson
 from starlette.types import Scope
 
+from chargecast.audit.patient import patient_hash
 from chargecast.audit.store import Forecast, Store, open_store
 from chargecast.audit.writer import Spool, Writer
 from chargecast.model.artifact import Artifact
@@ -94,7 +93,7 @@ class Audit:
     def _hash(self, ref: str | None) -> str | None:
         if ref is None or self.key is None:
             return None
-        return hmac.new(self.key, ref.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return patient_hash(self.key, ref)
 
     def build(self, entry: Any) -> list[Forecast]:
         """Records from an entry: rows, and the answer as it was sent."""
