@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 import chargecast
 from chargecast import schema
+from chargecast.model import reference
 from chargecast.model.intervals import ResidualDistribution
 from chargecast.model.predictors import Predictor, from_spec
 from chargecast.model.publish import Draft
@@ -94,6 +95,8 @@ class Artifact:
         self.path = path
         self.version: str = metadata["version"]
         self.level = distribution.level
+        # The training data's distribution for drift; None in artifacts trained before it existed.
+        self.reference = reference.parse(metadata["reference"]) if "reference" in metadata else None
         # Bound once: the one-record path calls these on every request.
         self._point_row = predictor.predict_row
         self._interval_row = distribution.apply_row
@@ -226,8 +229,9 @@ class Artifact:
         return self.predictor.baseline
 
     def describe(self) -> dict[str, Any]:
-        """What clients may know: everything in metadata.json but file hashes."""
-        return {k: v for k, v in self.metadata.items() if k != "files"}
+        """What clients may know: everything in metadata.json but file hashes and the drift
+        reference (operators' business, and a few kilobytes every client would download)."""
+        return {k: v for k, v in self.metadata.items() if k not in ("files", "reference")}
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -292,6 +296,11 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
             _rule(name, isinstance(m[name], kind) and not isinstance(m[name], bool), f"must be {label}")
     for name, spec in m.get("training_ranges", {}).items():
         _check_range(f"training_ranges.{name}", spec)
+    if "reference" in m:  # optional: artifacts trained before drift monitoring have none
+        try:
+            reference.parse(m["reference"])
+        except ValueError as exc:
+            raise ArtifactError(f"{METADATA_FILE}: {exc}") from None
     return m
 
 

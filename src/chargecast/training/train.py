@@ -22,6 +22,7 @@ from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold, RepeatedKFold, train_test_split
 
+from chargecast.model import reference
 from chargecast.model.features import design, domain_terms, drop_features, tutorial_terms
 from chargecast.model.intervals import ResidualDistribution, assign_groups
 from chargecast.model.predictors import LinearTerms, Predictor, TreeGrid
@@ -488,6 +489,7 @@ def metadata(result: TrainResult) -> dict[str, Any]:
             "rows": result.dataset.rows,
         },
         "training_ranges": training_ranges(result.X_train),
+        "reference": reference.build(result.X_train),  # what drift monitoring compares against
         "metrics": result.metrics,
         "leaderboard": result.leaderboard,
         "interval": {
