@@ -16,6 +16,7 @@ from chargecast import __version__
 from chargecast.argtypes import fraction, int_at_least, port
 from chargecast.audit.cli import add_audit_parser
 from chargecast.deploy.cli import add_deploy_parser
+from chargecast.monitor.cli import add_monitor_parser
 from chargecast.schema import FEATURES
 
 
@@ -215,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
     add_deploy_parser(sub)
     add_audit_parser(sub)
+    add_monitor_parser(sub)
     return p
 
 
@@ -246,8 +248,9 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from chargecast.audit.cli import AuditError
     from chargecast.audit.runlog import RunLogError
     from chargecast.batch import BatchError
+    from chargecast.monitor.cli import MonitorError
 
-    return (*known, BatchError, AuditError, RunLogError)
+    return (*known, BatchError, AuditError, RunLogError, MonitorError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     known = expected_errors()
     if args.command == "audit":
         args.command = f"audit {args.audit_command}"
+    elif args.command == "monitor":
+        args.command = f"monitor {args.task}"
     try:
         code: int = args.func(args)
         return code

@@ -109,6 +109,22 @@ class Settings(BaseSettings):
         default=None, description="HMAC key for patient_ref (at least 16 bytes); only its HMAC is stored."
     )
     audit_patient_key_file: Path | None = Field(default=None, description="A file holding that key (a Secret).")
+    # -- monitoring (docs/monitoring.md) ----------------------------------------------------
+    monitor_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between a worker's updates of the drift and coverage gauges.",
+    )
+    monitor_window_hours: float = Field(
+        default=24.0, gt=0, le=24 * 366, description="Hours of logged forecasts the gauges watch."
+    )
+    monitor_max_records: int = Field(
+        default=20_000, ge=100, le=1_000_000, description="Most recent records the gauges read per update."
+    )
+    drift_thresholds: str = Field(
+        default="", description="Per-feature drift thresholds, e.g. 'age=0.15, region.psi=0.3' (docs/monitoring.md)."
+    )
 
     @field_validator("audit_url")
     @classmethod
@@ -117,6 +133,14 @@ class Settings(BaseSettings):
 
         parse_url(value)  # AuditUrlError is a ValueError: pydantic names the variable
         return value.strip()
+
+    @field_validator("drift_thresholds")
+    @classmethod
+    def _drift_thresholds(cls, value: str) -> str:
+        from chargecast.monitor.drift import parse_thresholds, split_thresholds
+
+        parse_thresholds(split_thresholds(value))  # a typo fails at start-up, naming the item and its rule
+        return value
 
     @field_validator("audit_patient_key")
     @classmethod
