@@ -860,6 +860,7 @@ def test_keyed_document_declares_bearer_auth_on_forecasting_routes_only(keyed: T
         "/api/v1/predict/csv",
         "/api/v1/predict/csv/summary",
         "/api/v1/model",
+        "/api/v1/actuals",
         "/predict_api",
         "/",
         "/predict",

@@ -52,6 +52,7 @@ FORECASTING = {
     ("POST", "/api/v1/predict/csv/summary"),
     ("POST", "/predict_api"),
     ("GET", "/api/v1/model"),
+    ("POST", "/api/v1/actuals"),  # actual charges name logged forecasts: keyed like them
     ("GET", "/"),
     ("POST", "/"),
     ("POST", "/predict"),
@@ -60,8 +61,9 @@ OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json"), ("GET
 
 
 @pytest.fixture(scope="module")
-def keyed(model_dir: Path) -> Iterator[TestClient]:
-    settings_ = Settings(model_dir=model_dir, api_keys=KEY, log_level="warning")  # type: ignore[arg-type]
+def keyed(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    audit = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'audit.sqlite3'}"  # so actuals are stored, not a 503
+    settings_ = Settings(model_dir=model_dir, api_keys=KEY, log_level="warning", audit_url=audit)  # type: ignore[arg-type]
     with TestClient(create_app(settings_)) as client:
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:
@@ -89,6 +91,9 @@ def call(client: TestClient, method: str, path: str, auth: str | None = None) ->
         return client.post(path, data=FORM, headers=headers)
     if path.startswith("/api/v1/predict/csv"):
         return client.post(path, content=CSV, headers=CSV_TYPE | headers)
+    if path == "/api/v1/actuals":
+        actual = {"request_id": "0123456789abcdef-1", "row": 0, "charges": 4321.0}
+        return client.post(path, content=orjson.dumps(actual), headers=JSON_TYPE | headers)
     return client.post(path, content=orjson.dumps(RECORD), headers=JSON_TYPE | headers)
 
 
@@ -175,6 +180,7 @@ GRANTED = {  # what each route answers with a key: a forecast, the form, or the 
     ("POST", "/api/v1/predict/csv/summary"): '"total":',
     ("POST", "/predict_api"): ".",  # a bare number such as 6043.2
     ("GET", "/api/v1/model"): '"version":',
+    ("POST", "/api/v1/actuals"): '"added":',
     ("GET", "/"): 'name="age"',
     ("POST", "/"): 'id="charges"',
     ("POST", "/predict"): 'id="charges"',

@@ -42,7 +42,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _started(settings: Settings, model_dir: Path) -> Starlette:
-    app = create_app(settings.model_copy(update={"model_dir": model_dir}))
+    # The audit log on (SQLite), so POST /api/v1/actuals stores what it is sent: its documented
+    # 200s and 422s are exercised, not a blanket 503. The document does not depend on it.
+    audit = f"sqlite:///{model_dir.parent / f'audit-{id(settings)}.sqlite3'}"
+    app = create_app(settings.model_copy(update={"model_dir": model_dir, "audit_url": audit}))
+    # schemathesis runs the app's lifespan once per case, and the audit writer's thread starts
+    # once; actuals need only their own store (serving/actuals.py), so the writer stays out.
+    app.state.service.audit = None
     served = schemathesis.openapi.from_asgi("/openapi.json", app)  # also starts the app's lifespan
     assert served.raw_schema == openapi.build(settings)
     deadline = time.monotonic() + 30
@@ -77,6 +83,10 @@ def _excluded(case: Case[Any]) -> list[Callable[..., Any]]:
     if case.operation.path in ("/api/v1/predict/csv", "/api/v1/predict/csv/summary"):
         # A CSV body is documented as a string: JSON Schema cannot say "CSV with these columns",
         # so most schema-valid strings are rightly refused (with a documented 4xx).
+        return [checks.positive_data_acceptance]
+    if case.operation.path == "/api/v1/actuals":
+        # A schema-valid patient_ref may match no logged forecast (or the server may have no
+        # patient key to look it up): a documented 422 the schema cannot express.
         return [checks.positive_data_acceptance]
     return []
 

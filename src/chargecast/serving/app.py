@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chargecast.schema import Issue
 from chargecast.serving import headers as security
+from chargecast.serving.actuals import monitor_forever
 from chargecast.serving.budget import Lease
 from chargecast.serving.errors import ApiError, error_body
 from chargecast.serving.routes import DIRECT, ROUTES
@@ -36,6 +37,7 @@ from chargecast.settings import Settings
 log = logging.getLogger("chargecast.serving.app")
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+AUDIT_ID_HEADER: Final = b"x-audit-request-id"  # the request_id of this request's audit records
 PIECE: Final = 64 * 1024  # bigger answer bodies go out in pieces, so a client that stops reading stops the app
 
 
@@ -55,6 +57,7 @@ class Observe:
         # 16 random hex digits per worker, then a counter: unique across workers and restarts,
         # so the audit log's key never collides even when clients reuse their X-Request-IDs.
         self._prefix = os.urandom(8).hex() + "-"
+        self.audited = service.audit is not None
         self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,14 +76,18 @@ class Observe:
         state = scope.setdefault("state", {})
         state["request_id"], state["client_request_id"] = request_id, client_id
         shown = client_id or request_id  # echoed as today: the client's own id when it sent one
-        id_header = (b"x-request-id", shown.encode("ascii"))
+        # With the audit log on, the minted id too: it keys this request's audit records, so a
+        # client that sent its own X-Request-ID can still name the forecast in /api/v1/actuals.
+        ids: tuple[tuple[bytes, bytes], ...] = ((b"x-request-id", shown.encode("ascii")),)
+        if self.audited:
+            ids = (*ids, (AUDIT_ID_HEADER, request_id.encode("ascii")))
         status = 0
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header, *security.COMMON]
+                message["headers"] = [*message.get("headers", ()), *ids, *security.COMMON]
             elif len(body := message.get("body", b"")) > PIECE:
                 # One big write would sit whole in the transport's buffer if the client stops
                 # reading; in pieces, flow control holds the app (and its lease) instead, until
@@ -111,6 +118,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Load the model and flush metrics in the background while the app serves."""
     service: Service = app.state.service
     tasks = [asyncio.create_task(service.load()), asyncio.create_task(service.flush_forever())]
+    tasks.append(asyncio.create_task(monitor_forever(service)))  # the drift and coverage gauges
     if service.audit is not None:
         service.audit.writer.start()
     try:
@@ -125,6 +133,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                 await task
         service.metrics.process_exit()
         service.access.flush()
+        await asyncio.to_thread(service.monitoring.close)
 
 
 def _on_api_error(request: Request, exc: Exception) -> Response:

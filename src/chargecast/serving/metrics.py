@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from chargecast.monitor.window import Recent
 from chargecast.schema import FIELDS, CategoryField, NumberField
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add nothing a dashboard uses (and are absent in multiprocess mode)
@@ -122,6 +123,39 @@ class BatchTally:
                 counts[k] += n
 
 
+class MonitorGauges:
+    """Drift and realised coverage of the recent audit window (exact names: the alert rules use them).
+
+    Every worker computes the same figures from the same store, so in multiprocess mode the
+    most recently written value wins ("mostrecent"). Coverage with no actuals in the window is
+    unknown, not 0%: it is set to NaN, and a NaN gauge is never published (see
+    :class:`chargecast.serving.supervisor._Published`), so the series is absent until there
+    is an actual, and no rule compares a NaN.
+    """
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        def gauge(name: str, text: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(name, text, labels, multiprocess_mode="mostrecent", registry=r)
+
+        pair = ("feature", "statistic")
+        self.score = gauge("chargecast_drift_score", "Drift of the recent window's inputs against training.", pair)
+        self.threshold = gauge("chargecast_drift_threshold", "The threshold each drift score is held to.", pair)
+        self.records = gauge("chargecast_drift_window_records", "Logged forecasts in the recent drift window.")
+        self.coverage = gauge(
+            "chargecast_actuals_coverage", "Share of recent actuals inside their interval (absent without actuals)."
+        )
+        self.actuals = gauge("chargecast_actuals_window_records", "Recent forecasts that have an actual.")
+        self.coverage.set(math.nan)  # nothing known before the first window is read
+
+    def set(self, recent: Recent) -> None:
+        for s in recent.scores:
+            self.score.labels(s.feature, s.statistic).set(s.value)
+            self.threshold.labels(s.feature, s.statistic).set(s.threshold)
+        self.records.set(recent.records)
+        self.actuals.set(recent.actuals)
+        self.coverage.set(recent.coverage)  # NaN without actuals: unpublished
+
+
 class Metrics:
     """The service's metrics: HTTP traffic, predictions, and inputs for drift monitoring.
 
@@ -176,6 +210,7 @@ class Metrics:
             registry=r,
         )
         self._operations(r)
+        self.monitor = MonitorGauges(r)
         self._audit_seen = [0, 0]  # delivered, dropped already counted
         self._charges = FastHistogram(self.charges, private=True)
         self._charges_tally = new_tally(self._charges.bounds)
@@ -330,6 +365,10 @@ class Metrics:
         self.audit_sink_up.set(writer.sink_up)
 
     # -- life cycle ----------------------------------------------------------------------
+    def set_monitor(self, recent: Recent) -> None:
+        """The monitoring task's figures (drift and realised coverage of the recent window)."""
+        self.monitor.set(recent)
+
     def set_model(self, version: str, predictor: str, level: float) -> None:
         self.model_info.labels(version, predictor, f"{level:g}").set(1)
 

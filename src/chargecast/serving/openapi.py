@@ -16,7 +16,8 @@ from typing import Any, Final
 import orjson
 
 import chargecast
-from chargecast.schema import FEATURES, FIELDS, CategoryField, NumberField
+from chargecast.monitor.actuals import MAX_ACTUALS, MAX_ROW, REQUEST_ID
+from chargecast.schema import FEATURES, FIELDS, PATIENT_REF_MAX_CHARS, CategoryField, NumberField
 from chargecast.serving.csvroute import OUTPUT_COLUMNS
 from chargecast.serving.predict import EXAMPLE_RECORD, MAX_QUANTILE_CELLS, MAX_RECORDS
 from chargecast.serving.request import LEVELS_RULE, MAX_LEVELS
@@ -296,12 +297,21 @@ _REQUEST_ID: Final = {
     "description": "The request's id (the client's X-Request-ID if it sent a valid one), also in the access log.",
     "schema": {"type": "string"},
 }
+_AUDIT_ID: Final = {
+    "description": (
+        "Only while the audit log is on (CHARGECAST_AUDIT_URL): the id the server minted for this request, "
+        "the request_id of its audit records, unique even when clients reuse their X-Request-IDs. Send it, "
+        "with the row, to POST /api/v1/actuals to join the actual charges to this forecast."
+    ),
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{16}-[0-9a-f]+$"},
+}
+HEADERS: Final = {"X-Request-ID": _REQUEST_ID, "X-Audit-Request-ID": _AUDIT_ID}
 
 
 def _response(description: str, media: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "description": description,
-        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+        "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in HEADERS},
         "content": {media: {"schema": schema if schema is not None else {"type": "string"}}},
     }
 
@@ -511,6 +521,69 @@ def _csv_paths(ops: _Operations) -> dict[str, Any]:
     }
 
 
+def _actual() -> dict[str, Any]:
+    """One actual: by request_id and row, or by patient_ref alone."""
+    charges = {"type": "number", "minimum": 0, "description": "What the stay actually cost, USD."}
+    by_id = {
+        "type": "object",
+        "title": "By request id",
+        "description": (
+            "request_id is the forecasting response's X-Audit-Request-ID header; row is 0 for one record, "
+            "the index in a list, or the CSV data row (from 0)."
+        ),
+        "properties": {
+            "request_id": {"type": "string", "pattern": f"^{REQUEST_ID.pattern}$"},
+            "row": {"type": "integer", "minimum": 0, "maximum": MAX_ROW},
+            "charges": charges,
+        },
+        "required": ["request_id", "row", "charges"],
+        "additionalProperties": False,
+    }
+    by_patient = {
+        "type": "object",
+        "title": "By patient",
+        "description": (
+            "The patient_ref sent with the forecast: the latest forecast for it (needs "
+            "CHARGECAST_AUDIT_PATIENT_KEY on the server; one that matches no forecast is a 422)."
+        ),
+        "properties": {
+            "patient_ref": {"type": "string", "minLength": 1, "maxLength": PATIENT_REF_MAX_CHARS},
+            "charges": charges,
+        },
+        "required": ["patient_ref", "charges"],
+        "additionalProperties": False,
+    }
+    return {"oneOf": [by_id, by_patient]}
+
+
+def _actuals_paths(ops: _Operations) -> dict[str, Any]:
+    """Actual charges for logged forecasts (docs/monitoring.md)."""
+    answer = {
+        "type": "object",
+        "properties": {"added": {"type": "integer"}, "known": {"type": "integer"}},
+        "required": ["added", "known"],
+    }
+    one = _actual()
+    many = {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_ACTUALS}
+    return {
+        "/api/v1/actuals": {
+            "post": ops.op(
+                "Report actual charges",
+                f"One actual or a list of up to {MAX_ACTUALS:,}, taken whole or not at all. Idempotent on "
+                "(request_id, row): a repeat adds nothing (the first value wins). An unknown request_id is "
+                "stored (its forecast may still be on its way to the log); an unknown patient_ref is a 422. "
+                "503 when the audit log is off or its store is unavailable (retry: a repeat is never counted "
+                f"twice). Body limit: {ops.limit}.",
+                {"200": _response("How many were new and how many already known.", JSON, answer)}
+                | _errors(ops.api_errors),
+                auth=True,
+                operationId="actuals",
+                requestBody={"required": True, "content": {JSON: {"schema": {"oneOf": [one, many]}}}},
+            )
+        }
+    }
+
+
 def _service_paths(ops: _Operations) -> dict[str, Any]:
     """The model's metadata (keyed), then health, readiness and these documents (open)."""
     model_errors = (401, 422, 503) if ops.keyed else (422, 503)
@@ -578,12 +651,12 @@ DESCRIPTION: Final = (
 def build(settings: Settings) -> dict[str, Any]:
     """The whole document; security appears only when API keys are configured."""
     ops = _Operations.of(settings)
-    paths = _form_paths(ops) | _json_paths(ops) | _csv_paths(ops) | _service_paths(ops)
+    paths = _form_paths(ops) | _json_paths(ops) | _csv_paths(ops) | _actuals_paths(ops) | _service_paths(ops)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "chargecast", "version": chargecast.__version__, "description": DESCRIPTION},
         "paths": paths,
-        "components": {"schemas": components(), "headers": {"X-Request-ID": _REQUEST_ID}},
+        "components": {"schemas": components(), "headers": dict(HEADERS)},
     }
     if ops.keyed:
         document["components"]["securitySchemes"] = {

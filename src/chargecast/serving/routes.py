@@ -31,6 +31,7 @@ from chargecast.schema import Issue
 from chargecast.serving import audit as auditing
 from chargecast.serving import csvroute
 from chargecast.serving import headers as security
+from chargecast.serving.actuals import post_actuals
 from chargecast.serving.budget import FORM_FACTOR, JSON_PER_BYTE, Lease, answer_cost, csv_cost, form_cost, json_cost
 from chargecast.serving.errors import ApiError
 from chargecast.serving.form import FORM_ERROR_KEY, render_message, render_page
@@ -345,6 +346,7 @@ ROUTES: Final = (
     Route("/api/v1/predict/csv", gated(predict_csv), methods=["POST"]),
     Route("/api/v1/predict/csv/summary", gated(predict_csv_summary), methods=["POST"]),
     Route("/api/v1/model", gated(model_route), methods=["GET"]),
+    Route("/api/v1/actuals", gated(post_actuals), methods=["POST"]),  # they name logged forecasts: keyed alike
     Route("/predict_api", gated(predict_api), methods=["POST"]),
     Route("/", gated(form_root, message_page), methods=["GET", "POST"]),  # one route, so a 405 lists both in Allow
     Route("/predict", gated(form_post, message_page), methods=["POST"]),

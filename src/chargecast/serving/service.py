@@ -26,6 +26,7 @@ from chargecast.model.artifact import METADATA_FILE, Artifact
 from chargecast.schema import Issue
 from chargecast.serving import headers as security
 from chargecast.serving import openapi
+from chargecast.serving.actuals import Monitoring
 from chargecast.serving.audit import CALLER, Audit
 from chargecast.serving.budget import MemoryBudget
 from chargecast.serving.errors import ApiError
@@ -62,6 +63,7 @@ class Service:
         self.docs_headers = security.page_headers(self.docs_html)
         self.csv_slots = anyio.Semaphore(CSV_SLOTS)
         self.budget = MemoryBudget(settings.worker_memory_budget)
+        self.monitoring = Monitoring(settings)  # actual charges, and the drift and coverage gauges
         self._loaded = asyncio.Event()  # set when loading ends, either way
 
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import signal
 import threading
@@ -168,7 +169,9 @@ class Supervisor(Multiprocess):
 
 
 class _Published:
-    """A source of metric families as published: patient-value histograms without their sums."""
+    """A source of metric families as published: patient-value histograms without their sums,
+    and no gauge sample that is NaN (a gauge's "unknown", such as coverage without actuals:
+    absent, so no dashboard shows it as a number and no alert rule compares it)."""
 
     def __init__(self, source: Callable[[], Iterable[Any]]) -> None:
         self.source = source
@@ -177,6 +180,8 @@ class _Published:
         for family in self.source():
             if family.name.startswith(PRIVATE_PREFIXES):
                 family.samples = [s for s in family.samples if not s.name.endswith("_sum")]
+            if family.type == "gauge":
+                family.samples = [s for s in family.samples if not math.isnan(s.value)]
             yield family
 
 
