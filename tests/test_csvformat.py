@@ -127,3 +127,12 @@ def test_a_cell_holding_any_line_break_is_quoted_whatever_the_files_ending(eol: 
     assert out.endswith(f"1.00,1.00,1.00{eol}")
     again = csvformat.Reader([out.encode()], target=True)
     assert [row[0] for c in again.chunks() for row in c.rows] == [cell]
+
+
+def test_a_second_patient_ref_column_is_refused() -> None:
+    """Two patient_ref columns would leave the audit log guessing which one names the patient."""
+    text = f"patient_ref,age,sex,bmi,children,smoker,region,Patient_Ref\nP-1,{ROW},P-2\n"
+    with pytest.raises(ValidationError) as caught:
+        reader(text)
+    assert [(i.line, i.field, i.rule) for i in caught.value.issues] == [(1, "patient_ref", "column appears 2 times")]
+    validate(f"patient_ref,age,sex,bmi,children,smoker,region\nP-1,{ROW}\n")  # one is fine

@@ -164,6 +164,8 @@ def read_header(cells: Sequence[str], eol: str, *, target: bool) -> Header:
             issues.append(Issue(name, f"column is required{_separator_hint(cells)}", None, 1))
         elif count > 1:
             issues.append(Issue(name, f"column appears {count} times", None, 1))
+    if (refs := names.count(PATIENT_REF)) > 1:  # optional, but which one names the patient?
+        issues.append(Issue(PATIENT_REF, f"column appears {refs} times", None, 1))
     if issues:
         raise ValidationError(issues)
     return Header(list(cells), {name: names.index(name) for name in wanted}, eol)
