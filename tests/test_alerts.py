@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,10 @@ BREAKAGES = [
     pytest.param("changes(chargecast_ready[15m]) > 2", "changes(chargecast_ready[15m]) > 1", id="flapping"),
     pytest.param("dropped_total[10m]) > 0", "dropped_total[10m]) > 5", id="drops"),
     pytest.param("(chargecast_drift_score > chargecast_drift_threshold)", "chargecast_drift_score", id="drift"),
+    pytest.param("drift_window_records >= 1000", "drift_window_records >= 999", id="drift-records"),
+    pytest.param(
+        "\n            and ignoring(feature, statistic) chargecast_drift_window_records >= 1000", "", id="drift-guard"
+    ),
     pytest.param("deriv(chargecast_audit_backlog_records[15m]) > 0", "vector(1)", id="backlog"),
     pytest.param("severity: critical", "severity: page", id="severity-label"),
 ]
@@ -162,6 +167,34 @@ def test_the_rules_query_only_contract_metrics() -> None:
             used |= metric_names(rule["expr"])
     assert used, "no metric parsed: the pattern is broken"
     assert used <= CONTRACT, used - CONTRACT
+
+
+def exported_names(text: str) -> set[str]:
+    """The metric names with a sample in a Prometheus text page (HELP and TYPE lines are not samples)."""
+    return {m for line in text.splitlines() if not line.startswith("#") for m in METRIC.findall(line.split("{")[0])}
+
+
+def test_the_service_exports_every_contract_metric(model_dir: Path, tmp_path: Path) -> None:
+    """The rules were written before the gauges existed: the running service must export every
+    name they (and the dashboard) query, with a forecast, an actual and a monitoring round behind it."""
+    from chargecast.settings import Settings
+    from test_app import RECORD, post_json, ready_client
+
+    audit = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    settings = Settings(model_dir=model_dir, log_level="warning", audit_url=audit, monitor_seconds=0.05)
+    with ready_client(settings) as client:
+        forecast = post_json(client, RECORD)
+        minted = forecast.headers["x-audit-request-id"]
+        service = client.app.state.service  # type: ignore[attr-defined]
+        names: set[str] = set()
+        deadline = time.monotonic() + 20
+        while not CONTRACT <= names:
+            assert time.monotonic() < deadline, f"never exported: {sorted(CONTRACT - names)}"
+            actual = {"request_id": minted, "row": 0, "charges": 5000.0}  # idempotent: repeats add nothing
+            assert post_json(client, actual, "/api/v1/actuals").status_code == 200
+            time.sleep(0.05)
+            names = exported_names(service.metrics.render().decode())
+    assert CONTRACT <= names
 
 
 def rules_resource_text() -> str:
