@@ -64,3 +64,10 @@ def test_a_broken_reference_is_refused_naming_the_field(
     path = _copy_with(model_dir, tmp_path, lambda m: edit(m["reference"]))
     with pytest.raises(ArtifactError, match=message.replace(".", r"\.")):
         Artifact.load(path)
+
+
+def test_the_committed_model_carries_its_reference() -> None:
+    """`make run` and the image serve models/current: drift monitoring needs its reference there."""
+    committed = Artifact.load(Path(__file__).resolve().parents[1] / "models" / "current")
+    assert committed.reference is not None
+    assert set(committed.reference.numbers) | set(committed.reference.categories) == set(FEATURES)
