@@ -418,3 +418,61 @@ def test_a_cli_logged_patient_gets_its_actual_by_patient_ref(
     assert main(["monitor", "performance", *out, "--actuals", str(paid)]) == 0
     assert "1 added, 0 already known" in capsys.readouterr().out
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("monitor_seconds", 0, "greater than 0"),
+        ("monitor_seconds", 86_401, "less than or equal to 86400"),
+        ("monitor_window_hours", 0, "greater than 0"),
+        ("monitor_window_hours", 24 * 366 + 1, "less than or equal to 8784"),
+        ("monitor_max_records", 99, "greater than or equal to 100"),
+        ("monitor_max_records", 1_000_001, "less than or equal to 1000000"),
+        ("drift_thresholds", "height=0.1", "unknown feature 'height'"),
+        ("drift_thresholds", "age=0", "must be a finite number > 0"),
+    ],
+)
+def test_monitoring_settings_past_their_limits_are_refused(setting: str, value: Any, message: str) -> None:
+    from pydantic import ValidationError as SettingsError
+
+    with pytest.raises(SettingsError, match=message) as caught:
+        Settings(**{setting: value})
+    assert caught.value.errors()[0]["loc"] == (setting,)
+
+
+def test_a_bad_drift_threshold_setting_is_one_line_naming_the_variable(capsys: Any, monkeypatch: Any) -> None:
+    from chargecast.settings import get_settings
+
+    monkeypatch.setenv("CHARGECAST_DRIFT_THRESHOLDS", "bmi=fast")
+    get_settings.cache_clear()
+    try:
+        assert main(["monitor", "drift", "--audit", "sqlite:////nonexistent/x.sqlite3"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "CHARGECAST_DRIFT_THRESHOLDS" in err
+    assert "the value must be a finite number > 0" in err
+    assert "Traceback" not in err
+
+
+def test_monitor_commands_fail_in_one_line_on_bad_paths(
+    store: Store, store_url: str, model: Artifact, model_dir: Path, trained: TrainResult, tmp_path: Path, capsys: Any
+) -> None:
+    store.write(forecasts(trained.X_test, model, 3))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    drift_cmd = ["monitor", "drift", "--audit", store_url, "--model", str(model_dir)]
+    assert main([*drift_cmd, "--out", str(blocker / "r")]) == 2
+    assert "--out" in capsys.readouterr().err
+    perf = ["monitor", "performance", "--audit", store_url, "--out", str(tmp_path / "p")]
+    assert main([*perf, "--actuals", str(tmp_path / "missing.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(perf) == 2  # forecasts, but none with an actual
+    assert "no forecasts with actual charges" in capsys.readouterr().err
+    assert main(["monitor", "drift", "--audit", "sqlite:///" + str(blocker / "x.sqlite3")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot use the audit log" in err
+    assert "Traceback" not in err
+    assert main(["monitor", "drift", "--audit", store_url, "--since", "2027-01-02", "--until", "2027-01-01"]) == 2
+    assert "must be before --until" in capsys.readouterr().err

@@ -54,11 +54,10 @@ def connect(url: str | None) -> Store:
     if url is None:
         raise AuditError(f"no audit log: give --audit URL or set {URL_SETTING}")
     try:
-        store = open_store(url)
+        store = open_store(url)  # SQLite opens its file here: a path it cannot open fails here
+        store.migrate()  # connects: an unreachable database is an input error, not a bug
     except AuditUrlError as exc:
         raise AuditError(f"--audit: {exc}") from None
-    try:
-        store.migrate()  # connects: an unreachable database is an input error, not a bug
     except unreachable() as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AuditError(f"--audit: cannot use the audit log at {redact(url)}: {reason}") from None
