@@ -14,10 +14,13 @@ PRECISION on PostgreSQL), categories as TEXT holding their canonical value.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import socket
 import sqlite3
+import threading
 import time as _time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -441,6 +444,10 @@ class PostgresStore:
     its size and a redelivered batch inserts nothing."""
 
     CONNECT_TIMEOUT: Final = 3
+    # A database that stops answering without closing the connection (paused, partitioned) would
+    # block a write until TCP gives up, minutes later: past this the connection is cut and the
+    # batch spooled. Also sent as the server's statement_timeout, for one that is slow, not gone.
+    WRITE_TIMEOUT: Final = 2.0
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -458,15 +465,27 @@ class PostgresStore:
             )
         return self._db
 
-    def _run(self, work: Any) -> Any:
+    def _run(self, work: Any, deadline: float | None = None) -> Any:
+        """``work(db)`` in one transaction; with a ``deadline`` (seconds), a connection that has
+        not answered by then is shut down under it, so the call fails instead of hanging."""
         db = self.db
+        watchdog = None
+        if deadline is not None:
+            watchdog = threading.Timer(deadline, _cut, (db,))
+            watchdog.daemon = True
+            watchdog.start()
         try:
             with db.transaction():
                 return work(db)
         except Exception:
-            if db.broken:
+            if db.broken or db.closed or (watchdog is not None and watchdog.finished.is_set()):
                 self._db = None
+                with contextlib.suppress(Exception):
+                    db.close()
             raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
     def migrate(self) -> None:
         def run(db: Any) -> None:
@@ -507,9 +526,9 @@ class PostgresStore:
             return int(cursor.rowcount)
 
         try:
-            return int(self._run(direct))
+            return int(self._run(direct, self.WRITE_TIMEOUT))
         except UniqueViolation:
-            return int(self._run(staged))
+            return int(self._run(staged, self.WRITE_TIMEOUT))
 
     def _stream(self, query: str, args: list[Any]) -> Iterator[tuple[Any, ...]]:
         """Rows through a server-side cursor: an export of months holds one batch in memory."""
@@ -579,6 +598,14 @@ class PostgresStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _cut(db: Any) -> None:
+    """Shut a connection's socket down from another thread: the call blocked on it fails at once."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = db.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _utc(moment: datetime) -> datetime:
