@@ -306,3 +306,30 @@ def test_close_spools_what_the_store_cannot_take(tmp_path: Path) -> None:
     writer.close(1.0)
     spooled = [row[0] for p in (tmp_path / "spool").glob("spool-*") for row in read_spool(p)]
     assert sorted(spooled) == [f"r{i:05d}" for i in range(7)]
+
+
+def test_a_queued_record_fits_the_bytes_the_memory_budget_counts(model_dir: Path) -> None:
+    """The queue's bound in the pod's arithmetic (docs/limits.md) is queue size x
+    QUEUED_RECORD_BYTES: hold the worst one-record entries as the route queues them."""
+    import tracemalloc
+
+    from chargecast.model.artifact import Artifact
+    from chargecast.serving.audit import ONE, QUEUED_RECORD_BYTES, compact
+    from chargecast.serving.predict import predict_one
+
+    model = Artifact.load(model_dir)
+    n = 2000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        queued = []
+        for i in range(n):
+            ref = f"{i:0128d}"  # distinct strings of the longest allowed length
+            scored = predict_one(model, {**RECORD, "patient_ref": ref})
+            entry = (ONE, time.time(), "/api/v1/predict", f"{i:016x}-{i:x}", f"{i:0128x}", "caller-label", model)
+            queued.append(((*entry, scored.rows, compact(scored.body), ref), 1))
+        per_record = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert per_record <= QUEUED_RECORD_BYTES, per_record
+    assert Settings().audit_queue_size * QUEUED_RECORD_BYTES <= 16 << 20  # the figure in docs/limits.md

@@ -27,6 +27,10 @@ from chargecast.schema import FIELDS, PATIENT_REF, CategoryField, Issue
 from chargecast.serving.errors import invalid
 from chargecast.settings import Settings
 
+# What one queued one-record entry holds at most (its tuple, ids, encoded row and the compacted
+# answer, with a 128-character client id and patient reference; measured 0.7-1.04 KiB, tested):
+# the queue's bound in bytes is audit_queue_size times this (docs/limits.md).
+QUEUED_RECORD_BYTES: Final = 1280
 CALLER: Final = "chargecast.caller"  # scope key: the API-key label the gate matched
 ONE, MANY, BARE, FORM, ARRAYS = range(5)  # what an entry holds (see Audit.build)
 NO_KEY_RULE: Final = (
