@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -62,6 +63,21 @@ class Postgres:
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(BIN / "pg_ctl"), "stop", "-w", "-D", str(self.data), "-m", mode)
+
+    def _pids(self) -> list[int]:
+        """The postmaster and every process it started (its backends, checkpointer, ...)."""
+        main = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+        return [main, *map(int, children)]
+
+    def pause(self) -> None:
+        """SIGSTOP the whole server: connections stay open and nothing answers (a hung database)."""
+        for pid in self._pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._pids():
+            os.kill(pid, signal.SIGCONT)
 
     def running(self) -> bool:
         done = subprocess.run(

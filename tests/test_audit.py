@@ -16,7 +16,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from chargecast.audit.store import Forecast, open_store
+from chargecast.audit.store import Forecast, as_row, from_row, open_store
 from chargecast.audit.writer import Spool, Writer, read_spool
 from chargecast.serving.app import create_app
 from chargecast.settings import Settings
@@ -177,11 +177,12 @@ class FlakyStore:
         self.rows: dict[tuple[str, int], Forecast] = {}
         self.order: list[tuple[str, int]] = []
 
-    def write(self, forecasts: Any) -> int:
+    def write_rows(self, rows: Any) -> int:
         if self.down:
             raise ConnectionError("down")
         added = 0
-        for f in forecasts:
+        for row in rows:
+            f = from_row(row)
             if (f.request_id, f.row) not in self.rows:
                 self.rows[(f.request_id, f.row)] = f
                 self.order.append((f.request_id, f.row))
@@ -201,7 +202,7 @@ def _forecast(i: int) -> Forecast:
 def _writer(tmp_path: Path, store: FlakyStore, **kw: Any) -> Writer:
     opened: Any = store
     spool = Spool(tmp_path / "spool", kw.pop("spool_max_bytes", 1 << 20))
-    return Writer(lambda: opened, lambda i: [_forecast(i)], spool, kw.pop("queue_size", 1000), 50, 0.01)
+    return Writer(lambda: opened, lambda i: [as_row(_forecast(i))], spool, kw.pop("queue_size", 1000), 50, 0.01)
 
 
 def test_records_spool_while_the_store_is_down_and_arrive_in_order(tmp_path: Path) -> None:
@@ -303,5 +304,32 @@ def test_close_spools_what_the_store_cannot_take(tmp_path: Path) -> None:
     for i in range(7):
         writer.submit(i)
     writer.close(1.0)
-    spooled = [f.request_id for p in (tmp_path / "spool").glob("spool-*") for f in read_spool(p)]
+    spooled = [row[0] for p in (tmp_path / "spool").glob("spool-*") for row in read_spool(p)]
     assert sorted(spooled) == [f"r{i:05d}" for i in range(7)]
+
+
+def test_a_queued_record_fits_the_bytes_the_memory_budget_counts(model_dir: Path) -> None:
+    """The queue's bound in the pod's arithmetic (docs/limits.md) is queue size x
+    QUEUED_RECORD_BYTES: hold the worst one-record entries as the route queues them."""
+    import tracemalloc
+
+    from chargecast.model.artifact import Artifact
+    from chargecast.serving.audit import ONE, QUEUED_RECORD_BYTES, compact
+    from chargecast.serving.predict import predict_one
+
+    model = Artifact.load(model_dir)
+    n = 2000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        queued = []
+        for i in range(n):
+            ref = f"{i:0128d}"  # distinct strings of the longest allowed length
+            scored = predict_one(model, {**RECORD, "patient_ref": ref})
+            entry = (ONE, time.time(), "/api/v1/predict", f"{i:016x}-{i:x}", f"{i:0128x}", "caller-label", model)
+            queued.append(((*entry, scored.rows, compact(scored.body), ref), 1))
+        per_record = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert per_record <= QUEUED_RECORD_BYTES, per_record
+    assert Settings().audit_queue_size * QUEUED_RECORD_BYTES <= 16 << 20  # the figure in docs/limits.md

@@ -116,6 +116,34 @@ def test_the_database_dies_under_load_and_nothing_is_lost(
     print(f"\n{len(answered)} forecasts answered and audited across a database outage of 3 s")
 
 
+def test_a_hung_database_holds_no_forecast_and_loses_no_record(
+    tmp_path: Path, model_dir: Path, postgres: Postgres, postgres_url: str
+) -> None:
+    """PostgreSQL SIGSTOPped under load: connections stay open and nothing answers. The write
+    deadline cuts the writer loose, records spool, and arrive once the database answers again."""
+    with audit_server(tmp_path, model_dir, postgres_url) as server, Load(server.url) as load:  # type: ignore[attr-defined]
+        time.sleep(1.5)
+        postgres.pause()
+        try:
+            time.sleep(5)
+            during = len(load.answered)
+            time.sleep(1)
+            hung = httpx.get(server.metrics_url).text  # type: ignore[attr-defined]
+            assert len(load.answered) > during  # forecasts went on while it hung
+            # the writers were cut loose by their deadline and spooled, rather than waiting on it
+            assert list((tmp_path / "spool").glob("spool-*.jsonl")), "nothing spooled while the database hung"
+        finally:
+            postgres.resume()
+        time.sleep(3)
+    assert not load.failed, load.failed[:5]
+    assert metric(hung, "chargecast_audit_backlog_records") > 0
+    answered = set(load.answered)
+    _wait_for(lambda: set(audited_ids(postgres_url)) >= answered)
+    ids = audited_ids(postgres_url)
+    assert len(ids) == len(set(ids)) == len(answered)
+    print(f"\n{len(answered)} forecasts answered and audited across a hung database (SIGSTOP, 6 s)")
+
+
 def test_sigterm_with_the_database_down_loses_nothing(
     tmp_path: Path, model_dir: Path, postgres: Postgres, postgres_url: str
 ) -> None:

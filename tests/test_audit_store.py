@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,8 +21,14 @@ from chargecast.audit.store import (
     FileStore,
     Forecast,
     Store,
+    as_row,
+    json_row,
     open_store,
     parse_url,
+    row_json,
+    stamp,
+    timestamp,
+    to_json,
 )
 from chargecast.schema import FIELDS
 
@@ -82,6 +90,21 @@ def test_a_duplicate_delivery_is_absorbed(store: Store) -> None:
     assert store.write(batch) == 0  # the same batch again
     assert store.write([forecast("a", 1), forecast("c", 0, 2), forecast("c", 0, 2)]) == 1  # mixed, and twice in one
     assert [(f.request_id, f.row) for f in store.forecasts()] == [("a", 0), ("a", 1), ("b", 0), ("c", 0)]
+
+
+def test_rows_are_the_write_path_of_the_same_records(store: Store) -> None:
+    written = [forecast("a", 0), forecast("a", 1), forecast("b", 0, 1, "p1")]
+    rows = [as_row(f) for f in written]
+    assert store.write_rows(rows[:2]) == 2  # PostgreSQL: COPY straight into the table
+    assert store.write_rows(rows) == 1  # one was there: absorbed (PostgreSQL: through the staging table)
+    assert list(store.forecasts()) == written
+    assert [row_json(r) for r in rows] == [to_json(f) for f in written]  # the same JSON Lines record
+    assert [json_row(row_json(r)) for r in rows] == rows
+
+
+def test_stamp_is_timestamp_of_the_same_moment() -> None:
+    moments = [0.0, 1.5, 1740830400.123456, time.time(), *(random.Random(7).uniform(0, 4e9) for _ in range(2000))]
+    assert [stamp(t) for t in moments] == [timestamp(datetime.fromtimestamp(t, UTC)) for t in moments]
 
 
 def test_forecasts_are_ordered_and_ranged(store: Store) -> None:

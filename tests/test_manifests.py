@@ -318,11 +318,11 @@ def test_restricted_pod_security_profile(overlay: str, gke: list[Obj], local: li
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert not c["securityContext"].get("privileged", False)
     assert not any(key in pod for key in ("hostNetwork", "hostPID", "hostIPC"))
-    # The one writable path, /tmp, is an emptyDir (restricted allows no hostPath).
-    (mount,) = c["volumeMounts"]
-    assert mount["mountPath"] == "/tmp"
+    # The writable paths, /tmp and the audit spool, are emptyDirs (restricted allows no hostPath).
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert set(mounts) == {"/tmp", "/var/spool/chargecast"}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert set(volumes[mount["name"]]) == {"name", "emptyDir"}
+    assert all(set(volumes[name]) == {"name", "emptyDir"} for name in mounts.values())
     assert pod["automountServiceAccountToken"] is False
     account = one(objects, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
@@ -472,4 +472,28 @@ def test_every_container_of_the_cloudsql_pod_is_restricted(cloudsql: list[Obj]) 
         assert sc.get("seccompProfile", pod["securityContext"]["seccompProfile"]) == {"type": "RuntimeDefault"}
         assert not sc.get("privileged", False), c["name"]
         assert not any("hostPort" in port for port in c.get("ports", [])), c["name"]
-    assert {v["name"] for v in pod["volumes"]} == {"tmp"}, "no hostPath, no key file"
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "audit-spool"}, "no hostPath, no key file"
+
+
+def _quantity(text: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) * factor
+    return int(text)
+
+
+@pytest.mark.parametrize("overlay", ["gke", "local"])
+def test_the_audit_spool_has_a_volume_that_holds_its_limit(overlay: str, request: pytest.FixtureRequest) -> None:
+    """The spool's default limit must fit the volume it is written to, never the 64Mi /tmp."""
+    from chargecast.settings import Settings
+
+    objects = request.getfixturevalue(overlay)
+    env = {e["name"]: e.get("value") for e in container(objects)["env"]}
+    spool = env["CHARGECAST_AUDIT_SPOOL_DIR"]
+    mounts = {m["mountPath"]: m["name"] for m in container(objects)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
+    volume = volumes[mounts[spool]]
+    limit = int(env.get("CHARGECAST_AUDIT_SPOOL_MAX_BYTES") or Settings().audit_spool_max_bytes)
+    assert _quantity(volume["emptyDir"]["sizeLimit"]) >= limit + (16 << 20)  # and a margin for a torn batch
+    assert mounts[spool] != mounts.get("/tmp")

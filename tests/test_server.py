@@ -278,3 +278,21 @@ def test_metrics_default_to_their_own_port_9090_as_documented() -> None:
     assert Settings().metrics_port != Settings().port
     deployment = (SRC.parent / "deploy" / "k8s" / "base" / "deployment.yaml").read_text()
     assert "containerPort: 9090" in deployment
+
+
+def test_the_ready_gauge_says_what_readyz_says(tmp_path: Path, model_dir: Path) -> None:
+    """chargecast_ready (one series per worker) is 1 exactly for the workers that answer /readyz
+    200, so the readiness alerts watch real readiness, not a constant."""
+    with serving(tmp_path, ["--workers", "2", "--model", str(model_dir)]) as server:
+        deadline = time.monotonic() + 30
+        while True:
+            lines = [
+                line for line in httpx.get(server.metrics_url).text.splitlines() if line.startswith("chargecast_ready{")
+            ]
+            if (len(lines) == 2 and all(line.endswith(" 1.0") for line in lines)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(lines) == 2, lines  # one per worker, each labelled with its pid
+        assert all(line.endswith(" 1.0") for line in lines), lines
+        for _ in range(10):  # whichever worker a connection lands on, it says ready
+            assert httpx.get(f"{server.url}/readyz").status_code == 200

@@ -94,7 +94,9 @@ class Settings(BaseSettings):
         default="off",
         description="Where audit records go: off, sqlite:///path, postgresql://… or file:///dir (JSON Lines).",
     )
-    audit_queue_size: int = Field(default=100_000, ge=1, description="Records a worker queues in memory.")
+    # 12,000 records of at most 1.25 KiB each (serving.audit.QUEUED_RECORD_BYTES): 15 MiB per worker,
+    # counted in docs/limits.md's pod arithmetic; about 1 s of one worker's full load.
+    audit_queue_size: int = Field(default=12_000, ge=1, description="Records a worker queues in memory.")
     audit_flush_seconds: float = Field(
         default=0.2, gt=0, le=10, description="How often queued records are written (what kill -9 can lose)."
     )

@@ -14,10 +14,13 @@ PRECISION on PostgreSQL), categories as TEXT holding their canonical value.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import socket
 import sqlite3
+import threading
 import time as _time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
+
+import orjson
 
 from chargecast.schema import FIELDS, CategoryField, NumberField
 
@@ -39,6 +44,12 @@ TAIL: Final = ("charges", "low", "high", "level", "quantiles", "extrapolated", "
 COLUMNS: Final[tuple[str, ...]] = (*HEAD, *INPUTS, *TAIL)
 if len(set(COLUMNS)) != len(COLUMNS):  # a schema field named like a bookkeeping column would shadow it
     raise RuntimeError(f"an input field collides with an audit column: {COLUMNS}")
+# A record as the writer moves it: a plain tuple in COLUMNS order, time as ``timestamp`` text,
+# quantiles as compact JSON text (or None), extrapolated comma-separated. No object per record
+# on the write path: building a Forecast and then its row cost twice what inserting it does.
+Row = tuple[Any, ...]
+_QUANTILES: Final = COLUMNS.index("quantiles")
+_EXTRAPOLATED: Final = COLUMNS.index("extrapolated")
 
 
 class AuditUrlError(ValueError):
@@ -82,6 +93,7 @@ class Store(Protocol):
 
     def migrate(self) -> None: ...
     def write(self, forecasts: Sequence[Forecast]) -> int: ...
+    def write_rows(self, rows: Sequence[Row]) -> int: ...
     def forecasts(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[Forecast]: ...
     def add_actuals(self, actuals: Sequence[Actual]) -> tuple[int, int]: ...
     def resolve(self, patient: str) -> tuple[str, int] | None: ...
@@ -147,6 +159,23 @@ def timestamp(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("audit times must be timezone-aware (UTC)")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_SECOND: tuple[int, str] = (-1, "")  # the last second stamp() formatted, and its text
+
+
+def stamp(moment: float) -> str:
+    """:func:`timestamp` of a ``time.time()`` value, without a datetime: the text of the
+    second is formatted once per second, so a record's time costs one f-string."""
+    global _SECOND  # noqa: PLW0603 - a one-entry cache, replaced whole (thread-safe)
+    second = int(moment)
+    micros = round((moment - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached = _SECOND
+    if cached[0] != second:
+        cached = _SECOND = (second, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(second)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -221,6 +250,37 @@ def from_json(record: dict[str, Any]) -> Forecast:
     return from_row([values.get(name) for name in COLUMNS])
 
 
+def as_row(f: Forecast) -> Row:
+    """The write path's tuple for a forecast (see :data:`Row`)."""
+    values = to_row(f)
+    values["time"] = timestamp(f.time)
+    return tuple(values[c] for c in COLUMNS)
+
+
+def row_json(row: Row) -> dict[str, Any]:
+    """A row as its JSON Lines record (the same as :func:`to_json` of its forecast)."""
+    record = dict(zip(COLUMNS, row, strict=True))
+    quantiles = row[_QUANTILES]
+    record["quantiles"] = None if quantiles is None else orjson.loads(quantiles)
+    extrapolated = row[_EXTRAPOLATED]
+    record["extrapolated"] = extrapolated.split(",") if extrapolated else []
+    return record
+
+
+def json_row(record: dict[str, Any]) -> Row:
+    """A JSON Lines record (file sink, spool) back as a row."""
+    values = [record.get(name) for name in COLUMNS]
+    quantiles = values[_QUANTILES]
+    values[_QUANTILES] = None if quantiles is None else orjson.dumps(quantiles).decode()
+    values[_EXTRAPOLATED] = ",".join(values[_EXTRAPOLATED] or ())
+    return tuple(values)
+
+
+def json_lines(rows: Iterable[Row]) -> bytes:
+    """Rows as JSON Lines, one record per line."""
+    return b"".join(orjson.dumps(row_json(row)) + b"\n" for row in rows)
+
+
 # -- SQL ---------------------------------------------------------------------------------
 def _sql_type(spec: Any, real: str) -> str:
     if isinstance(spec, NumberField):
@@ -267,6 +327,9 @@ def create_statements(real: str, time_type: str) -> list[str]:
 
 _COLS: Final = ", ".join(COLUMNS)
 _F_COLS: Final = ", ".join(f"f.{c}" for c in COLUMNS)
+_SQLITE_INSERT: Final = (
+    f"INSERT INTO {FORECASTS} ({_COLS}) VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT DO NOTHING"
+)
 
 
 def _range(since: datetime | None, until: datetime | None, column: str, mark: str, conv: Any) -> tuple[str, list[Any]]:
@@ -304,15 +367,14 @@ class SqliteStore:
                 self.db.execute(f"INSERT INTO {VERSIONS} VALUES (?, ?)", (SCHEMA_VERSION, timestamp(_now())))
 
     def write(self, forecasts: Sequence[Forecast]) -> int:
-        rows = []
-        for f in forecasts:
-            values = to_row(f)
-            values["time"] = timestamp(f.time)
-            rows.append(tuple(values[c] for c in COLUMNS))
-        marks = ", ".join("?" * len(COLUMNS))
+        return self.write_rows([as_row(f) for f in forecasts])
+
+    def write_rows(self, rows: Sequence[Row]) -> int:
+        """One transaction; sqlite3 releases the GIL around each row's step, so the request
+        thread is held only while a row's values are bound."""
         with _Transaction(self.db):
             before = self.db.total_changes
-            self.db.executemany(f"INSERT INTO {FORECASTS} ({_COLS}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
+            self.db.executemany(_SQLITE_INSERT, rows)
             return self.db.total_changes - before
 
     def forecasts(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[Forecast]:
@@ -382,6 +444,10 @@ class PostgresStore:
     its size and a redelivered batch inserts nothing."""
 
     CONNECT_TIMEOUT: Final = 3
+    # A database that stops answering without closing the connection (paused, partitioned) would
+    # block a write until TCP gives up, minutes later: past this the connection is cut and the
+    # batch spooled. Also sent as the server's statement_timeout, for one that is slow, not gone.
+    WRITE_TIMEOUT: Final = 2.0
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -399,15 +465,27 @@ class PostgresStore:
             )
         return self._db
 
-    def _run(self, work: Any) -> Any:
+    def _run(self, work: Any, deadline: float | None = None) -> Any:
+        """``work(db)`` in one transaction; with a ``deadline`` (seconds), a connection that has
+        not answered by then is shut down under it, so the call fails instead of hanging."""
         db = self.db
+        watchdog = None
+        if deadline is not None:
+            watchdog = threading.Timer(deadline, _cut, (db,))
+            watchdog.daemon = True
+            watchdog.start()
         try:
             with db.transaction():
                 return work(db)
         except Exception:
-            if db.broken:
+            if db.broken or db.closed or (watchdog is not None and watchdog.finished.is_set()):
                 self._db = None
+                with contextlib.suppress(Exception):
+                    db.close()
             raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
     def migrate(self) -> None:
         def run(db: Any) -> None:
@@ -421,20 +499,36 @@ class PostgresStore:
         self._run(run)
 
     def write(self, forecasts: Sequence[Forecast]) -> int:
-        if not forecasts:
-            return 0
+        return self.write_rows([as_row(f) for f in forecasts])
 
-        def run(db: Any) -> int:
+    def write_rows(self, rows: Sequence[Row]) -> int:
+        """``COPY`` straight into the table (one round trip, half the server's work of going
+        through a staging table); a batch that holds a record already there (a redelivery)
+        fails on the primary key and is rolled back, then goes through the staging table and
+        ``ON CONFLICT DO NOTHING``."""
+        if not rows:
+            return 0
+        from psycopg.errors import UniqueViolation
+
+        def direct(db: Any) -> int:
+            with db.cursor().copy(f"COPY {FORECASTS} ({_COLS}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return len(rows)
+
+        def staged(db: Any) -> int:
             stage = "chargecast_forecasts_stage"
             db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {FORECASTS}) ON COMMIT DELETE ROWS")
             with db.cursor().copy(f"COPY {stage} ({_COLS}) FROM STDIN") as copy:
-                for f in forecasts:
-                    values = to_row(f)
-                    copy.write_row([values[c] for c in COLUMNS])
+                for row in rows:
+                    copy.write_row(row)
             cursor = db.execute(f"INSERT INTO {FORECASTS} ({_COLS}) SELECT {_COLS} FROM {stage} ON CONFLICT DO NOTHING")
             return int(cursor.rowcount)
 
-        return int(self._run(run))
+        try:
+            return int(self._run(direct, self.WRITE_TIMEOUT))
+        except UniqueViolation:
+            return int(self._run(staged, self.WRITE_TIMEOUT))
 
     def _stream(self, query: str, args: list[Any]) -> Iterator[tuple[Any, ...]]:
         """Rows through a server-side cursor: an export of months holds one batch in memory."""
@@ -506,6 +600,14 @@ class PostgresStore:
             self._db = None
 
 
+def _cut(db: Any) -> None:
+    """Shut a connection's socket down from another thread: the call blocked on it fails at once."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = db.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("audit times must be timezone-aware (UTC)")
@@ -558,16 +660,19 @@ class FileStore:
         return self._file
 
     def write(self, forecasts: Sequence[Forecast]) -> int:
+        return self.write_rows([as_row(f) for f in forecasts])
+
+    def write_rows(self, rows: Sequence[Row]) -> int:
         fresh = []
-        for f in forecasts:
-            key = (f.request_id, f.row)
+        for row in rows:
+            key = (row[0], row[1])
             if key not in self._seen:
                 self._seen[key] = None
-                fresh.append(f)
+                fresh.append(row)
         while len(self._seen) > self.SEEN:
             del self._seen[next(iter(self._seen))]
         if fresh:
-            _append(self._target(), (to_json(f) for f in fresh))
+            _write_synced(self._target(), json_lines(fresh))
         return len(fresh)
 
     def _lines(self, pattern: str) -> Iterator[dict[str, Any]]:
@@ -649,7 +754,10 @@ class FileStore:
 
 
 def _append(handle: Any, records: Iterable[dict[str, Any]]) -> None:
-    data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+    _write_synced(handle, b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records))
+
+
+def _write_synced(handle: Any, data: bytes) -> None:
     if data:
         handle.write(data)
         handle.flush()

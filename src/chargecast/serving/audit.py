@@ -2,44 +2,61 @@
 
 A route calls one of :class:`Audit`'s methods after it has its answer; that appends one
 tuple to the writer's queue (the validated rows and the answer as bytes or arrays, the
-request's ids, the caller's label) and nothing else. The writer thread turns tuples into
-:class:`~chargecast.audit.store.Forecast` records later (:meth:`Audit.build`): parsing the
-answer it sent, hashing patient references, flagging extrapolation. So the record holds
-exactly what was answered, and the request pays for a tuple and a lock.
+request's ids, the caller's label) and nothing else. The writer thread turns them into the
+table's rows later (:meth:`Audit.build`, plain tuples: :data:`~chargecast.audit.store.Row`):
+parsing the answer it sent, hashing patient references, flagging extrapolation. So the record
+holds exactly what was answered, and the request pays for a tuple and a lock.
 """
 
 from __future__ import annotations
 
+import operator
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import orjson
 from starlette.types import Scope
 
 from chargecast.audit.patient import patient_hash
-from chargecast.audit.store import Forecast, Store, open_store
+from chargecast.audit.store import Row, Store, open_store, stamp
 from chargecast.audit.writer import Spool, Writer
 from chargecast.model.artifact import Artifact
 from chargecast.schema import FIELDS, PATIENT_REF, CategoryField, Issue
 from chargecast.serving.errors import invalid
 from chargecast.settings import Settings
 
+# What one queued one-record entry holds at most (its tuple, ids, encoded row and the compacted
+# answer, with a 128-character client id and patient reference; measured 0.7-1.04 KiB, tested):
+# the queue's bound in bytes is audit_queue_size times this (docs/limits.md).
+QUEUED_RECORD_BYTES: Final = 1280
 CALLER: Final = "chargecast.caller"  # scope key: the API-key label the gate matched
 ONE, MANY, BARE, FORM, ARRAYS = range(5)  # what an entry holds (see Audit.build)
-Outcome = tuple[float, float, float, Any, Sequence[str]]  # charges, low, high, quantiles, extrapolated
 NO_KEY_RULE: Final = (
     "cannot be stored: the server has no patient key to hash it with (CHARGECAST_AUDIT_PATIENT_KEY); "
     "send the record without it"
 )
 
 
-def _inputs(row: Sequence[float]) -> dict[str, float | str]:
-    return {
-        spec.name: spec.choices[int(v)] if isinstance(spec, CategoryField) else float(v)
-        for spec, v in zip(FIELDS, row, strict=True)
-    }
+def _converter(spec: Any) -> Callable[[float], Any]:
+    """How an encoded input becomes its column: a category's canonical value (a dict lookup on
+    the code, a float), an integer, a number. All built-ins, so no Python frame per value."""
+    if isinstance(spec, CategoryField):
+        return {float(i): choice for i, choice in enumerate(spec.choices)}.__getitem__
+    return int if spec.integer else float
+
+
+_CONVERTERS: Final = tuple(_converter(spec) for spec in FIELDS)
+
+
+def _values(row: Sequence[float]) -> list[Any]:
+    return list(map(operator.call, _CONVERTERS, row))
+
+
+def compact(body: bytes) -> bytes:
+    """The answer's bytes in a buffer of their size: orjson's output keeps the buffer it grew
+    (4 KiB for a 140-byte answer), and a queued answer would hold all of it until written."""
+    return memoryview(body).tobytes()
 
 
 class Audit:
@@ -95,54 +112,58 @@ class Audit:
             return None
         return patient_hash(self.key, ref)
 
-    def build(self, entry: Any) -> list[Forecast]:
-        """Records from an entry: rows, and the answer as it was sent."""
+    def build(self, entry: Any) -> list[Row]:
+        """Rows (tuples in the table's column order) from an entry: its encoded inputs, and
+        the answer as it was sent. No object per record: this runs in the worker's process,
+        so every microsecond here is taken from the requests."""
         kind, moment, route, request_id, client_id, caller, model, *data = entry
-        when = datetime.fromtimestamp(moment, UTC)
-        common = (when, model.version, self.digest, route, caller)
-
-        def record(
-            row: int, x: Sequence[float], ref: Any, out: tuple[float, float, float, Any, Sequence[str]]
-        ) -> Forecast:
-            return Forecast(
-                request_id, row, *common, self._hash(ref), _inputs(x), out[0], out[1], out[2], model.level,
-                out[3], tuple(out[4]), client_id,
-            )  # fmt: skip
+        head = (stamp(moment), model.version, self.digest, route, caller)
+        level = model.level
+        hash_ = self._hash
 
         if kind == ONE:
             x, body, ref = data
             a = orjson.loads(body)
             interval = a["interval"]
-            flags = a.get("extrapolated", ())
-            return [record(0, x, ref, (a["charges"], interval["low"], interval["high"], a.get("quantiles"), flags))]
+            quantiles = a.get("quantiles")
+            return [
+                (request_id, 0, *head, hash_(ref), *_values(x), a["charges"], interval["low"], interval["high"],
+                 level, None if quantiles is None else orjson.dumps(quantiles).decode(),
+                 ",".join(a.get("extrapolated", ())), client_id)
+            ]  # fmt: skip
         if kind == MANY:
             X, body, refs = data
             predictions = orjson.loads(body)["predictions"]
             out = []
             for i, (x, p) in enumerate(zip(X.tolist(), predictions, strict=True)):
-                ref = refs[i] if refs is not None else None
                 interval = p["interval"]
-                outcome = (
-                    p["charges"],
-                    interval["low"],
-                    interval["high"],
-                    p.get("quantiles"),
-                    p.get("extrapolated", ()),
-                )
-                out.append(record(i, x, ref, outcome))
+                quantiles = p.get("quantiles")
+                out.append(
+                    (request_id, i, *head, hash_(refs[i] if refs is not None else None), *_values(x), p["charges"],
+                     interval["low"], interval["high"], level,
+                     None if quantiles is None else orjson.dumps(quantiles).decode(),
+                     ",".join(p.get("extrapolated", ())), client_id)
+                )  # fmt: skip
             return out
         if kind == BARE:
             x, charges, ref = data
             p = model.predict_row(x)  # the answer was p.charges alone: the same call gives its interval
-            return [record(0, x, ref, (charges, p.low, p.high, None, model.extrapolated(x)))]
+            flags = ",".join(model.extrapolated(x))
+            return [
+                (request_id, 0, *head, hash_(ref), *_values(x), charges, p.low, p.high, level, None, flags, client_id)
+            ]
         if kind == FORM:
             x, result = data
-            median = {"0.5": result.median}
-            return [record(0, x, None, (result.charges, result.low, result.high, median, model.extrapolated(x)))]
+            median = orjson.dumps({"0.5": result.median}).decode()
+            flags = ",".join(model.extrapolated(x))
+            values = (*_values(x), result.charges, result.low, result.high, level, median, flags, client_id)
+            return [(request_id, 0, *head, None, *values)]
         X, charges, low, high, refs = data
-        flags = model.extrapolated_rows(X)
-        columns = zip(X.tolist(), charges.tolist(), low.tolist(), high.tolist(), flags, strict=True)
+        columns = zip(
+            X.tolist(), charges.tolist(), low.tolist(), high.tolist(), model.extrapolated_rows(X), strict=True
+        )
         return [
-            record(i, x, refs[i] if refs is not None else None, (c, lo, hi, None, f))
+            (request_id, i, *head, hash_(refs[i] if refs is not None else None), *_values(x), c, lo, hi, level, None,
+             ",".join(f), client_id)
             for i, (x, c, lo, hi, f) in enumerate(columns)
-        ]
+        ]  # fmt: skip

@@ -127,7 +127,8 @@ async def api_predict(scope: Scope, receive: Receive, send: Send, service: Servi
             )
         if (audit := service.audit) is not None:  # a tuple on the writer's queue, nothing more
             kind, rows = (auditing.ONE, 1) if type(payload) is dict else (auditing.MANY, scored.count)
-            audit.submit(scope, "/api/v1/predict", model, kind, rows, scored.rows, scored.body, audit.refs(payload))
+            body = auditing.compact(scored.body)
+            audit.submit(scope, "/api/v1/predict", model, kind, rows, scored.rows, body, audit.refs(payload))
     except ApiError as exc:
         await send_json(send, exc.status, exc.body(), exc.headers)
         return
