@@ -701,6 +701,17 @@ def test_iap_adds_its_secret_before_the_manifests_and_its_grants_once_the_backen
     assert not any(n.startswith("grant IAP") for n in names(plan_gke(options())))
 
 
+@pytest.mark.parametrize("make", PATHS)
+def test_a_deploy_without_iap_clears_an_audience_an_earlier_one_set(make: Any) -> None:
+    """`kubectl set env` is outside what apply manages: without this, pods would wait for a header no one sends."""
+    steps = names(plan_gke(make()))
+    assert steps.index("apply manifests") < steps.index("clear IAP audience") < steps.index("wait for rollout")
+    assert command(plan_gke(make()), "clear IAP audience") == (
+        "kubectl set env deployment/chargecast CHARGECAST_IAP_AUDIENCE-"
+    )
+    assert "clear IAP audience" not in names(plan_gke(options(iap=iap())))
+
+
 def test_the_backend_service_is_picked_out_of_the_gateways_annotation() -> None:
     listing = (
         "/projects/1/global/backendServices/gkegw1-ab12-gke-gateway-gw-serve404-80-8zjp3d8cqfsu, "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from chargecast.deploy.cloudsql import cloudsql_steps
 from chargecast.deploy.edge import edge_steps, wait_for_certificate, wait_for_gateway
-from chargecast.deploy.iap import iap_access_steps, iap_secret_steps
+from chargecast.deploy.iap import clear_audience, iap_access_steps, iap_secret_steps
 from chargecast.deploy.identity import identity_steps
 from chargecast.deploy.names import APP, PROJECT_RULE, project_error
 from chargecast.deploy.options import LB_OVERLAY, OVERLAY, GkeOptions
@@ -282,6 +282,7 @@ def plan_gke(o: GkeOptions) -> Plan:
         *access,
         *(iap_secret_steps(o.iap) if o.iap else []),
         apply_manifests(o),
+        *([] if o.iap else [clear_audience()]),
         rollout,
         *ending,
     ]

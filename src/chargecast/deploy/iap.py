@@ -115,6 +115,15 @@ def grant(member: str) -> Step:
     )
 
 
+def clear_audience() -> Step:
+    return Step(
+        "clear IAP audience",
+        ("kubectl", "set", "env", f"deployment/{APP}", "CHARGECAST_IAP_AUDIENCE-"),
+        "without --iap no signed header comes, so pods must not ask for one: `kubectl apply` keeps a variable "
+        "an earlier --iap deploy set with `kubectl set env`, this removes it (and does nothing when it is not set)",
+    )
+
+
 def iap_access_steps(o: GkeOptions) -> list[Step]:
     """After the Gateway is programmed: grants on its backend, then the audience into the pods."""
     if not o.iap:
