@@ -1365,7 +1365,7 @@ def test_a_failed_certificate_stops_with_the_reason_and_what_to_do(
         f'add `{DOMAIN}. CAA 0 issue "pki.goog"`' in line
     )
     assert "(Google says: CAA record for example.com forbids issuance)" in line
-    assert "A FAILED certificate is not tried again" in line
+    assert "Do not wait for a FAILED certificate to recover: fix the cause" in line
     assert "gcloud certificate-manager certificates delete chargecast-cert" in line
     assert f"fix: nothing is lost: add or fix the DNS records ({DOMAIN}. A {STATIC_IP}; {CNAME})" in err
     assert sum("--format=json" in c for c in fakes.calls()) == 2, "no poll after FAILED"

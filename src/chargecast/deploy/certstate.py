@@ -43,7 +43,7 @@ ISSUES = {
     ),
 }
 RECREATE = (
-    "A FAILED certificate is not tried again: fix the cause, then remove it and its map entry "
+    "Do not wait for a FAILED certificate to recover: fix the cause, then remove it and its map entry "
     f"(`gcloud certificate-manager maps entries delete {CERT_MAP_ENTRY} --map={CERT_MAP}` and "
     f"`gcloud certificate-manager certificates delete {CERTIFICATE}`, or all of it: `chargecast deploy "
     "teardown`) and run the deploy again"
