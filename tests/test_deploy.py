@@ -1743,7 +1743,10 @@ def test_teardown_deletes_in_an_order_that_never_removes_what_is_still_used() ->
 @pytest.mark.parametrize(
     ("step", "expected"),
     [
-        ("find cluster", "gcloud container clusters list --filter=name=chargecast '--format=value(location)'"),
+        (
+            "find cluster",
+            "gcloud container clusters list --filter=name=chargecast '--format=value(location)' --limit=1",
+        ),
         (
             "delete Gateway",
             "kubectl delete gateway/chargecast httproute/chargecast httproute/chargecast-redirect --ignore-not-found "
@@ -1781,6 +1784,7 @@ def test_teardown_dry_run_lists_every_deletion_with_its_reason(
     assert "gcloud sql instances delete audit --quiet" in out
     assert "--location=europe-west4 --quiet" in out
     assert "gs://demo-project_cloudbuild" in out
+    assert "only git" not in out, "a teardown has no tag to name"
     assert fakes.calls() == []
 
 

@@ -110,10 +110,10 @@ def show_command(argv: Sequence[str]) -> str:
 
 
 def _header(plan: Plan) -> list[str]:
+    git = " (only git, to name the default tag)" if plan.command == "deploy gke" else ""
     lines = [
         f"chargecast {plan.command} --dry-run: these steps would run in this order. None of them was run,",
-        "not even the tool and login checks (only git, to name the default tag). ${NAME} stands for a",
-        "value an earlier step produces.",
+        f"not even the tool and login checks{git}. ${{NAME}} stands for a value an earlier step produces.",
     ]
     if plan.env:
         assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in plan.env)

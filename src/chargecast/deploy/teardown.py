@@ -58,8 +58,17 @@ def _in_cluster(o: TeardownOptions) -> list[Step]:
     return [
         Step(
             "find cluster",
-            ("gcloud", "container", "clusters", "list", f"--filter=name={o.cluster}", "--format=value(location)"),
-            "an Autopilot cluster is regional, a Standard one zonal: ask where it is rather than guess",
+            (
+                "gcloud",
+                "container",
+                "clusters",
+                "list",
+                f"--filter=name={o.cluster}",
+                "--format=value(location)",
+                "--limit=1",
+            ),
+            "an Autopilot cluster is regional, a Standard one zonal: ask where it is rather than guess (the first "
+            "of that name; run teardown again for another)",
             capture="CLUSTER_LOCATION",
         ),
         Step(
