@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import celpy  # type: ignore[import-untyped, unused-ignore]  # cel-python ships no stubs
+import celpy
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs in the dev lock
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError, bool_eq
 
 Obj = dict[str, Any]
 
@@ -37,8 +41,8 @@ FILES = {
 }
 # CEL's reserved words: Kubernetes exposes a property of that name as __name__ (KEP-2876).
 CEL_RESERVED = frozenset(
-    "true false null in as break const continue else for function if import let loop package namespace "
-    "return var void while".split()
+    {"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if"}
+    | {"import", "let", "loop", "package", "namespace", "return", "var", "void", "while"}
 )
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -128,20 +132,53 @@ def to_cel(value: Any, schema: Obj) -> Any:
         extra = schema["additionalProperties"]
         return celtypes.MapType({celtypes.StringType(k): to_cel(v, extra) for k, v in value.items()})
     if isinstance(value, list):
-        item = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        item = schema["items"] if isinstance(schema.get("items"), dict) else {}
         return celtypes.ListType([to_cel(v, item) for v in value])
-    return celpy.json_to_cel(value)
+    return json_to_cel(value)
 
 
 def _split(text: Any, separator: Any) -> Any:
-    """Kubernetes' strings library ``split``, the one extension function these CRDs' rules call."""
+    """Kubernetes' strings library ``split`` (these CRDs' rules call it and ``isURL``, nothing else non-standard)."""
     return celtypes.ListType([celtypes.StringType(part) for part in str(text).split(str(separator))])
+
+
+def _is_url(text: Any) -> Any:
+    """Kubernetes' ``isURL``: Go's url.ParseRequestURI accepts an absolute URI or an absolute path."""
+    value = str(text)
+    absolute = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", value) or value.startswith("/")
+    return celtypes.BoolType(bool(absolute) and not re.search(r"[\s\x00-\x1f\x7f]", value))
+
+
+NUMBERS = (celtypes.IntType, celtypes.UintType, celtypes.DoubleType)
+
+
+def _equal(a: Any, b: Any) -> Any:
+    """CEL's heterogeneous equality, as Kubernetes evaluates it: values of different types are unequal.
+
+    cel-python raises instead, which matters for int-or-string fields (PodMonitoring's ``port != 0``).
+    """
+    for side in (a, b):
+        if isinstance(side, CELEvalError):
+            return side  # an absent field stays an error, as in Kubernetes: has() is how to ask
+    if isinstance(a, NUMBERS) and isinstance(b, NUMBERS):
+        return celtypes.BoolType(float(a) == float(b))
+    if type(a) is not type(b) and not (isinstance(a, type(b)) or isinstance(b, type(a))):
+        return celtypes.BoolType(False)
+    return bool_eq(a, b)
+
+
+def _not_equal(a: Any, b: Any) -> Any:
+    equal = _equal(a, b)
+    return equal if isinstance(equal, CELEvalError) else celtypes.logical_not(equal)
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {"split": _split, "isURL": _is_url, "_==_": _equal, "_!=_": _not_equal}
 
 
 @cache
 def _program(rule: str) -> Any:
     env = celpy.Environment()
-    return env.program(env.compile(rule), functions={"split": _split})
+    return env.program(env.compile(rule), functions=FUNCTIONS)
 
 
 def _rule_errors(value: Any, schema: Obj, path: str) -> list[str]:
@@ -152,7 +189,7 @@ def _rule_errors(value: Any, schema: Obj, path: str) -> list[str]:
         message = check.get("message") or f"failed rule: {check['rule']}"
         try:
             passed = _program(check["rule"]).evaluate({"self": to_cel(value, schema)})
-        except celpy.CELEvalError as error:  # the API server refuses an object its rule cannot evaluate
+        except CELEvalError as error:  # the API server refuses an object its rule cannot evaluate
             errors.append(f"{path}: {message} (evaluation error: {error.args[0]})")
             continue
         if not (isinstance(passed, celtypes.BoolType) and passed):
@@ -179,7 +216,7 @@ def crd_errors(obj: Obj) -> list[str]:
     """Why the API server would refuse ``obj``: one line per error, empty when it would accept it."""
     schema = schema_of(obj)
     full = defaulted(obj, schema)
-    validator = jsonschema.Draft4Validator(closed(schema))
+    validator = jsonschema.Draft4Validator(closed(schema), format_checker=jsonschema.FormatChecker())
     errors = [f"/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(full)]
     name = obj.get("metadata", {}).get("name", "")
     if not (len(name) <= 253 and DNS_SUBDOMAIN.fullmatch(name)):
@@ -204,9 +241,23 @@ def rules_in(kind: str, version: str) -> list[str]:
     return found
 
 
+# The functions the evaluator knows: CEL's standard ones these CRDs use, and FUNCTIONS.
+KNOWN_FUNCTIONS = frozenset(
+    {"has", "size", "all", "exists", "exists_one", "filter", "map", "matches", "contains", "startsWith"}
+    | {"endsWith", "duration", "timestamp", "int", "uint", "double", "string", "bool", "type"}
+    | {name for name in FUNCTIONS if name[0].isalpha()}
+)
+
+
+def unknown_functions(rule: str) -> set[str]:
+    """The functions ``rule`` calls that the evaluator lacks (string literals left out)."""
+    code = re.sub(r'r"""[^"]*"""|\'[^\']*\'|"[^"]*"', "''", rule)
+    return set(re.findall(r"([A-Za-z_]\w*)\s*\(", code)) - KNOWN_FUNCTIONS
+
+
 def compiles(rule: str) -> bool:
     try:
         _program(rule)
-    except celpy.CELParseError:
+    except CELParseError:
         return False
     return True
