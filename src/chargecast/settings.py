@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         pattern=r"^[0-9a-f]{64}$",
         description="When set, serve the model only if its metadata.json has this sha256 (pins a version).",
     )
+    model_public_key: Path | None = Field(
+        default=None,
+        description="PEM file of an Ed25519 public key: when set, serve and predict use only a model whose "
+        "metadata.json.sig it verifies (docs/signing.md).",
+    )
     # -- what one connection and one worker may hold (see README "Limits and the memory budget")
     worker_memory_budget: int = Field(
         default=96 << 20,

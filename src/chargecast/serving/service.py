@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 from starlette.types import Scope
 
+from chargecast import signing
 from chargecast.model.artifact import METADATA_FILE, Artifact
 from chargecast.schema import Issue
 from chargecast.serving import headers as security
@@ -75,7 +76,8 @@ class Service:
         whether it is loaded. A model still loading is waited for (see :meth:`wait_for_model`).
         """
         if self.keys:
-            scope[CALLER] = self.key_labels[check_bearer(header(scope, b"authorization"), self.keys)]
+            label = self.key_labels[check_bearer(header(scope, b"authorization"), self.keys)]
+            scope.setdefault(CALLER, label)  # behind IAP the caller is the person IAP verified
         return self.model or await self.wait_for_model()
 
     async def flush_forever(self) -> None:
@@ -107,11 +109,13 @@ class Service:
         return self.model
 
     def _load_and_warm(self) -> Artifact:
-        model = Artifact.load(self.settings.model_dir, self.settings.model_sha256)
+        settings = self.settings
+        # With CHARGECAST_MODEL_PUBLIC_KEY: the signature first, then the load pinned to what it covered.
+        verified = signing.check(settings.model_dir, settings.model_public_key, settings.model_sha256)
+        model = Artifact.load(verified.root, verified.digest)
         if self.audit is not None:  # `chargecast serve` pins the digest it verified; else the file's
-            pinned = self.settings.model_sha256
-            metadata = Path(self.settings.model_dir) / METADATA_FILE
-            self.audit.digest = pinned or hashlib.sha256(metadata.read_bytes()).hexdigest()
+            metadata = Path(settings.model_dir) / METADATA_FILE
+            self.audit.digest = verified.digest or hashlib.sha256(metadata.read_bytes()).hexdigest()
         warm_up(model)
         return model
 
