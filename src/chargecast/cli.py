@@ -10,13 +10,18 @@ import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chargecast import __version__
 from chargecast.argtypes import fraction, int_at_least, port
 from chargecast.audit.cli import add_audit_parser
 from chargecast.deploy.cli import add_deploy_parser
 from chargecast.schema import FEATURES
+
+if TYPE_CHECKING:  # the train extra (rich, scikit-learn) may be missing where the CLI runs
+    from rich.table import Table
+
+    from chargecast.training.train import TrainResult
 
 
 class UserError(Exception):
@@ -26,7 +31,6 @@ class UserError(Exception):
 def _train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from chargecast.model import artifact
     from chargecast.settings import get_settings
@@ -62,21 +66,8 @@ def _train(args: argparse.Namespace) -> int:
 
         result = train.train(dataset, config, progress)
 
-    table = Table(title="Leaderboard (repeated K-fold CV on the training part)")
-    for col in ("model", "CV R²", "CV MAE", "CV RMSE", "CV coverage", "mean width"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for row in result.leaderboard:
-        mark = " ✓" if row["model"] == result.chosen else ""
-        table.add_row(
-            row["model"] + mark,
-            f"{row['r2_mean']:.4f} ± {row['r2_std']:.4f}",
-            f"{row['mae_mean']:,.0f}",
-            f"{row['rmse_mean']:,.0f}",
-            f"{row['coverage']:.3f}",
-            f"{row['mean_interval_width']:,.0f}",
-        )
     out = Console(width=None if sys.stdout.isatty() else 120)
-    out.print(table)
+    out.print(_leaderboard(result))
     h = result.metrics["holdout"]
     out.print(
         f"holdout ({len(result.y_test)} rows, scored once): R² {h['r2']:.4f}  MAE {h['mae']:,.0f}  "
@@ -106,6 +97,26 @@ def _train(args: argparse.Namespace) -> int:
     if args.sign is not None:
         out.print(f"signed with {args.sign}: {args.out / artifact.SIGNATURE_FILE}")
     return 0
+
+
+def _leaderboard(result: TrainResult) -> Table:
+    """The cross-validation leaderboard as a rich table, the chosen model ticked."""
+    from rich.table import Table
+
+    table = Table(title="Leaderboard (repeated K-fold CV on the training part)")
+    for col in ("model", "CV R²", "CV MAE", "CV RMSE", "CV coverage", "mean width"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result.leaderboard:
+        mark = " ✓" if row["model"] == result.chosen else ""
+        table.add_row(
+            row["model"] + mark,
+            f"{row['r2_mean']:.4f} ± {row['r2_std']:.4f}",
+            f"{row['mae_mean']:,.0f}",
+            f"{row['rmse_mean']:,.0f}",
+            f"{row['coverage']:.3f}",
+            f"{row['mean_interval_width']:,.0f}",
+        )
+    return table
 
 
 def _signer(key_path: Path | None) -> Callable[[bytes], bytes] | None:
