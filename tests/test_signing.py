@@ -47,6 +47,8 @@ class Keys:
     rsa_public: Path
     ec_public: Path
     encrypted: Path
+    ed448_private: Path
+    ed448_public: Path
 
 
 def openssl(*args: str) -> None:
@@ -65,9 +67,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     openssl("genpkey", "-algorithm", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(d / "ec.pem"))
     openssl("pkey", "-in", str(d / "ec.pem"), "-pubout", "-out", str(d / "ec.pub.pem"))
     openssl("genpkey", "-algorithm", "ed25519", "-aes256", "-pass", "pass:secret", "-out", str(d / "enc.pem"))
+    openssl("genpkey", "-algorithm", "ed448", "-out", str(d / "ed448.pem"))
+    openssl("pkey", "-in", str(d / "ed448.pem"), "-pubout", "-out", str(d / "ed448.pub.pem"))
     return Keys(
         d / "signer.pem", d / "signer.pub.pem", d / "other.pem", d / "other.pub.pem",
-        d / "rsa.pem", d / "rsa.pub.pem", d / "ec.pub.pem", d / "enc.pem",
+        d / "rsa.pem", d / "rsa.pub.pem", d / "ec.pub.pem", d / "enc.pem", d / "ed448.pem", d / "ed448.pub.pem",
     )  # fmt: skip
 
 
@@ -115,6 +119,7 @@ def test_wrong_or_unreadable_keys_are_one_line_naming_the_flag(keys: Keys, model
     target = copy_of(model_dir, tmp_path / "m")
     for key, words in (
         (keys.rsa_private, "--key {}: an RSA key; model signatures use Ed25519"),
+        (keys.ed448_private, "--key {}: an Ed448 key; model signatures use Ed25519"),
         (keys.public, "--key {}: not a PEM private key (that is a public key"),
         (keys.encrypted, "--key {}: the key is encrypted"),
         (tmp_path / "absent.pem", "--key {}: cannot read the key (No such file or directory)"),
@@ -130,6 +135,7 @@ def test_public_key_setting_refuses_private_and_foreign_keys(keys: Keys) -> None
         (keys.private, "a private key; give its public half"),
         (keys.rsa_public, "an RSA key; model signatures use Ed25519"),
         (keys.ec_public, "an EC key; model signatures use Ed25519"),
+        (keys.ed448_public, "an Ed448 key; model signatures use Ed25519"),
     ):
         with pytest.raises(signing.SigningError, match=f"^CHARGECAST_MODEL_PUBLIC_KEY {key}: {words}"):
             signing.public_key(key)
