@@ -27,7 +27,7 @@ from chargecast.schema import FIELDS, PATIENT_REF, CategoryField, Issue
 from chargecast.serving.errors import invalid
 from chargecast.settings import Settings
 
-CALLER: Final = "chargecast.caller"  # scope key: the API-key label the gate matched
+CALLER: Final = "chargecast.caller"  # scope key: the IAP email or the API-key label the gate matched
 ONE, MANY, BARE, FORM, ARRAYS = range(5)  # what an entry holds (see Audit.build)
 Outcome = tuple[float, float, float, Any, Sequence[str]]  # charges, low, high, quantiles, extrapolated
 NO_KEY_RULE: Final = (

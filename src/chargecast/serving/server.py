@@ -51,6 +51,8 @@ _EXPORTED = (
     "metrics_port",
     "model_sha256",
     "model_public_key",
+    "iap_audience",
+    "iap_jwks",
     "worker_memory_budget",
     *HttpLimits.ENV,
 )
@@ -92,10 +94,16 @@ def serve(settings: Settings) -> NoReturn:
     """Validate, verify the model once, snapshot it, export, and become the lean supervisor."""
     from chargecast import signing
     from chargecast.model.artifact import SIGNATURE_FILE, load_verified, snapshot
+    from chargecast.serving.iap import JwksError, check_source
 
     check_model(settings.model_dir)
     if settings.metrics_port and settings.metrics_port == settings.port:
         raise ServeError(f"the metrics port {settings.metrics_port} must differ from the service port")
+    if settings.iap_audience is not None:
+        try:
+            check_source(settings.iap_jwks)  # a broken JWKS file stops the start, not every request
+        except JwksError as exc:
+            raise ServeError(str(exc)) from None
     # With CHARGECAST_MODEL_PUBLIC_KEY: the signature before anything else of the model is read.
     verified = signing.check(settings.model_dir, settings.model_public_key, settings.model_sha256)
     source = verified.root.resolve()

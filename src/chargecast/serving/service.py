@@ -30,6 +30,7 @@ from chargecast.serving import openapi
 from chargecast.serving.audit import CALLER, Audit
 from chargecast.serving.budget import MemoryBudget
 from chargecast.serving.errors import ApiError
+from chargecast.serving.iap import Iap, Jwks
 from chargecast.serving.logs import AccessLog
 from chargecast.serving.metrics import Metrics
 from chargecast.serving.predict import model_info, warm_up
@@ -57,6 +58,7 @@ class Service:
         self.keys = tuple(key for _, key in keyring)
         self.key_labels = tuple(label for label, _ in keyring)
         self.audit = Audit(settings) if settings.audit_on else None
+        self.iap = Iap(settings.iap_audience, Jwks(settings.iap_jwks)) if settings.iap_audience else None
         self.document = openapi.build(settings)
         self.openapi_json = openapi.to_json(self.document)
         self.docs_html = openapi.render_docs(self.document)
