@@ -451,14 +451,17 @@ def test_chargecast_serve_checks_iap_in_its_workers(jwks_file: Path, model_dir: 
     """The settings reach the spawned workers: a real server admits a good token only, and logs who called."""
     import socket
 
-    with socket.socket() as s:
+    with socket.socket() as s, socket.socket() as m:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        m.bind(("127.0.0.1", 0))
+        port, metrics_port = s.getsockname()[1], m.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(SRC), "CHARGECAST_IAP_AUDIENCE": AUD, "CHARGECAST_IAP_JWKS": str(jwks_file)}
     log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "chargecast.cli", "serve", "--model", str(model_dir), "--port", str(port)]
     with log.open("wb") as fh:
-        proc = subprocess.Popen([*cmd, "--metrics-port", "0", "--workers", "1"], env=env, stdout=fh, stderr=fh)
+        proc = subprocess.Popen(
+            [*cmd, "--metrics-port", str(metrics_port), "--workers", "1"], env=env, stdout=fh, stderr=fh
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -472,6 +475,10 @@ def test_chargecast_serve_checks_iap_in_its_workers(jwks_file: Path, model_dir: 
         assert httpx.post(url + "/api/v1/predict", json=RECORD).status_code == 401
         assert httpx.post(url + "/api/v1/predict", json=RECORD, headers=signed(token(aud="x"))).status_code == 401
         assert httpx.post(url + "/api/v1/predict", json=RECORD, headers=signed()).status_code == 200
+        # the metrics port is its own, private, server: Prometheus scrapes it without a token
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert scraped.status_code == 200
+        assert "chargecast" in scraped.text
     finally:
         proc.terminate()
         proc.wait(timeout=15)
