@@ -10,7 +10,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chargecast import __version__
 from chargecast.argtypes import fraction, int_at_least, port
@@ -18,6 +18,11 @@ from chargecast.audit.cli import add_audit_parser
 from chargecast.deploy.cli import add_deploy_parser
 from chargecast.monitor.cli import add_monitor_parser
 from chargecast.schema import FEATURES
+
+if TYPE_CHECKING:  # the train extra (rich, scikit-learn) may be missing where the CLI runs
+    from rich.table import Table
+
+    from chargecast.training.train import TrainResult
 
 
 class UserError(Exception):
@@ -27,7 +32,6 @@ class UserError(Exception):
 def _train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from chargecast.model import artifact
     from chargecast.settings import get_settings
@@ -35,6 +39,7 @@ def _train(args: argparse.Namespace) -> int:
     from chargecast.training.data import load_dataset
 
     console = Console(stderr=True)
+    signer = _signer(args.sign)  # a bad key stops the run before minutes of training
     dataset = load_dataset(args.data, get_settings())
     console.print(f"data: {dataset.source} ({dataset.rows} rows, sha256 {dataset.sha256[:12]}…)")
     config = train.TrainConfig(
@@ -62,21 +67,8 @@ def _train(args: argparse.Namespace) -> int:
 
         result = train.train(dataset, config, progress)
 
-    table = Table(title="Leaderboard (repeated K-fold CV on the training part)")
-    for col in ("model", "CV R²", "CV MAE", "CV RMSE", "CV coverage", "mean width"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for row in result.leaderboard:
-        mark = " ✓" if row["model"] == result.chosen else ""
-        table.add_row(
-            row["model"] + mark,
-            f"{row['r2_mean']:.4f} ± {row['r2_std']:.4f}",
-            f"{row['mae_mean']:,.0f}",
-            f"{row['rmse_mean']:,.0f}",
-            f"{row['coverage']:.3f}",
-            f"{row['mean_interval_width']:,.0f}",
-        )
     out = Console(width=None if sys.stdout.isatty() else 120)
-    out.print(table)
+    out.print(_leaderboard(result))
     h = result.metrics["holdout"]
     out.print(
         f"holdout ({len(result.y_test)} rows, scored once): R² {h['r2']:.4f}  MAE {h['mae']:,.0f}  "
@@ -101,19 +93,65 @@ def _train(args: argparse.Namespace) -> int:
         def render(final: dict[str, Any]) -> dict[str, bytes]:
             return report.render(result, final)
 
-    final = artifact.write(args.out, result.predictor, result.distribution, meta, render)
+    final = artifact.write(args.out, result.predictor, result.distribution, meta, render, signer)
     out.print(f"model {final['version']} written to {args.out} in {result.seconds:.1f} s")
+    if args.sign is not None:
+        out.print(f"signed with {args.sign}: {args.out / artifact.SIGNATURE_FILE}")
+    return 0
+
+
+def _leaderboard(result: TrainResult) -> Table:
+    """The cross-validation leaderboard as a rich table, the chosen model ticked."""
+    from rich.table import Table
+
+    table = Table(title="Leaderboard (repeated K-fold CV on the training part)")
+    for col in ("model", "CV R²", "CV MAE", "CV RMSE", "CV coverage", "mean width"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result.leaderboard:
+        mark = " ✓" if row["model"] == result.chosen else ""
+        table.add_row(
+            row["model"] + mark,
+            f"{row['r2_mean']:.4f} ± {row['r2_std']:.4f}",
+            f"{row['mae_mean']:,.0f}",
+            f"{row['rmse_mean']:,.0f}",
+            f"{row['coverage']:.3f}",
+            f"{row['mean_interval_width']:,.0f}",
+        )
+    return table
+
+
+def _signer(key_path: Path | None) -> Callable[[bytes], bytes] | None:
+    """What signs metadata.json for ``train --sign``; the key is read and checked now."""
+    if key_path is None:
+        return None
+    from chargecast import signing
+
+    key = signing.private_key(key_path, "--sign")
+    return lambda metadata: signing.signature_file(key, metadata)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from chargecast import signing
+
+    key = signing.private_key(args.key, "--key")
+    target, version = signing.sign(args.dir, key)
+    print(f"model {version} in {args.dir} signed ({signing.fingerprint(key.public_key())}) -> {target}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from chargecast import signing
     from chargecast.audit.cli import run_log
     from chargecast.batch import score_file
     from chargecast.settings import get_settings
 
-    model, log = run_log(args.model or get_settings().model_dir, args.audit)
+    settings = get_settings()
+    # The signature first (CHARGECAST_MODEL_PUBLIC_KEY): nothing else of the model is read, and
+    # nothing is written, audit store included, unless it holds.
+    verified = signing.check(args.model or settings.model_dir, settings.model_public_key)
+    model, log = run_log(verified.root, args.audit, verified.digest)
     output = args.output or args.input.with_name(f"{args.input.stem}.scored{args.input.suffix}")
     with (
         contextlib.closing(log),
@@ -182,7 +220,18 @@ def parser() -> argparse.ArgumentParser:
         default=20,
         help="refit the chosen model on this many random splits (seeds 1..N) for the report's mean ± sd (default 20)",
     )
+    t.add_argument(
+        "--sign",
+        type=Path,
+        metavar="PRIVATE.pem",
+        help="sign metadata.json with this Ed25519 key (openssl genpkey -algorithm ed25519); see docs/signing.md",
+    )
     t.set_defaults(func=_train)
+
+    sg = sub.add_parser("sign", help="sign an existing model artifact's metadata.json (Ed25519)")
+    sg.add_argument("dir", type=Path, metavar="DIR", help="the artifact directory, such as models/current")
+    sg.add_argument("--key", type=Path, required=True, metavar="PRIVATE.pem", help="Ed25519 private key (PEM)")
+    sg.set_defaults(func=_sign)
 
     pr = sub.add_parser("predict", help="score a CSV or Parquet file in streamed chunks")
     pr.add_argument("input", type=Path)
@@ -232,9 +281,11 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from chargecast.model.artifact import ArtifactError
     from chargecast.schema import ValidationError
     from chargecast.serving.server import ServeError
+    from chargecast.signing import SigningError
 
     known: tuple[type[Exception], ...] = (
         UserError,
+        SigningError,
         ArtifactError,
         ValidationError,
         SettingsError,

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CANONICAL_DATA_URL = "https://raw.githubusercontent.com/pycaret/datasets/main/data/common/insurance.csv"
 CANONICAL_DATA_SHA256 = "6e3894cf7d9210613f62c866684055decea694345cd4f244ecd7167041578c68"
+IAP_JWKS_URL = "https://www.gstatic.com/iap/verify/public_key-jwk"
+IAP_AUDIENCE = re.compile(r"/projects/[0-9]+/[A-Za-z0-9/_.-]+")
 KEY_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MIN_PATIENT_KEY_BYTES = 16
 
@@ -64,6 +66,21 @@ class Settings(BaseSettings):
         default=None,
         pattern=r"^[0-9a-f]{64}$",
         description="When set, serve the model only if its metadata.json has this sha256 (pins a version).",
+    )
+    model_public_key: Path | None = Field(
+        default=None,
+        description="PEM file of an Ed25519 public key: when set, serve and predict use only a model whose "
+        "metadata.json.sig it verifies (docs/signing.md).",
+    )
+    # -- Identity-Aware Proxy in front (docs/iap.md)
+    iap_audience: str | None = Field(
+        default=None,
+        description="When set, every request but /healthz and /readyz needs IAP's signed header for this "
+        "audience, such as /projects/NUMBER/global/backendServices/ID.",
+    )
+    iap_jwks: str = Field(
+        default=IAP_JWKS_URL,
+        description="IAP's public keys: a JWKS file, or an https URL (http only to this machine).",
     )
     # -- what one connection and one worker may hold (see README "Limits and the memory budget")
     worker_memory_budget: int = Field(
@@ -143,6 +160,37 @@ class Settings(BaseSettings):
 
         parse_thresholds(split_thresholds(value))  # a typo fails at start-up, naming the item and its rule
         return value
+
+    @field_validator("iap_audience")
+    @classmethod
+    def _audience(cls, value: str | None) -> str | None:
+        """Checked for shape only: an audience that can never match would refuse every request."""
+        if value is not None and not IAP_AUDIENCE.fullmatch(value):
+            raise ValueError(
+                "must look like /projects/NUMBER/global/backendServices/ID (IAP's audience for the backend); "
+                "unset it to turn the IAP check off"
+            )
+        return value
+
+    @field_validator("iap_jwks")
+    @classmethod
+    def _jwks_source(cls, value: str) -> str:
+        """A URL must be https (the keys decide who gets in); plain http only to loopback, for tests."""
+        from urllib.parse import urlsplit
+
+        text = value.strip()
+        if not text:
+            raise ValueError("must be a JWKS file path or an https URL, not empty (unset it for IAP's own URL)")
+        parts = urlsplit(text)
+        if parts.scheme == "https" and parts.hostname:
+            return text
+        if parts.scheme == "http" and parts.hostname in {"127.0.0.1", "localhost", "::1"}:
+            return text
+        if parts.scheme in {"http", "https"}:
+            raise ValueError("must be an https URL (plain http only to 127.0.0.1, localhost or ::1) or a file")
+        if "://" in text:
+            raise ValueError("must be an https URL or a JWKS file path")
+        return text
 
     @field_validator("audit_patient_key")
     @classmethod

@@ -89,15 +89,16 @@ class PredictLog:
             self.store.close()
 
 
-def run_log(model_dir: Path, given: str | None) -> tuple[Artifact, PredictLog]:
+def run_log(model_dir: Path, given: str | None, sha256: str | None = None) -> tuple[Artifact, PredictLog]:
     """The model, and the log its forecasts go to: the store is opened before any input is read, so
-    a bad URL or an unreachable database stops the run before it writes anything."""
+    a bad URL or an unreachable database stops the run before it writes anything. ``sha256`` pins
+    the metadata.json the model must be built from (the one whose signature was checked)."""
     url = chosen_url(given)
     if url is None:
-        return Artifact.load(model_dir), PredictLog()
+        return Artifact.load(model_dir, sha256), PredictLog()
     store = connect(url)
     try:
-        model, digest = pinned(model_dir)
+        model, digest = pinned(model_dir, sha256)
         key = os.environ.get(PATIENT_SETTING, "").encode("utf-8")
         run = RunLog(store, model, digest, patient_key=key or None, caller=os_user())
     except BaseException:
@@ -106,10 +107,12 @@ def run_log(model_dir: Path, given: str | None) -> tuple[Artifact, PredictLog]:
     return model, PredictLog(run, store, redact(url))
 
 
-def pinned(model_dir: Path) -> tuple[Artifact, str]:
+def pinned(model_dir: Path, sha256: str | None = None) -> tuple[Artifact, str]:
     """The model and the sha256 of the very metadata.json it was built from: the digest is taken
-    first and the load is pinned to it, so a ``models/current`` link moved meanwhile is an error,
-    not a record naming another model."""
+    first (or given) and the load is pinned to it, so a ``models/current`` link moved meanwhile is
+    an error, not a record naming another model."""
+    if sha256 is not None:
+        return Artifact.load(model_dir, sha256), sha256
     meta = Path(model_dir) / METADATA_FILE
     if not meta.is_file():
         Artifact.load(model_dir)  # raises the artifact's own message (not a model directory)

@@ -35,6 +35,7 @@ from chargecast.model.publish import Draft
 Array = npt.NDArray[np.float64]
 FORMAT = 2  # 2: the interval is a per-group residual quantile grid
 MODEL_FILE, ARRAYS_FILE, METADATA_FILE = "model.json", "arrays.npz", "metadata.json"
+SIGNATURE_FILE = METADATA_FILE + ".sig"  # optional; made and checked by chargecast.signing
 
 
 class ArtifactError(Exception):
@@ -383,13 +384,16 @@ def write(
     distribution: ResidualDistribution,
     metadata: dict[str, Any],
     extra_files: Callable[[dict[str, Any]], Mapping[str, bytes]] | None = None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> dict[str, Any]:
     """Publish a new version at ``out_dir``: a reader finds the old model or the new one, never
     neither, even when the writer is killed half-way (see :mod:`chargecast.model.publish`).
 
     ``metadata`` gets ``format``, ``version``, ``created_at``, ``libraries``, ``schema``
     and ``files`` added. ``extra_files`` (report, model card) is called with that final
-    metadata, so what it renders names the real version. Returns the final metadata.
+    metadata, so what it renders names the real version. ``sign`` turns metadata.json's bytes
+    into ``metadata.json.sig``, published in the same swap: no reader ever sees the new metadata
+    unsigned. Returns the final metadata.
     Every byte is made before the disk is touched, so a failure there leaves no trace.
     """
     spec = {"predictor": predictor.to_json(), "interval": distribution.to_json()}
@@ -410,6 +414,8 @@ def write(
     }
     files.update(extra_files(full) if extra_files else {})
     files[METADATA_FILE] = (json.dumps(full, indent=2) + "\n").encode("utf-8")
+    if sign is not None:
+        files[SIGNATURE_FILE] = sign(files[METADATA_FILE])
     with Draft(Path(out_dir)) as draft:
         for rel, data in files.items():
             draft.put(rel, data)

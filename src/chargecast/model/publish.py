@@ -12,6 +12,7 @@ One writer at a time: a lock on the versions directory makes a second one wait.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -79,6 +80,38 @@ class Draft:
         previous = _point(self.out_dir, final)
         _prune(self.versions, keep={final.name, previous})
         return final
+
+
+def place(directory: Path, rel: str, data: bytes) -> Path:
+    """Add one file to a model directory in one step: a reader finds the old file (or none) or
+    the new one, whole. ``directory`` is a resolved published version (or a plain directory);
+    when it is one of a versions directory, the writers' lock keeps a publish from pruning it
+    meanwhile."""
+    target = directory / rel
+    versions = directory.parent
+    lock = os.open(versions, os.O_RDONLY) if versions.name.endswith(".versions") else -1
+    try:
+        if lock >= 0:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not directory.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the model directory is gone", str(directory))
+        fd, temp = tempfile.mkstemp(prefix=f".{rel}.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(temp, 0o644)  # mkstemp makes it owner-only; a non-root server must read it
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        _fsync_dir(directory)
+    finally:
+        if lock >= 0:
+            os.close(lock)
+    return target
 
 
 def _point(out_dir: Path, target: Path) -> str | None:

@@ -27,8 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chargecast.schema import Issue
 from chargecast.serving import headers as security
 from chargecast.serving.actuals import monitor_forever
+from chargecast.serving.audit import CALLER
 from chargecast.serving.budget import Lease
 from chargecast.serving.errors import ApiError, error_body
+from chargecast.serving.iap import IapGate
 from chargecast.serving.routes import DIRECT, ROUTES
 from chargecast.serving.service import Service
 from chargecast.serving.transport import LEASE, SERVICE, error_response, json_response
@@ -110,7 +112,7 @@ class Observe:
             elapsed = time.perf_counter() - start
             final = status or 500
             metrics.finished(route, method, final, elapsed)
-            service.access.write(shown, method, route, final, elapsed, service.version)
+            service.access.write(shown, method, route, final, elapsed, service.version, scope.get(CALLER))
 
 
 @asynccontextmanager
@@ -176,7 +178,13 @@ HANDLERS: Final[Mapping[Any, Callable[[Request, Exception], Response | Awaitable
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app for one process; the model loads in the background once it starts."""
     service = Service(settings if settings is not None else Settings())
-    observe = Middleware(Observe, service=service, routes=frozenset(r.path for r in ROUTES), direct=DIRECT)
-    app = Starlette(routes=list(ROUTES), middleware=[observe], exception_handlers=HANDLERS, lifespan=lifespan)
+    direct: Mapping[tuple[str, str], ASGIApp] = DIRECT
+    middleware = []
+    if service.iap is not None:  # behind IAP: its header on every path but the probes, direct routes too
+        direct = {route: IapGate(endpoint, service.iap) for route, endpoint in DIRECT.items()}
+        middleware.append(Middleware(IapGate, iap=service.iap))
+    observe = Middleware(Observe, service=service, routes=frozenset(r.path for r in ROUTES), direct=direct)
+    middleware.insert(0, observe)
+    app = Starlette(routes=list(ROUTES), middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.service = service
     return app

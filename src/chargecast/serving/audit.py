@@ -30,7 +30,7 @@ from chargecast.settings import Settings
 # answer, with a 128-character client id and patient reference; measured 0.7-1.04 KiB, tested):
 # the queue's bound in bytes is audit_queue_size times this (docs/limits.md).
 QUEUED_RECORD_BYTES: Final = 1280
-CALLER: Final = "chargecast.caller"  # scope key: the API-key label the gate matched
+CALLER: Final = "chargecast.caller"  # scope key: the IAP email or the API-key label the gate matched
 ONE, MANY, BARE, FORM, ARRAYS = range(5)  # what an entry holds (see Audit.build)
 NO_KEY_RULE: Final = (
     "cannot be stored: the server has no patient key to hash it with (CHARGECAST_AUDIT_PATIENT_KEY); "

@@ -78,7 +78,7 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
 
 
 class AccessLog:
-    """One JSON line per request: id, method, route, status, duration, model version, pid.
+    """One JSON line per request: id, method, route, status, duration, model version, pid, caller.
 
     Lines are gathered and written in blocks of under 4 KiB (still atomic on a pipe), at
     the latest every ``Metrics.FLUSH_SECONDS`` by the app's flusher and at shutdown: one
@@ -103,24 +103,33 @@ class AccessLog:
         return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
 
     def write(
-        self, request_id: str, method: str, route: str, status: int, seconds: float, model_version: str | None
+        self,
+        request_id: str,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        model_version: str | None,
+        caller: str | None = None,
     ) -> None:
+        """``caller`` (the API-key label or the IAP email) is in the line only when one was verified."""
         if not self.enabled:
             return
-        line = orjson.dumps(
-            {
-                "ts": self._ts(time.time()),
-                "level": "info",
-                "event": "request",
-                "request_id": request_id,
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(seconds * 1000.0, 3),
-                "model_version": model_version,
-                "pid": self.pid,
-            }
-        )
+        fields = {
+            "ts": self._ts(time.time()),
+            "level": "info",
+            "event": "request",
+            "request_id": request_id,
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000.0, 3),
+            "model_version": model_version,
+            "pid": self.pid,
+        }
+        if caller is not None:
+            fields["caller"] = caller
+        line = orjson.dumps(fields)
         if len(self._pending) + len(line) >= self.BLOCK:
             self.flush()
         self._pending += line

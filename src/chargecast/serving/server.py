@@ -50,6 +50,9 @@ _EXPORTED = (
     "shutdown_timeout",
     "metrics_port",
     "model_sha256",
+    "model_public_key",
+    "iap_audience",
+    "iap_jwks",
     "worker_memory_budget",
     *HttpLimits.ENV,
 )
@@ -89,14 +92,25 @@ def export_settings(settings: Settings, environ: MutableMapping[str, str]) -> No
 
 def serve(settings: Settings) -> NoReturn:
     """Validate, verify the model once, snapshot it, export, and become the lean supervisor."""
-    from chargecast.model.artifact import load_verified, snapshot
+    from chargecast import signing
+    from chargecast.model.artifact import SIGNATURE_FILE, load_verified, snapshot
+    from chargecast.serving.iap import JwksError, check_source
 
     check_model(settings.model_dir)
     if settings.metrics_port and settings.metrics_port == settings.port:
         raise ServeError(f"the metrics port {settings.metrics_port} must differ from the service port")
-    source = Path(settings.model_dir).resolve()
-    model, contents = load_verified(source, settings.model_sha256)  # ArtifactError: one line, exit 2
+    if settings.iap_audience is not None:
+        try:
+            check_source(settings.iap_jwks)  # a broken JWKS file stops the start, not every request
+        except JwksError as exc:
+            raise ServeError(str(exc)) from None
+    # With CHARGECAST_MODEL_PUBLIC_KEY: the signature before anything else of the model is read.
+    verified = signing.check(settings.model_dir, settings.model_public_key, settings.model_sha256)
+    source = verified.root.resolve()
+    model, contents = load_verified(source, verified.digest)  # ArtifactError: one line, exit 2
     del model  # built and self-checked: the workers build their own from the snapshot
+    if verified.signature is not None:  # the workers check it again, in the copy
+        contents[SIGNATURE_FILE] = verified.signature
     snap = Path(tempfile.mkdtemp(prefix="chargecast-model-"))  # 0700: only this user reads or swaps it
     try:
         digest = snapshot(contents, snap)

@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 from starlette.types import Scope
 
+from chargecast import signing
 from chargecast.model.artifact import METADATA_FILE, Artifact
 from chargecast.schema import Issue
 from chargecast.serving import headers as security
@@ -30,6 +31,7 @@ from chargecast.serving.actuals import Monitoring
 from chargecast.serving.audit import CALLER, Audit
 from chargecast.serving.budget import MemoryBudget
 from chargecast.serving.errors import ApiError
+from chargecast.serving.iap import Iap, Jwks
 from chargecast.serving.logs import AccessLog
 from chargecast.serving.metrics import Metrics
 from chargecast.serving.predict import model_info, warm_up
@@ -57,6 +59,7 @@ class Service:
         self.keys = tuple(key for _, key in keyring)
         self.key_labels = tuple(label for label, _ in keyring)
         self.audit = Audit(settings) if settings.audit_on else None
+        self.iap = Iap(settings.iap_audience, Jwks(settings.iap_jwks)) if settings.iap_audience else None
         self.document = openapi.build(settings)
         self.openapi_json = openapi.to_json(self.document)
         self.docs_html = openapi.render_docs(self.document)
@@ -77,7 +80,8 @@ class Service:
         whether it is loaded. A model still loading is waited for (see :meth:`wait_for_model`).
         """
         if self.keys:
-            scope[CALLER] = self.key_labels[check_bearer(header(scope, b"authorization"), self.keys)]
+            label = self.key_labels[check_bearer(header(scope, b"authorization"), self.keys)]
+            scope.setdefault(CALLER, label)  # behind IAP the caller is the person IAP verified
         return self.model or await self.wait_for_model()
 
     async def flush_forever(self) -> None:
@@ -109,11 +113,13 @@ class Service:
         return self.model
 
     def _load_and_warm(self) -> Artifact:
-        model = Artifact.load(self.settings.model_dir, self.settings.model_sha256)
+        settings = self.settings
+        # With CHARGECAST_MODEL_PUBLIC_KEY: the signature first, then the load pinned to what it covered.
+        verified = signing.check(settings.model_dir, settings.model_public_key, settings.model_sha256)
+        model = Artifact.load(verified.root, verified.digest)
         if self.audit is not None:  # `chargecast serve` pins the digest it verified; else the file's
-            pinned = self.settings.model_sha256
-            metadata = Path(self.settings.model_dir) / METADATA_FILE
-            self.audit.digest = pinned or hashlib.sha256(metadata.read_bytes()).hexdigest()
+            metadata = Path(settings.model_dir) / METADATA_FILE
+            self.audit.digest = verified.digest or hashlib.sha256(metadata.read_bytes()).hexdigest()
         warm_up(model)
         return model
 
