@@ -66,6 +66,7 @@ serve-bench: $(STAMP)
 lock: $(STAMP)
 	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes --extra train --extra batch --extra dev -o requirements/dev.lock pyproject.toml
 	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes -o requirements/serve.lock pyproject.toml
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes -o requirements/sbom.lock requirements/sbom.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
