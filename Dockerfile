@@ -6,19 +6,25 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-COPY requirements/serve.lock requirements/build.lock requirements/
+COPY requirements/serve.lock requirements/build.lock requirements/sbom.lock requirements/
+# Three venvs: the app's (copied into the image), and two build-stage tool venvs (wheel building,
+# and cyclonedx-py for the SBOM) that never reach it.
 RUN --mount=type=secret,id=ca \
     if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r requirements/serve.lock \
     && python3 -m venv /opt/build \
-    && /opt/build/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r requirements/build.lock
+    && /opt/build/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r requirements/build.lock \
+    && python3 -m venv /opt/sbom \
+    && /opt/sbom/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r requirements/sbom.lock
 COPY pyproject.toml README.md ./
 COPY src/ src/
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
     && find /opt/venv/lib -type d -name tests -path '*/numpy/*' -prune -exec rm -rf {} + \
+    && /opt/sbom/bin/cyclonedx-py environment --pyproject pyproject.toml --output-reproducible \
+       --output-format JSON --output-file /sbom.cdx.json /opt/venv \
     && python3 -m compileall -q /opt/venv/lib
 
 FROM ${BASE_IMAGE}
@@ -31,6 +37,9 @@ LABEL org.opencontainers.image.title="chargecast" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /opt/venv /opt/venv
+# The CycloneDX SBOM of /opt/venv exactly as shipped (after pip and setuptools are removed);
+# docs/supply-chain.md says how it is made and checked.
+COPY --from=build /sbom.cdx.json /app/sbom.cdx.json
 COPY models/current /app/models/current
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

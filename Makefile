@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # Browser tests drive Debian's Chromium through Playwright (executable_path): never download one.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: run test lint typecheck unit quick train bench serve-bench lock clean
+.PHONY: run test lint typecheck unit quick train bench serve-bench lock image push-signed clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,10 +62,23 @@ bench: $(STAMP)
 serve-bench: $(STAMP)
 	$(BIN)/python bench/serve_bench.py
 
+# The image, with its CycloneDX SBOM copied to dist/sbom.cdx.json (docs/supply-chain.md).
+IMAGE ?= localhost/chargecast:dev
+image:
+	deploy/image.sh build --tag $(IMAGE) --out dist
+
+# Push $(IMAGE) to $(DEST) signed with the GPG key $(SIGN_BY), e.g.
+#   make push-signed DEST=registry.example/chargecast:1.0 SIGN_BY=FINGERPRINT
+push-signed:
+	@test -n "$(DEST)" || { echo "make push-signed: DEST=registry/repository:tag is required" >&2; exit 2; }
+	@test -n "$(SIGN_BY)" || { echo "make push-signed: SIGN_BY=GPG-key-fingerprint is required" >&2; exit 2; }
+	deploy/image.sh push $(IMAGE) $(DEST) --sign-by $(SIGN_BY)
+
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(STAMP)
 	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes --extra train --extra batch --extra dev -o requirements/dev.lock pyproject.toml
 	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes -o requirements/serve.lock pyproject.toml
+	$(BIN)/pip-compile -q --allow-unsafe --strip-extras --generate-hashes -o requirements/sbom.lock requirements/sbom.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -64,25 +64,23 @@ def podman() -> None:
         sh("bash", str(ENV_SCRIPT), timeout=1800)
 
 
-@pytest.fixture(scope="session")
-def image(podman: None) -> str:
-    """Build the image exactly as the README says, on the local base."""
-    cmd = [
-        "podman",
-        "build",
-        "--format",
-        "docker",
-        "--build-arg",
-        f"BASE_IMAGE={BASE}",
-        "--build-arg",
-        "REVISION=test",
-        "-t",
-        IMAGE,
-    ]
-    if CA.exists():  # this machine intercepts TLS; pip in the build needs its CA bundle
-        cmd += ["--secret", f"id=ca,src={CA}"]
-    proc = subprocess.run([*cmd, str(ROOT)], capture_output=True, text=True, timeout=1200, check=False)
+def build_image(tag: str, out: Path) -> Path:
+    """Build with `deploy/image.sh build`, the README's command, on the local base.
+
+    The script hands pip the machine's CA bundle (this machine intercepts TLS) and copies the
+    image's SBOM to ``out``; its path is returned.
+    """
+    env = os.environ | {"ENGINE": "podman", "BASE_IMAGE": BASE, "REVISION": "test", "CA_BUNDLE": str(CA)}
+    cmd = [str(ROOT / "deploy" / "image.sh"), "build", "--tag", tag, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out / "sbom.cdx.json"
+
+
+@pytest.fixture(scope="session")
+def image(podman: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Build the image exactly as the README says, on the local base."""
+    build_image(IMAGE, tmp_path_factory.mktemp("dist"))
     return IMAGE
 
 

@@ -45,3 +45,15 @@ def test_final_stage_runs_as_numeric_non_root_with_a_healthcheck() -> None:
     assert "ARG BASE_IMAGE=python:3.11-slim" in text
     assert "--mount=type=secret,id=ca" in text
     assert "pip install" not in final  # nothing is installed in the final stage
+
+
+def test_sbom_is_made_in_the_build_stage_and_shipped() -> None:
+    """cyclonedx-py runs from its own build-stage venv against /opt/venv; only its output ships."""
+    text = DOCKERFILE.read_text()
+    build, final = text[: text.rindex("\nFROM ")], text[text.rindex("\nFROM ") :]
+    assert "--require-hashes -r requirements/sbom.lock" in build
+    assert "/opt/sbom/bin/cyclonedx-py environment" in build
+    assert "/opt/venv" in build.split("cyclonedx-py environment", 1)[1].split("&&", 1)[0]
+    assert "pip uninstall" in build.split("cyclonedx-py environment", 1)[0]  # the SBOM is of what ships
+    assert "COPY --from=build /sbom.cdx.json /app/sbom.cdx.json" in final
+    assert "/opt/sbom" not in final
