@@ -9,8 +9,8 @@ gcloud, kubectl, docker and git are replaced by one small shell script on PATH t
 call with the environment it got, remembers what was created (so a probe finds it afterwards),
 and plays the part a test asks for (not logged in, a failing command, an existing cluster, a load
 balancer IP that appears on the third poll, a certificate that goes from PROVISIONING to FAILED).
-``kubectl kustomize`` and ``kubectl create secret`` are real, so every run renders the
-repository's own overlays with the pushed digest.
+``kubectl kustomize``, ``kubectl create secret`` and ``kubectl create configmap`` are real, so every
+run renders the repository's own overlays with the pushed digest.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ import base64
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from chargecast import __version__
+from chargecast import __version__, signing
 from chargecast.cli import main
 from chargecast.deploy import wrapper
 from chargecast.deploy.certstate import read_certificate
@@ -34,7 +38,7 @@ from chargecast.deploy.cli import default_root, default_tag
 from chargecast.deploy.gke import GKE_IMAGE_PLACEHOLDER, PROJECT_RULE, GkeOptions, plan_gke
 from chargecast.deploy.iap import pick_backend
 from chargecast.deploy.iapsecret import client_secret, manifest
-from chargecast.deploy.options import Iap, Throttle
+from chargecast.deploy.options import Iap, ModelKey, Throttle
 from chargecast.deploy.plan import HopelessError, Plan, Reading, Step, format_plan, show_command
 from chargecast.deploy.runner import DeployError, IncompleteError, run_plan
 from chargecast.deploy.teardown import TeardownOptions, plan_teardown
@@ -50,6 +54,7 @@ TOOLS = ("gcloud", "kubectl", "docker", "git", "gke-gcloud-auth-plugin")
 STATIC_IP = "203.0.113.10"
 CNAME = f"_acme-challenge.{DOMAIN}.\tCNAME\t0a1b2c3d.4.authorize.certificatemanager.goog."
 BACKEND = "gkegw1-ab12-default-chargecast-80-0x9y8z7w6v5u"
+SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))  # signs the test checkouts' models
 
 FAKE = r"""#!/bin/sh
 # Stands in for gcloud, kubectl, docker, git and the GKE auth plugin: logs the call, then acts.
@@ -85,7 +90,7 @@ case "$call" in
   "gcloud sql users create"*) mark sqluser ;;
   "gcloud sql users describe"*) have sqluser || missing ;;
   "kubectl get secret"*) have secret || { echo NotFound >&2; exit 1; } ;;
-  "kubectl create secret"*|"kubectl kustomize"*) exec "$REAL_KUBECTL" "$@" ;;
+  "kubectl create secret"*|"kubectl create configmap"*|"kubectl kustomize"*) exec "$REAL_KUBECTL" "$@" ;;
   "gcloud artifacts repositories create"*) mark repo ;;
   "gcloud artifacts repositories describe"*) have repo || missing ;;
   "gcloud container clusters create"*) mark cluster ;;
@@ -228,6 +233,16 @@ def iap(members: tuple[str, ...] = ("user:ana@example.com", "group:actuaries@exa
     return Iap(members, CLIENT, Path("/run/secrets/iap-client"))
 
 
+SPKI = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(*SPKI).decode()
+
+
+MODEL_KEY = ModelKey(Path("/keys/model.pub.pem"), public_pem(SIGNER), signing.fingerprint(SIGNER.public_key()))
+
+
 def by_name(plan: Plan) -> dict[str, Step]:
     return {s.name: s for s in plan.steps}
 
@@ -279,6 +294,7 @@ VARIANTS = [
     pytest.param({"nodes": 3, "zone": "europe-west4-c", "region": "europe-west4"}, id="standard-zone"),
     pytest.param({"build": "cloud", "cluster": "ml", "repository": "images"}, id="cloud-build"),
     pytest.param({"cloudsql_instance": "audit"}, id="cloudsql"),
+    pytest.param({"model_key": MODEL_KEY}, id="model-key"),
 ]
 
 
@@ -1853,6 +1869,9 @@ RENDERS = [
     pytest.param(options, {"iap": iap(), "cloudsql_instance": "audit"}, id="gateway-iap-cloudsql"),
     pytest.param(lb_options, {}, id="loadbalancer"),
     pytest.param(lb_options, {"cloudsql_instance": "audit"}, id="loadbalancer-cloudsql"),
+    pytest.param(options, {"model_key": MODEL_KEY}, id="gateway-model-key"),
+    pytest.param(options, {"iap": iap(), "cloudsql_instance": "audit", "model_key": MODEL_KEY}, id="gateway-all"),
+    pytest.param(lb_options, {"model_key": MODEL_KEY}, id="loadbalancer-model-key"),
 ]
 
 
@@ -1893,6 +1912,207 @@ def test_the_wrapper_renders_with_kubectl_kustomize(make: Any, changes: dict[str
     assert [c["env"] for c in proxies] == (
         [[{"name": "CLOUDSQL_INSTANCE", "value": o.connection_name}]] if o.cloudsql_instance else []
     )
+    app = pod["containers"][0]
+    keyed = [e for e in app["env"] if e["name"] == "CHARGECAST_MODEL_PUBLIC_KEY"]
+    assert keyed == ([{"name": "CHARGECAST_MODEL_PUBLIC_KEY", "value": KEY_PATH}] if o.model_key else [])
+    mounted = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "chargecast-model-key"]
+    assert bool(mounted) == bool(o.model_key)
     text = done.stdout
     for placeholder in (GKE_IMAGE_PLACEHOLDER, "IAP_CLIENT_ID", "PROJECT:REGION:INSTANCE", "@PROJECT.iam"):
         assert placeholder not in text
+
+
+# -- signed models only: --model-public-key ------------------------------------------------------
+
+KEY_PATH = "/etc/chargecast/model-key/public.pem"  # where the model-key component mounts the key
+KEY_VOLUME = {
+    "name": "model-key",
+    "configMap": {
+        "name": "chargecast-model-key",
+        "items": [{"key": "public.pem", "path": "public.pem"}],
+        "defaultMode": 0o444,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Checkouts:
+    """Copies of the repository's deploy/k8s and models/current, their models in each state, and keys."""
+
+    dir: Path
+
+    def source(self, name: str) -> Path:
+        return self.dir / name
+
+    def key(self, name: str) -> Path:
+        return self.dir / f"{name}.pem"
+
+
+@pytest.fixture(scope="module")
+def checkouts(tmp_path_factory: pytest.TempPathFactory) -> Checkouts:
+    d = tmp_path_factory.mktemp("checkouts")
+    for name in ("signed", "unsigned", "tampered", "garbled", "modelless"):
+        shutil.copytree(ROOT / "deploy" / "k8s", d / name / "deploy" / "k8s")
+        if name != "modelless":
+            shutil.copytree(ROOT / "models" / "current", d / name / "models" / "current")
+    for name in ("signed", "tampered", "garbled"):
+        signing.sign(d / name / "models" / "current", SIGNER)
+    metadata = d / "tampered" / "models" / "current" / "metadata.json"
+    metadata.write_bytes(metadata.read_bytes() + b" ")  # the same model, but not the bytes that were signed
+    (d / "garbled" / "models" / "current" / "metadata.json.sig").write_text("not a signature\n")
+    (d / "public.pem").write_text(public_pem(SIGNER))
+    (d / "other.pem").write_text(public_pem(Ed25519PrivateKey.generate()))
+    private = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (d / "private.pem").write_bytes(SIGNER.private_bytes(*private))
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    (d / "rsa.pem").write_bytes(rsa_key.public_bytes(*SPKI))
+    (d / "text.pem").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI not a PEM file\n")
+    return Checkouts(d)
+
+
+def keyed(checkouts: Checkouts, source: str = "signed", key: str = "public") -> list[str]:
+    return ["--source", str(checkouts.source(source)), "--model-public-key", str(checkouts.key(key))]
+
+
+@pytest.mark.parametrize("make", PATHS)
+def test_the_model_key_goes_in_as_a_configmap_before_the_manifests_that_mount_it(make: Any) -> None:
+    plan = plan_gke(make(model_key=MODEL_KEY))
+    steps = names(plan)
+    assert (
+        steps.index("get credentials")
+        < steps.index("render model key")
+        < steps.index("apply model key")
+        < steps.index("apply manifests")
+    ), "the cluster first; the ConfigMap before the pods that cannot start without it"
+    assert command(plan, "render model key") == (
+        'kubectl create configmap chargecast-model-key "--from-file=public.pem=${WORKDIR}/model-public.pem" '
+        "--dry-run=client -o yaml"
+    )
+    render, apply = by_name(plan)["render model key"], by_name(plan)["apply model key"]
+    assert render.files == (("model-public.pem", MODEL_KEY.pem),), "the very text that was checked"
+    assert (render.capture, render.require_output) == ("MODEL_KEY", True)
+    assert MODEL_KEY.fingerprint in render.why
+    assert (apply.argv, apply.stdin) == (("kubectl", "apply", "-f", "-"), "${MODEL_KEY}")
+    ((_, text),) = by_name(plan)["render manifests"].files
+    assert "  - k8s/components/model-key\n" in text
+    said = f"\nsigned models only: every pod checks the model's signature with {MODEL_KEY.fingerprint}"
+    assert plan.done.endswith(said)
+
+
+@pytest.mark.parametrize("make", PATHS)
+def test_without_a_model_key_no_trace_of_it_is_left(make: Any) -> None:
+    """The setting and the mount come only with the component, in the manifest, never from `kubectl set env`:
+    `kubectl apply` records what it applied, so the next apply without the component removes them
+    (unlike the IAP audience, which needs `clear IAP audience`). The ConfigMap may stay; nothing mounts it."""
+    plan = plan_gke(make())
+    assert not {"render model key", "apply model key"} & set(names(plan))
+    ((_, text),) = by_name(plan)["render manifests"].files
+    assert "model-key" not in text
+    assert "signed models only" not in plan.done
+    for o in (make(), make(model_key=MODEL_KEY)):
+        for step in plan_gke(o).steps:
+            assert "CHARGECAST_MODEL_PUBLIC_KEY" not in " ".join(step.argv), step.name
+
+
+def test_teardown_needs_nothing_for_the_model_key() -> None:
+    """The ConfigMap is inside the cluster, which teardown deletes; nothing outside it was made."""
+    plan = plan_teardown(TeardownOptions(project="demo-project"))
+    assert "delete cluster" in names(plan)
+    assert not any("model" in " ".join(s.argv) for s in plan.steps)
+
+
+REFUSALS = [
+    pytest.param("signed", "missing", "cannot read the key (No such file or directory)", id="missing-file"),
+    pytest.param("signed", "text", "not a PEM public key", id="not-pem"),
+    pytest.param("signed", "rsa", "an RSA key; model signatures use Ed25519", id="rsa"),
+    pytest.param("signed", "private", "a private key; give its public half", id="private-key"),
+    pytest.param(
+        "unsigned",
+        "public",
+        "models/current is unsigned (no metadata.json.sig), so the pods would refuse it; sign it first with "
+        "`chargecast sign models/current --key PRIVATE.pem`",
+        id="unsigned",
+    ),
+    pytest.param("signed", "other", "models/current is not signed by this key (signed by another", id="wrong-key"),
+    pytest.param("tampered", "public", "models/current is not signed by this key", id="changed-since"),
+    pytest.param("garbled", "public", "models/current would be refused: ", id="not-a-signature"),
+    pytest.param("modelless", "public", "no model at ", id="no-model"),
+]
+
+
+@pytest.mark.parametrize("path", [["--domain", DOMAIN], ["--expose", "loadbalancer", "--dry-run"]])
+@pytest.mark.parametrize(("source", "key", "message"), REFUSALS)
+def test_each_model_key_refusal_is_one_line_naming_the_flag_before_anything_runs(
+    fakes: Fakes,
+    capsys: pytest.CaptureFixture[str],
+    checkouts: Checkouts,
+    path: list[str],
+    source: str,
+    key: str,
+    message: str,
+) -> None:
+    argv = ["deploy", "gke", "--project", "demo-project", "--tag", "v1", *path, *keyed(checkouts, source, key)]
+    (line,) = refused(argv, capsys).strip().splitlines()
+    assert line.startswith(f"chargecast deploy gke: --model-public-key {checkouts.key(key)}")
+    assert message in line
+    assert "BEGIN" not in line, "the key's text is not repeated"
+    assert fakes.calls() == [], "refused before anything is built, or even listed"
+
+
+def test_the_dry_run_shows_the_key_going_in_before_the_manifests(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], checkouts: Checkouts
+) -> None:
+    assert deploy(*keyed(checkouts), "--dry-run") == 0
+    rows = listed(capsys.readouterr().out)
+    assert [name for name, _, _ in rows] == names(plan_gke(options(model_key=MODEL_KEY)))
+    under = {name: details for name, _, details in rows}
+    assert "|   - k8s/components/model-key" in under["render manifests"]
+    assert "first writes ${WORKDIR}/model-public.pem:" in under["render model key"]
+    assert "| -----BEGIN PUBLIC KEY-----" in under["render model key"]
+    assert "stdin: ${MODEL_KEY}" in under["apply model key"]
+    assert fakes.calls() == []
+
+
+def key_in_pods(applied: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The applied ConfigMap and Deployment, once the Deployment mounts the key and points the setting at it."""
+    (config,) = [o for o in applied if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "chargecast-model-key"]
+    deployment = next(o for o in applied if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    app = pod["containers"][0]
+    assert {"name": "CHARGECAST_MODEL_PUBLIC_KEY", "value": KEY_PATH} in app["env"]
+    assert {"name": "model-key", "mountPath": str(Path(KEY_PATH).parent), "readOnly": True} in app["volumeMounts"]
+    assert KEY_VOLUME in pod["volumes"]
+    assert app["securityContext"]["readOnlyRootFilesystem"] is True
+    return config, deployment
+
+
+@pytest.mark.parametrize("run", [deploy, deploy_lb])
+def test_a_model_key_deploy_applies_the_key_then_the_pods_that_check_with_it(
+    fakes: Fakes, capfd: pytest.CaptureFixture[str], checkouts: Checkouts, run: Any
+) -> None:
+    assert run(*keyed(checkouts)) == 0
+    calls = fakes.calls()
+    (create,) = [c for c in calls if c.startswith("kubectl create configmap")]
+    assert re.fullmatch(
+        r"kubectl create configmap chargecast-model-key --from-file=public\.pem=/\S+/model-public\.pem "
+        r"--dry-run=client -o yaml",
+        create,
+    )
+    build = next(c for c in calls if c.startswith("docker build"))
+    assert build.endswith(f" {checkouts.source('signed')}"), "the image is built from the checkout that was checked"
+    applied = fakes.applied()
+    config, deployment = key_in_pods(applied)
+    assert config["data"] == {"public.pem": checkouts.key("public").read_text()}
+    assert applied.index(config) < applied.index(deployment)
+    out = capfd.readouterr().out
+    fingerprint = signing.fingerprint(SIGNER.public_key())
+    assert f"signed models only: every pod checks the model's signature with {fingerprint}" in out
+
+
+def test_a_failing_model_key_stops_before_the_manifests(
+    fakes: Fakes, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, checkouts: Checkouts
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "kubectl apply")
+    assert deploy(*keyed(checkouts)) == 2
+    assert "step 'apply model key': `kubectl apply -f -` exited with status 1" in capfd.readouterr().err
+    assert not (fakes.dir / "applied.yaml").exists(), "no Deployment without its key"

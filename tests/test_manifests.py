@@ -33,11 +33,20 @@ GKE_VERSIONS = ("1.32.0", "1.33.0", "1.34.0", "1.35.0")
 DRAIN_SECONDS = 10  # the server finishes in-flight requests within 10 s of SIGTERM
 NAME = {"app.kubernetes.io/name": "chargecast"}
 CUSTOM = set(crd.FILES)
-# Every rendering a deploy can apply: the overlays, and gke with the iap component (as `deploy gke
-# --iap` wraps it). "local" is `podman kube play`'s.
-OVERLAYS = ("gke", "gke-loadbalancer", "gke-cloudsql", "gke+iap", "local")
+# Every rendering a deploy can apply: the overlays, and an overlay with components (OVERLAY+COMPONENT,
+# as `deploy gke --iap` or `--model-public-key` wraps it). "local" is `podman kube play`'s.
+OVERLAYS = (
+    "gke",
+    "gke-loadbalancer",
+    "gke-cloudsql",
+    "gke+iap",
+    "gke+model-key",
+    "gke-loadbalancer+model-key",
+    "local",
+)
 GKE_OVERLAYS = OVERLAYS[:-1]
-SECURE = ("gke", "gke-cloudsql", "gke+iap")
+SECURE = ("gke", "gke-cloudsql", "gke+iap", "gke+model-key")
+MODEL_KEY = "/etc/chargecast/model-key/public.pem"  # where the model-key component mounts the public key
 PUBLIC = "0.0.0.0/0 except 10.0.0.0/8 except 172.16.0.0/12 except 192.168.0.0/16"
 
 Obj = dict[str, Any]
@@ -74,9 +83,11 @@ def render(target: str) -> list[Obj]:
 def texts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Each rendering's YAML, rendered once for the module."""
     result = {name: render_text(f"overlays/{name}") for name in OVERLAYS if "+" not in name}
-    proc = kustomize(wrapper(tmp_path_factory.mktemp("iap"), "gke", ["iap"]))
-    assert proc.returncode == 0, proc.stderr
-    result["gke+iap"] = proc.stdout
+    for name in (name for name in OVERLAYS if "+" in name):
+        overlay, *components = name.split("+")
+        proc = kustomize(wrapper(tmp_path_factory.mktemp("wrapped"), overlay, components))
+        assert proc.returncode == 0, proc.stderr
+        result[name] = proc.stdout
     return result
 
 
@@ -108,6 +119,11 @@ def demo(rendered: dict[str, list[Obj]]) -> list[Obj]:
 @pytest.fixture(scope="module")
 def iap(rendered: dict[str, list[Obj]]) -> list[Obj]:
     return rendered["gke+iap"]
+
+
+def demo_path(overlay: str) -> bool:
+    """The plain-HTTP demo, with or without components."""
+    return overlay.split("+", maxsplit=1)[0] == "gke-loadbalancer"
 
 
 def one(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
@@ -164,6 +180,9 @@ def test_each_overlay_renders_the_expected_objects(rendered: dict[str, list[Obj]
     assert kinds["gke-loadbalancer"] == sorted([k for k in GKE_KINDS if k not in EDGE] + ["NetworkPolicy"])
     # The components add a NetworkPolicy each (their egress) and change objects that exist.
     assert kinds["gke-cloudsql"] == kinds["gke+iap"] == sorted([*GKE_KINDS, "NetworkPolicy"])
+    # The model key's ConfigMap is made by the deploy from the user's file, not by the component.
+    assert kinds["gke+model-key"] == kinds["gke"]
+    assert kinds["gke-loadbalancer+model-key"] == kinds["gke-loadbalancer"]
     # podman kube play runs the Deployment as one pod; autoscaler, budget and load balancer mean nothing there.
     assert kinds["local"] == ["Deployment", "ServiceAccount"]
     gke = rendered["gke"]
@@ -441,21 +460,21 @@ def test_each_service_has_at_most_one_backend_policy(overlay: str, rendered: dic
 def test_only_the_load_balancer_reaches_the_serving_port(overlay: str, rendered: dict[str, list[Obj]]) -> None:
     """Default deny; the LB ranges alone on http (anyone, on the demo); the collectors alone on metrics."""
     objects = rendered[overlay]
-    serving = {checks.ANYONE} if overlay == "gke-loadbalancer" else set(checks.LB_RANGES)
+    serving = {checks.ANYONE} if demo_path(overlay) else set(checks.LB_RANGES)
     assert checks.network_problems(objects, serving) == []
     assert checks.ingress_peers(objects, "http") == serving
     assert checks.ingress_peers(objects, 8080) == serving
     wrong = broken(objects)  # a third range on the serving port
     one(wrong, "NetworkPolicy", "chargecast")["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "10.0.0.0/8"}})
-    if overlay != "gke-loadbalancer":
+    if not demo_path(overlay):
         assert checks.network_problems(wrong, serving)[0].startswith("port http admits ['10.0.0.0/8', ")
     wrong = broken(objects)  # a rule for every port
     one(wrong, "NetworkPolicy", "chargecast")["spec"]["ingress"][1].pop("ports")
     problems = checks.network_problems(wrong, serving)
     assert any("opens ports beyond" in p for p in problems)
     # The collectors would reach the serving port too (on the demo, anyone already does).
-    assert any(p.startswith("port http admits") for p in problems) == (overlay != "gke-loadbalancer")
-    if overlay == "gke-loadbalancer":  # without its own policy the demo would be unreachable
+    assert any(p.startswith("port http admits") for p in problems) == (not demo_path(overlay))
+    if demo_path(overlay):  # without its own policy the demo would be unreachable
         wrong = [o for o in broken(objects) if o["metadata"]["name"] != "chargecast-loadbalancer"]
         assert checks.network_problems(wrong, serving)[0].startswith("port http admits ['130.211.0.0/22', ")
     wrong = [o for o in broken(objects) if o["kind"] != "NetworkPolicy"]
@@ -610,6 +629,38 @@ def test_iap_over_the_demo_fails_to_render(tmp_path: Path) -> None:
     assert "no matches for Id GCPBackendPolicy.v1.networking.gke.io/chargecast" in proc.stderr
 
 
+@pytest.mark.parametrize("overlay", ["gke", "gke-loadbalancer"])
+def test_the_model_key_component_mounts_the_key_read_only_and_changes_nothing_else(
+    overlay: str, rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CHARGECAST_MODEL_PUBLIC_KEY names public.pem of the ConfigMap chargecast-model-key, mounted read-only."""
+    objects, plain = rendered[f"{overlay}+model-key"], rendered[overlay]
+    c = container(objects)
+    (setting,) = [e for e in c["env"] if e["name"] == "CHARGECAST_MODEL_PUBLIC_KEY"]
+    assert setting == {"name": "CHARGECAST_MODEL_PUBLIC_KEY", "value": MODEL_KEY}
+    monkeypatch.setenv("CHARGECAST_MODEL_PUBLIC_KEY", MODEL_KEY)
+    assert Settings().model_public_key == Path(MODEL_KEY), "the name serve and predict read"
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "model-key"]
+    assert mount == {"name": "model-key", "mountPath": str(Path(MODEL_KEY).parent), "readOnly": True}
+    (volume,) = [v for v in pod_spec(objects)["volumes"] if v["name"] == "model-key"]
+    assert volume["configMap"] == {
+        "name": "chargecast-model-key",
+        "items": [{"key": "public.pem", "path": Path(MODEL_KEY).name}],
+        "defaultMode": 0o444,
+    }
+    assert "optional" not in volume["configMap"], "without the key no pod starts: never an unchecked model"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # Take those three away and the Deployment is the overlay's own; every other object is untouched.
+    deployment = yaml.safe_load(yaml.safe_dump(one(objects, "Deployment")))
+    pod = deployment["spec"]["template"]["spec"]
+    app = pod["containers"][0]
+    app["env"] = [e for e in app["env"] if e != setting]
+    app["volumeMounts"] = [m for m in app["volumeMounts"] if m != mount]
+    pod["volumes"] = [v for v in pod["volumes"] if v != volume]
+    assert deployment == one(plain, "Deployment")
+    assert [o for o in objects if o["kind"] != "Deployment"] == [o for o in plain if o["kind"] != "Deployment"]
+
+
 def test_workload_identity_without_key_files(rendered: dict[str, list[Obj]]) -> None:
     """The ServiceAccount names the Google service account; no key Secret, file or variable exists."""
     for name in GKE_OVERLAYS:
@@ -657,11 +708,15 @@ def test_restricted_pod_security_profile(overlay: str, rendered: dict[str, list[
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert not c["securityContext"].get("privileged", False)
     assert not any(key in pod for key in ("hostNetwork", "hostPID", "hostIPC"))
-    # The writable paths, /tmp and the audit spool, are emptyDirs (restricted allows no hostPath).
-    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    # The writable paths, /tmp and the audit spool, are emptyDirs (restricted allows no hostPath); the
+    # model key, with the model-key component, is a ConfigMap mounted read-only.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
     assert set(mounts) == {"/tmp", "/var/spool/chargecast"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert all(set(volumes[name]) == {"name", "emptyDir"} for name in mounts.values())
+    read_only = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"] if m.get("readOnly")}
+    assert set(read_only) == ({"/etc/chargecast/model-key"} if "model-key" in overlay else set())
+    assert all(set(v) == {"name", "configMap"} for v in read_only.values())
     assert pod["automountServiceAccountToken"] is False
     account = one(objects, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False

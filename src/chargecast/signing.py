@@ -35,6 +35,14 @@ class SigningError(Exception):
     """A key that cannot be used, or an artifact whose signature is missing or wrong."""
 
 
+class UnsignedError(SigningError):
+    """The artifact has no signature at all."""
+
+
+class MismatchError(SigningError):
+    """A well-formed signature that this key does not verify: another key signed it, or the metadata changed."""
+
+
 @dataclass(frozen=True)
 class Verified:
     """What a good signature vouches for: this directory's metadata.json with this sha256."""
@@ -80,6 +88,11 @@ def private_key(path: Path, name: str = "--key") -> Ed25519PrivateKey:
 
 def public_key(path: Path, name: str = PUBLIC_KEY_SETTING) -> Ed25519PublicKey:
     """The Ed25519 public key in a PEM file; a private key is refused, it has no place on a server."""
+    return public_key_pem(path, name)[0]
+
+
+def public_key_pem(path: Path, name: str = PUBLIC_KEY_SETTING) -> tuple[Ed25519PublicKey, bytes]:
+    """:func:`public_key` and the bytes it was read from, for whoever passes the same key on."""
     data = _read(path, name)
     try:
         key = serialization.load_pem_public_key(data)
@@ -92,7 +105,7 @@ def public_key(path: Path, name: str = PUBLIC_KEY_SETTING) -> Ed25519PublicKey:
         raise SigningError(f"{name} {path}: not a PEM public key (`openssl pkey -in PRIVATE.pem -pubout`)") from None
     if not isinstance(key, Ed25519PublicKey):
         raise SigningError(f"{name} {path}: {_kind(key)} key; model signatures use Ed25519")
-    return key
+    return key, data
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
@@ -143,7 +156,7 @@ def verify(directory: Path, key: Ed25519PublicKey) -> Verified:
     try:
         signed = sig.read_bytes()
     except FileNotFoundError:
-        raise SigningError(
+        raise UnsignedError(
             f"{Path(directory) / SIGNATURE_FILE}: not found; {PUBLIC_KEY_SETTING} is set, so only a signed model "
             "is used (sign it with `chargecast sign DIR --key PRIVATE.pem`)"
         ) from None
@@ -152,7 +165,7 @@ def verify(directory: Path, key: Ed25519PublicKey) -> Verified:
     try:
         key.verify(_decode(signed, Path(directory) / SIGNATURE_FILE), metadata)
     except InvalidSignature:
-        raise SigningError(
+        raise MismatchError(
             f"{Path(directory) / SIGNATURE_FILE}: the signature does not match metadata.json under "
             f"{PUBLIC_KEY_SETTING} ({fingerprint(key)}): the metadata was changed, or signed by another key"
         ) from None

@@ -16,6 +16,7 @@ from chargecast.argtypes import int_at_least, matching
 from chargecast.deploy.gke import APP, OVERLAY, GkeOptions, plan_gke, plan_rollback, plan_status
 from chargecast.deploy.iap import CONSOLE, redirect_uri
 from chargecast.deploy.iapsecret import client_secret
+from chargecast.deploy.modelkey import checked_key
 from chargecast.deploy.names import (
     ARMOR_INTERVALS,
     BAN_SECONDS,
@@ -162,6 +163,13 @@ def _gke_options(args: argparse.Namespace, root: Path) -> GkeOptions:
     )
     if args.zone and args.nodes is None:
         raise ValueError("--zone is for a Standard cluster; add --nodes N")
+    if not (root / options.overlay / "kustomization.yaml").is_file():
+        raise ValueError(
+            f"{options.overlay} not found under {root}; run it from the chargecast checkout or pass --source"
+        )
+    if args.model_public_key:
+        # The image bakes in root's models/current: a model the pods would refuse stops the deploy here.
+        options = dataclasses.replace(options, model_key=checked_key(root, args.model_public_key))
     return options if args.tag else dataclasses.replace(options, tag=default_tag(root))
 
 
@@ -185,13 +193,6 @@ def _gke(args: argparse.Namespace) -> int:
         options = _gke_options(args, root)
     except ValueError as exc:
         print(f"chargecast deploy gke: {exc}", file=sys.stderr)
-        return 2
-    if not (root / options.overlay / "kustomization.yaml").is_file():
-        print(
-            f"chargecast deploy gke: {options.overlay} not found under {root}; run it from the chargecast checkout "
-            "or pass --source",
-            file=sys.stderr,
-        )
         return 2
     return _execute(plan_gke(options), args.dry_run)
 
@@ -304,6 +305,13 @@ def _add_gke(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="docker: build here and push (default); cloud: gcloud builds submit",
     )
     _add_edge(gke)
+    gke.add_argument(
+        "--model-public-key",
+        type=Path,
+        metavar="PUBLIC.pem",
+        help="serve only models signed by this Ed25519 key: models/current must be signed by it (checked before "
+        "anything is built), and the pods get it and refuse any other model (docs/signing.md)",
+    )
     gke.add_argument("--source", type=Path, help="checkout with the Dockerfile and deploy/k8s (default: this one)")
     gke.add_argument("--dry-run", action="store_true", help="print every command in order and run none")
     gke.set_defaults(func=_gke)

@@ -16,6 +16,7 @@ from chargecast.deploy.cloudsql import cloudsql_steps
 from chargecast.deploy.edge import edge_steps, wait_for_certificate, wait_for_gateway
 from chargecast.deploy.iap import clear_audience, iap_access_steps, iap_secret_steps
 from chargecast.deploy.identity import identity_steps
+from chargecast.deploy.modelkey import model_key_steps
 from chargecast.deploy.names import APP, PROJECT_RULE, project_error
 from chargecast.deploy.options import LB_OVERLAY, OVERLAY, GkeOptions
 from chargecast.deploy.plan import Plan, Poll, Step
@@ -264,6 +265,8 @@ def plan_gke(o: GkeOptions) -> Plan:
     )
     instance, access = cloudsql_steps(o)
     ending, done = _ending(o)
+    if o.model_key:
+        done += f"\nsigned models only: every pod checks the model's signature with {o.model_key.fingerprint}"
     steps = [
         *([] if o.gateway else [warn_unencrypted()]),
         check_tools(o),
@@ -281,6 +284,7 @@ def plan_gke(o: GkeOptions) -> Plan:
         get_credentials(o),
         *access,
         *(iap_secret_steps(o.iap) if o.iap else []),
+        *(model_key_steps(o.model_key) if o.model_key else []),
         apply_manifests(o),
         *([] if o.iap else [clear_audience()]),
         rollout,

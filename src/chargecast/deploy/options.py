@@ -33,11 +33,14 @@ GSA_NAME = APP
 # The Kubernetes side: kubectl's default namespace, the ServiceAccount, the IAP client's Secret.
 NAMESPACE = "default"
 IAP_SECRET = f"{APP}-iap"
+MODEL_KEY_CONFIGMAP = f"{APP}-model-key"  # the public key the pods check the model's signature with
 
 OVERLAY = Path("deploy/k8s/overlays/gke")
 LB_OVERLAY = Path("deploy/k8s/overlays/gke-loadbalancer")
 CLOUDSQL_COMPONENT = Path("deploy/k8s/components/cloudsql")
 IAP_COMPONENT = Path("deploy/k8s/components/iap")
+MODEL_KEY_COMPONENT = Path("deploy/k8s/components/model-key")
+MODEL = Path("models/current")  # what the Dockerfile bakes into the image
 
 Expose = Literal["gateway", "loadbalancer"]
 
@@ -85,6 +88,19 @@ class Iap:
             )
 
 
+@dataclass(frozen=True)
+class ModelKey:
+    """``--model-public-key``: the Ed25519 public key that signed ``models/current``, as checked.
+
+    ``pem`` is the text the key was read from when it was checked, and the very text the ConfigMap gets:
+    the file is read once.
+    """
+
+    file: Path
+    pem: str
+    fingerprint: str
+
+
 def _listed(values: tuple[int, ...]) -> str:
     return ", ".join(map(str, values[:-1])) + f" or {values[-1]}"
 
@@ -107,6 +123,7 @@ class GkeOptions:
     domain: str | None = None
     iap: Iap | None = None
     throttle: Throttle | None = None  # None: the defaults, on the Gateway path
+    model_key: ModelKey | None = None  # the pods then refuse a model it did not sign
     cert_timeout_minutes: int = 60
 
     def __post_init__(self) -> None:

@@ -1,6 +1,7 @@
 """The throw-away kustomization ``deploy gke`` renders: an overlay of the repository, as it is,
 plus what only this deploy knows (the digest, the domain, the project's service account, the
-IAP client ID, the Cloud SQL instance). The repository's files are never edited.
+IAP client ID, the Cloud SQL instance) and the components it asked for (cloudsql, iap, model-key).
+The repository's files are never edited.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chargecast.deploy.names import APP
-from chargecast.deploy.options import CLOUDSQL_COMPONENT, IAP_COMPONENT, GkeOptions
+from chargecast.deploy.options import CLOUDSQL_COMPONENT, IAP_COMPONENT, MODEL_KEY_COMPONENT, GkeOptions
 
 # The image name the committed gke overlays render; the deploy replaces it with the pushed digest.
 GKE_IMAGE_PLACEHOLDER = f"REGION-docker.pkg.dev/PROJECT/REPOSITORY/{APP}"
@@ -78,7 +79,8 @@ def _cloudsql_instance(connection_name: str) -> str:
 
 def wrapper_kustomization(o: GkeOptions) -> str:
     """The kustomization.yaml written beside a copy of deploy/k8s; ``${DIGEST}`` is filled when run."""
-    components = ([CLOUDSQL_COMPONENT] if o.cloudsql_instance else []) + ([IAP_COMPONENT] if o.iap else [])
+    wanted = ((CLOUDSQL_COMPONENT, o.cloudsql_instance), (IAP_COMPONENT, o.iap), (MODEL_KEY_COMPONENT, o.model_key))
+    components = [component for component, asked in wanted if asked]
     text = (
         f"# Written by `chargecast deploy gke`: the repository's {o.overlay.name} overlay with the image just\n"
         "# pushed and this deploy's names. Rendered from a copy; the repository is never edited.\n"
