@@ -255,3 +255,21 @@ def test_urls_parse_to_paths() -> None:
     assert parse_url("file:///spool/dir") == ("file", "spool/dir")
     assert parse_url(" OFF ") == ("off", "")
     assert parse_url("postgresql://u:p@h:5432/d")[0] == "postgresql"
+
+
+def test_newest_reads_only_the_last_records_of_the_range_still_in_time_order(store: Store) -> None:
+    """The service's gauges read the newest N of a day's records every minute: a store must not
+    hand over the whole day for the caller to throw most of it away."""
+    store.write([forecast(f"r{i:02d}", i % 2, i) for i in range(20)])
+    every = [(f.request_id, f.row) for f in store.forecasts()]
+    assert [(f.request_id, f.row) for f in store.forecasts(newest=5)] == every[-5:]
+    since = T0 + timedelta(seconds=3)
+    assert [f.request_id for f in store.forecasts(since, T0 + timedelta(seconds=10), newest=4)] == [
+        "r06", "r07", "r08", "r09"
+    ]  # fmt: skip
+    assert list(store.forecasts(newest=100)) == list(store.forecasts())
+    received = T0 + timedelta(days=1)
+    store.add_actuals([Actual(f"r{i:02d}", i % 2, float(i), received) for i in range(0, 20, 3)])
+    paid = [(f.request_id, c) for f, c in store.realised()]
+    assert [(f.request_id, c) for f, c in store.realised(newest=2)] == paid[-2:] == [("r15", 15.0), ("r18", 18.0)]
+    assert [c for _, c in store.realised(since=since, newest=10)] == [3.0, 6.0, 9.0, 12.0, 15.0, 18.0]

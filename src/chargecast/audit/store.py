@@ -94,11 +94,13 @@ class Store(Protocol):
     def migrate(self) -> None: ...
     def write(self, forecasts: Sequence[Forecast]) -> int: ...
     def write_rows(self, rows: Sequence[Row]) -> int: ...
-    def forecasts(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[Forecast]: ...
+    def forecasts(
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
+    ) -> Iterator[Forecast]: ...
     def add_actuals(self, actuals: Sequence[Actual]) -> tuple[int, int]: ...
     def resolve(self, patient: str) -> tuple[str, int] | None: ...
     def realised(
-        self, since: datetime | None = None, until: datetime | None = None
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
     ) -> Iterator[tuple[Forecast, float]]: ...
     def prune(self, before: datetime) -> int: ...
     def close(self) -> None: ...
@@ -343,6 +345,17 @@ def _range(since: datetime | None, until: datetime | None, column: str, mark: st
     return (" WHERE " + " AND ".join(where)) if where else "", args
 
 
+def _ordered(select: str, keys: str, newest: int | None, mark: str) -> tuple[str, list[Any]]:
+    """``select`` in time order; with ``newest``, only the last ``newest`` rows: read backwards
+    on the time index and stopped there, so a day of records costs what ``newest`` of them do."""
+    asc = ", ".join(keys.split())
+    if newest is None:
+        return f"{select} ORDER BY {asc}", []
+    desc = ", ".join(f"{k} DESC" for k in keys.split())
+    outer = ", ".join(k.split(".")[-1] for k in keys.split())
+    return f"SELECT * FROM ({select} ORDER BY {desc} LIMIT {mark}) AS newest ORDER BY {outer}", [newest]
+
+
 class SqliteStore:
     """SQLite in WAL mode: readers never block the writer, and the workers of one server may
     all write the same file (each waits up to ``BUSY_MS`` for another's transaction)."""
@@ -377,10 +390,12 @@ class SqliteStore:
             self.db.executemany(_SQLITE_INSERT, rows)
             return self.db.total_changes - before
 
-    def forecasts(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[Forecast]:
+    def forecasts(
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
+    ) -> Iterator[Forecast]:
         where, args = _range(since, until, "time", "?", timestamp)
-        query = f"SELECT {_COLS} FROM {FORECASTS}{where} ORDER BY time, request_id, row"
-        for row in self.db.execute(query, args):
+        query, limit = _ordered(f"SELECT {_COLS} FROM {FORECASTS}{where}", "time request_id row", newest, "?")
+        for row in self.db.execute(query, args + limit):
             yield from_row(row)
 
     def add_actuals(self, actuals: Sequence[Actual]) -> tuple[int, int]:
@@ -400,14 +415,15 @@ class SqliteStore:
         return None if found is None else (str(found[0]), int(found[1]))
 
     def realised(
-        self, since: datetime | None = None, until: datetime | None = None
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
     ) -> Iterator[tuple[Forecast, float]]:
         where, args = _range(since, until, "f.time", "?", timestamp)
-        query = (
-            f"SELECT {_F_COLS}, a.charges FROM {FORECASTS} f JOIN {ACTUALS} a "
-            f"ON a.request_id = f.request_id AND a.row = f.row{where} ORDER BY f.time, f.request_id, f.row"
+        select = (
+            f"SELECT {_F_COLS}, a.charges AS paid FROM {FORECASTS} f JOIN {ACTUALS} a "
+            f"ON a.request_id = f.request_id AND a.row = f.row{where}"
         )
-        for row in self.db.execute(query, args):
+        query, limit = _ordered(select, "f.time f.request_id f.row", newest, "?")
+        for row in self.db.execute(query, args + limit):
             yield from_row(row[:-1]), float(row[-1])
 
     def prune(self, before: datetime) -> int:
@@ -538,9 +554,12 @@ class PostgresStore:
             cursor.execute(query, args)
             yield from cursor
 
-    def forecasts(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[Forecast]:
+    def forecasts(
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
+    ) -> Iterator[Forecast]:
         where, args = _range(since, until, "time", "%s", _utc)
-        for row in self._stream(f"SELECT {_COLS} FROM {FORECASTS}{where} ORDER BY time, request_id, row", args):
+        query, limit = _ordered(f"SELECT {_COLS} FROM {FORECASTS}{where}", "time request_id row", newest, "%s")
+        for row in self._stream(query, args + limit):
             yield from_row(row)
 
     def add_actuals(self, actuals: Sequence[Actual]) -> tuple[int, int]:
@@ -571,14 +590,15 @@ class PostgresStore:
         return None if found is None else (str(found[0]), int(found[1]))
 
     def realised(
-        self, since: datetime | None = None, until: datetime | None = None
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
     ) -> Iterator[tuple[Forecast, float]]:
         where, args = _range(since, until, "f.time", "%s", _utc)
-        query = (
-            f"SELECT {_F_COLS}, a.charges FROM {FORECASTS} f JOIN {ACTUALS} a "
-            f"ON a.request_id = f.request_id AND a.row = f.row{where} ORDER BY f.time, f.request_id, f.row"
+        select = (
+            f"SELECT {_F_COLS}, a.charges AS paid FROM {FORECASTS} f JOIN {ACTUALS} a "
+            f"ON a.request_id = f.request_id AND a.row = f.row{where}"
         )
-        for row in self._stream(query, args):
+        query, limit = _ordered(select, "f.time f.request_id f.row", newest, "%s")
+        for row in self._stream(query, args + limit):
             yield from_row(row[:-1]), float(row[-1])
 
     def prune(self, before: datetime) -> int:
@@ -682,7 +702,10 @@ class FileStore:
                     if line.endswith(b"\n"):  # a torn last line (crash mid-write) is skipped
                         yield json.loads(line)
 
-    def forecasts(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[Forecast]:
+    def forecasts(
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
+    ) -> Iterator[Forecast]:
+        """Files have no index: every line is read, whatever ``newest`` is."""
         low = timestamp(since) if since is not None else ""
         high = timestamp(until) if until is not None else "~"
         seen: dict[tuple[str, int], dict[str, Any]] = {}
@@ -690,6 +713,8 @@ class FileStore:
             if low <= record["time"] < high:
                 seen.setdefault((record["request_id"], record["row"]), record)
         ordered = sorted(seen.values(), key=lambda r: (r["time"], r["request_id"], r["row"]))
+        if newest is not None:
+            ordered = ordered[max(len(ordered) - newest, 0) :]
         return (from_json(r) for r in ordered)
 
     def _actuals(self) -> dict[tuple[str, int], float]:
@@ -720,12 +745,13 @@ class FileStore:
         return latest
 
     def realised(
-        self, since: datetime | None = None, until: datetime | None = None
+        self, since: datetime | None = None, until: datetime | None = None, newest: int | None = None
     ) -> Iterator[tuple[Forecast, float]]:
         known = self._actuals()
-        for f in self.forecasts(since, until):
-            if (f.request_id, f.row) in known:
-                yield f, known[(f.request_id, f.row)]
+        paid = [
+            (f, known[(f.request_id, f.row)]) for f in self.forecasts(since, until) if (f.request_id, f.row) in known
+        ]
+        yield from paid if newest is None else paid[max(len(paid) - newest, 0) :]
 
     def prune(self, before: datetime) -> int:
         """Rewrite every file without what is older than ``before`` (each atomically, by rename)."""

@@ -9,11 +9,10 @@ actuals (joined by forecast time) that fell inside the interval.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from chargecast.audit.store import Forecast, Store
+from chargecast.audit.store import Store
 from chargecast.model.reference import Reference
 from chargecast.monitor import drift
 
@@ -31,9 +30,9 @@ def recent(
 ) -> Recent:
     """Drift and realised coverage of the newest ``max_records`` forecasts of the last ``hours``."""
     since = now - timedelta(hours=hours)
-    newest: deque[Forecast] = deque(store.forecasts(since=since), maxlen=max_records)
+    newest = list(store.forecasts(since=since, newest=max_records))
     window = drift.window_from_inputs(f.inputs for f in newest)
     found = drift.scores(reference, window, thresholds) if window.rows else []
-    paid: deque[tuple[Forecast, float]] = deque(store.realised(since=since), maxlen=max_records)
+    paid = list(store.realised(since=since, newest=max_records))
     inside = sum(1 for f, actual in paid if f.low <= actual <= f.high)
     return Recent(found, window.rows, len(paid), inside / len(paid) if paid else math.nan)
