@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 GKE_VERSIONS = ("1.32.0", "1.33.0", "1.34.0", "1.35.0")
 DRAIN_SECONDS = 10  # the server finishes in-flight requests within 10 s of SIGTERM
+GOOGLE_LB_KEEPALIVE_SECONDS = 600  # the global external Application Load Balancer's idle timeout to backends
 NAME = {"app.kubernetes.io/name": "chargecast"}
 CUSTOM = set(crd.FILES)
 # Every rendering a deploy can apply: the overlays, and an overlay with components (OVERLAY+COMPONENT,
@@ -601,6 +602,10 @@ def test_the_backend_policy_fits_the_servers_timeouts(gke: list[Obj]) -> None:
     pause = container(gke)["lifecycle"]["preStop"]["sleep"]["seconds"]
     draining = default["connectionDraining"]["drainingTimeoutSec"]
     assert pause + DRAIN_SECONDS <= draining <= pod["terminationGracePeriodSeconds"]
+    # Google's load balancer reuses an idle connection for up to 600 s: the pod must not close it first.
+    env = {e["name"]: e.get("value") for e in container(gke)["env"]}
+    assert int(env["CHARGECAST_KEEPALIVE_SECONDS"]) > GOOGLE_LB_KEEPALIVE_SECONDS
+    Settings(keepalive_seconds=int(env["CHARGECAST_KEEPALIVE_SECONDS"]))  # within the setting's bounds
     check = one(gke, "HealthCheckPolicy")["spec"]["default"]
     probe = container(gke)["readinessProbe"]
     assert (check["checkIntervalSec"], check["timeoutSec"]) == (probe["periodSeconds"], probe["timeoutSeconds"])

@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     send_buffer: int = Field(
         default=64 << 10, ge=4096, le=64 << 20, description="Kernel send buffer per connection (SO_SNDBUF)."
     )
+    # Google's load balancers keep idle connections to a backend for 600 s; a server that closes
+    # one first races the next request on it, which the load balancer answers with a 502.
+    keepalive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="Seconds an idle keep-alive connection stays open (over 600 behind Google's load balancer).",
+    )
     shutdown_timeout: int = Field(
         default=8, ge=1, le=60, description="Seconds in-flight requests get after SIGTERM before being cancelled."
     )

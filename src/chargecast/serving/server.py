@@ -48,6 +48,7 @@ _EXPORTED = (
     "form_requires_key",
     "log_level",
     "shutdown_timeout",
+    "keepalive_seconds",
     "metrics_port",
     "model_sha256",
     "model_public_key",
@@ -165,6 +166,7 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
             log_level=level,
             access_log=False,  # the app writes its own JSON access line
             timeout_graceful_shutdown=int(environ["CHARGECAST_SHUTDOWN_TIMEOUT"]),
+            timeout_keep_alive=int(environ["CHARGECAST_KEEPALIVE_SECONDS"]),
             server_header=False,
             # Nothing here uses the client's address (no limit is per address: behind a load
             # balancer many clients share one), so X-Forwarded-* rewriting would be pure cost.
