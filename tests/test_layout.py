@@ -29,11 +29,12 @@ def test_no_function_is_longer_than_the_cap() -> None:
 
 def test_each_deployable_is_a_package_of_its_own() -> None:
     # audit: the audit log's store and writer, imported by serving and by the CLI alike;
-    # monitor: drift and realised performance, whose numpy-only parts serve the gauges too
+    # monitor: drift and realised performance, whose numpy-only parts serve the gauges too;
+    # jsonlog: the log line format, shared by the server's processes and the audit process
     for package in ("model", "training", "serving", "deploy", "audit", "monitor"):
         assert (SRC / package / "__init__.py").is_file(), package
     top = sorted(p.stem for p in SRC.glob("*.py") if p.stem not in {"__init__", "__main__"})
-    assert set(top) <= {"schema", "settings", "cli", "argtypes", "batch", "csvformat", "signing"}, top
+    assert set(top) <= {"schema", "settings", "cli", "argtypes", "batch", "csvformat", "signing", "jsonlog"}, top
 
 
 def test_one_patient_hash_serves_every_path() -> None:

@@ -137,8 +137,8 @@ def supervise(environ: MutableMapping[str, str] = os.environ) -> int:
 
     import uvicorn
 
+    from chargecast.jsonlog import uvicorn_log_config
     from chargecast.serving.guard import GuardedHttpProtocol
-    from chargecast.serving.logs import uvicorn_log_config
     from chargecast.serving.supervisor import Supervisor, metrics_server
 
     workers = int(environ["CHARGECAST_WORKERS"])
