@@ -1,7 +1,7 @@
-"""Moving audit records to the store off the request path, without losing them.
+"""Moving audit records to the store, without losing them.
 
-A request only appends a cheap tuple to a bounded in-memory queue (:meth:`Writer.submit`):
-what it validated and what it answered, as they are. One thread per worker drains the queue
+This runs in each worker's audit process (:mod:`chargecast.audit.sidecar`), which appends
+every entry it is sent to a bounded in-memory queue (:meth:`Writer.submit`). A thread drains the queue
 every ``flush_seconds`` (sooner when a batch fills), builds the records and writes them in
 batches. When the store fails, records go to this worker's spool file (append-only JSON
 Lines, fsync'd per flush) and new ones queue behind them, so delivery stays in order; once
@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -33,13 +32,6 @@ from chargecast.audit.store import Row, Store, json_lines, json_row
 log = logging.getLogger("chargecast.audit")
 Build = Callable[[Any], Sequence[Row]]
 ORPHAN_SCAN_SECONDS: Final = 2.0  # how often a worker looks for spools that dead workers left
-# The writer shares its worker's GIL with the thread that answers requests. A thread that wants
-# the GIL waits for the holder to release it, or for the switch interval (5 ms by default) before
-# it forces a switch; sqlite3 releases it around every row, but building rows and psycopg's COPY
-# formatting hold it for a whole batch, so a request arriving then waited up to 5 ms (the p99 at
-# one connection was 5-6 ms). At 0.5 ms a request waits at most that; the cost is a forced switch
-# every 0.5 ms while both threads have work (a few microseconds each), none when the writer is idle.
-SWITCH_INTERVAL: Final = 0.0005
 
 
 class Spool:
@@ -198,8 +190,11 @@ class Writer:
 
     # -- the thread ------------------------------------------------------------------------
     def start(self) -> None:
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stop:

@@ -1,56 +1,37 @@
-"""The audit log from the routes' side: what a request hands over, and how it becomes records.
+"""The audit log from the routes' side: what a request hands over.
 
-A route calls one of :class:`Audit`'s methods after it has its answer; that appends one
-tuple to the writer's queue (the validated rows and the answer as bytes or arrays, the
-request's ids, the caller's label) and nothing else. The writer thread turns them into the
-table's rows later (:meth:`Audit.build`, plain tuples: :data:`~chargecast.audit.store.Row`):
-parsing the answer it sent, hashing patient references, flagging extrapolation. So the record
-holds exactly what was answered, and the request pays for a tuple and a lock.
+A route calls :meth:`Audit.submit` after it has its answer; that pickles one entry (the
+validated rows and the answer as bytes or arrays, the request's ids, the caller's label:
+:mod:`chargecast.audit.records`) onto the worker's queue for its audit process
+(:mod:`chargecast.audit.sidecar`), and nothing else. Building the rows and writing them
+happen in that process, so the request pays for a pickle and a lock, and never waits for the
+interpreter lock while a batch is written.
 """
 
 from __future__ import annotations
 
-import operator
 import time
-from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import orjson
 from starlette.types import Scope
 
-from chargecast.audit.patient import patient_hash
-from chargecast.audit.store import Row, Store, open_store, stamp
-from chargecast.audit.writer import Spool, Writer
+from chargecast.audit.records import ARRAYS, BARE, FORM, MANY, ONE, Builder, ModelRef
+from chargecast.audit.sidecar import Config, Sidecar
 from chargecast.model.artifact import Artifact
-from chargecast.schema import FIELDS, PATIENT_REF, CategoryField, Issue
+from chargecast.schema import PATIENT_REF, Issue
 from chargecast.serving.errors import invalid
 from chargecast.settings import Settings
 
-# What one queued one-record entry holds at most (its tuple, ids, encoded row and the compacted
-# answer, with a 128-character client id and patient reference; measured 0.7-1.04 KiB, tested):
-# the queue's bound in bytes is audit_queue_size times this (docs/limits.md).
+# What one queued one-record entry holds at most, in the worker (its pickle) and in the audit
+# process (the entry), with a 128-character client id and patient reference (tested): the
+# queues' bound in bytes is this times audit_queue_size (docs/limits.md).
 QUEUED_RECORD_BYTES: Final = 1280
 CALLER: Final = "chargecast.caller"  # scope key: the IAP email or the API-key label the gate matched
-ONE, MANY, BARE, FORM, ARRAYS = range(5)  # what an entry holds (see Audit.build)
 NO_KEY_RULE: Final = (
     "cannot be stored: the server has no patient key to hash it with (CHARGECAST_AUDIT_PATIENT_KEY); "
     "send the record without it"
 )
-
-
-def _converter(spec: Any) -> Callable[[float], Any]:
-    """How an encoded input becomes its column: a category's canonical value (a dict lookup on
-    the code, a float), an integer, a number. All built-ins, so no Python frame per value."""
-    if isinstance(spec, CategoryField):
-        return {float(i): choice for i, choice in enumerate(spec.choices)}.__getitem__
-    return int if spec.integer else float
-
-
-_CONVERTERS: Final = tuple(_converter(spec) for spec in FIELDS)
-
-
-def _values(row: Sequence[float]) -> list[Any]:
-    return list(map(operator.call, _CONVERTERS, row))
+__all__ = ["ARRAYS", "BARE", "CALLER", "FORM", "MANY", "ONE", "Audit", "compact"]
 
 
 def compact(body: bytes) -> bytes:
@@ -65,21 +46,23 @@ class Audit:
     def __init__(self, settings: Settings) -> None:
         self.key = settings.patient_key()
         self.digest = ""  # sha256 of the served model's metadata.json, set once it is loaded
-        url = settings.audit_url
-
-        def connect() -> Store:
-            store = open_store(url)
-            store.migrate()
-            return store
-
-        self.writer = Writer(
-            connect,
-            self.build,
-            Spool(settings.spool_dir(), settings.audit_spool_max_bytes),
-            settings.audit_queue_size,
-            settings.audit_batch_size,
-            settings.audit_flush_seconds,
+        config = Config(
+            url=settings.audit_url,
+            spool_dir=settings.spool_dir(),
+            spool_max_bytes=settings.audit_spool_max_bytes,
+            queue_size=settings.audit_queue_size,
+            batch_size=settings.audit_batch_size,
+            flush_seconds=settings.audit_flush_seconds,
+            close_seconds=settings.shutdown_timeout / 2,
+            key=self.key,
+            log_level=settings.log_level,
         )
+        self.writer = Sidecar(config, Builder(self.key))
+
+    def loaded(self, model: Artifact, digest: str) -> None:
+        """The worker's model is loaded: its records carry this version and digest."""
+        self.digest = digest
+        self.writer.tell(ModelRef.of(model, digest))
 
     # -- the request side ------------------------------------------------------------------
     def refs(self, payload: Any) -> Any:
@@ -101,69 +84,7 @@ class Audit:
         if self.key is None:
             raise invalid([Issue(PATIENT_REF, NO_KEY_RULE)], what="record")
 
-    def submit(self, scope: Scope, route: str, model: Artifact, kind: int, rows: int, *data: Any) -> None:
+    def submit(self, scope: Scope, route: str, kind: int, rows: int, *data: Any) -> None:
         state = scope["state"]
         entry = (kind, time.time(), route, state["request_id"], state.get("client_request_id"), scope.get(CALLER))
-        self.writer.submit((*entry, model, *data), rows)
-
-    # -- the writer thread -----------------------------------------------------------------
-    def _hash(self, ref: str | None) -> str | None:
-        if ref is None or self.key is None:
-            return None
-        return patient_hash(self.key, ref)
-
-    def build(self, entry: Any) -> list[Row]:
-        """Rows (tuples in the table's column order) from an entry: its encoded inputs, and
-        the answer as it was sent. No object per record: this runs in the worker's process,
-        so every microsecond here is taken from the requests."""
-        kind, moment, route, request_id, client_id, caller, model, *data = entry
-        head = (stamp(moment), model.version, self.digest, route, caller)
-        level = model.level
-        hash_ = self._hash
-
-        if kind == ONE:
-            x, body, ref = data
-            a = orjson.loads(body)
-            interval = a["interval"]
-            quantiles = a.get("quantiles")
-            return [
-                (request_id, 0, *head, hash_(ref), *_values(x), a["charges"], interval["low"], interval["high"],
-                 level, None if quantiles is None else orjson.dumps(quantiles).decode(),
-                 ",".join(a.get("extrapolated", ())), client_id)
-            ]  # fmt: skip
-        if kind == MANY:
-            X, body, refs = data
-            predictions = orjson.loads(body)["predictions"]
-            out = []
-            for i, (x, p) in enumerate(zip(X.tolist(), predictions, strict=True)):
-                interval = p["interval"]
-                quantiles = p.get("quantiles")
-                out.append(
-                    (request_id, i, *head, hash_(refs[i] if refs is not None else None), *_values(x), p["charges"],
-                     interval["low"], interval["high"], level,
-                     None if quantiles is None else orjson.dumps(quantiles).decode(),
-                     ",".join(p.get("extrapolated", ())), client_id)
-                )  # fmt: skip
-            return out
-        if kind == BARE:
-            x, charges, ref = data
-            p = model.predict_row(x)  # the answer was p.charges alone: the same call gives its interval
-            flags = ",".join(model.extrapolated(x))
-            return [
-                (request_id, 0, *head, hash_(ref), *_values(x), charges, p.low, p.high, level, None, flags, client_id)
-            ]
-        if kind == FORM:
-            x, result = data
-            median = orjson.dumps({"0.5": result.median}).decode()
-            flags = ",".join(model.extrapolated(x))
-            values = (*_values(x), result.charges, result.low, result.high, level, median, flags, client_id)
-            return [(request_id, 0, *head, None, *values)]
-        X, charges, low, high, refs = data
-        columns = zip(
-            X.tolist(), charges.tolist(), low.tolist(), high.tolist(), model.extrapolated_rows(X), strict=True
-        )
-        return [
-            (request_id, i, *head, hash_(refs[i] if refs is not None else None), *_values(x), c, lo, hi, level, None,
-             ",".join(f), client_id)
-            for i, (x, c, lo, hi, f) in enumerate(columns)
-        ]  # fmt: skip
+        self.writer.submit((*entry, *data), rows)

@@ -211,7 +211,7 @@ class Metrics:
         )
         self._operations(r)
         self.monitor = MonitorGauges(r)
-        self._audit_seen = [0, 0]  # delivered, dropped already counted
+        self._audit_seen = [0, 0, 0]  # delivered, dropped, restarts already counted
         self._charges = FastHistogram(self.charges, private=True)
         self._charges_tally = new_tally(self._charges.bounds)
         self._numeric: list[tuple[int, FastHistogram, list[float], Tally]] = []
@@ -256,6 +256,15 @@ class Metrics:
             "1 if this worker's last audit delivery succeeded, else 0.",
             multiprocess_mode="liveall",
             registry=r,
+        )
+        self.audit_in_worker = Gauge(
+            "chargecast_audit_in_worker",
+            "1 while this worker writes its audit records itself: its audit process (idle CPU priority) is starved.",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.audit_restarts = Counter(
+            "chargecast_audit_process_restarts", "Audit processes that died and were started again.", registry=r
         )
         self.ready = Gauge(
             "chargecast_ready", "1 while this worker's model is loaded (/readyz 200), else 0.",
@@ -360,9 +369,13 @@ class Metrics:
             self.audit_records.inc(delivered - self._audit_seen[0])
         if dropped > self._audit_seen[1]:
             self.audit_dropped.inc(dropped - self._audit_seen[1])
-        self._audit_seen = [delivered, dropped]
+        restarts = writer.restarts
+        if restarts > self._audit_seen[2]:
+            self.audit_restarts.inc(restarts - self._audit_seen[2])
+        self._audit_seen = [delivered, dropped, restarts]
         self.audit_backlog.set(writer.backlog())
         self.audit_sink_up.set(writer.sink_up)
+        self.audit_in_worker.set(int(writer.writing_locally))
 
     # -- life cycle ----------------------------------------------------------------------
     def set_monitor(self, recent: Recent) -> None:

@@ -128,7 +128,7 @@ async def api_predict(scope: Scope, receive: Receive, send: Send, service: Servi
         if (audit := service.audit) is not None:  # a tuple on the writer's queue, nothing more
             kind, rows = (auditing.ONE, 1) if type(payload) is dict else (auditing.MANY, scored.count)
             body = auditing.compact(scored.body)
-            audit.submit(scope, "/api/v1/predict", model, kind, rows, scored.rows, body, audit.refs(payload))
+            audit.submit(scope, "/api/v1/predict", kind, rows, scored.rows, body, audit.refs(payload))
     except ApiError as exc:
         await send_json(send, exc.status, exc.body(), exc.headers)
         return
@@ -163,9 +163,7 @@ async def predict_api(request: Request, service: Service, model: Artifact) -> Re
     payload = parse_json(body)
     scored = predict_bare(model, payload)
     if (audit := service.audit) is not None:
-        audit.submit(
-            request.scope, "/predict_api", model, auditing.BARE, 1, scored.rows, scored.charges, audit.refs(payload)
-        )
+        audit.submit(request.scope, "/predict_api", auditing.BARE, 1, scored.rows, scored.charges, audit.refs(payload))
     service.metrics.observe("predict_api", scored.rows, scored.charges)
     return Response(scored.body, media_type=JSON)
 
@@ -234,7 +232,7 @@ def _audit_csv(
     if refs is not None and any(refs):
         audit.require_key()  # the same 422 as the JSON routes
     X = np.concatenate(inputs)
-    audit.submit(scope, route, model, auditing.ARRAYS, len(X), X, scored.charges, scored.low, scored.high, refs)
+    audit.submit(scope, route, auditing.ARRAYS, len(X), X, scored.charges, scored.low, scored.high, refs)
 
 
 def _score_csv(service: Service, model: Artifact, source: csvroute.CsvSource, scope: Scope) -> csvroute.CsvScored:
@@ -306,7 +304,17 @@ async def _form(request: Request, service: Service, model: Artifact, submitted: 
         return _page(model, 422, values=values, errors=errors)
     result = form_result(model, encoded)
     if (audit := service.audit) is not None:
-        audit.submit(request.scope, request.url.path, model, auditing.FORM, 1, encoded, result)
+        audit.submit(
+            request.scope,
+            request.url.path,
+            auditing.FORM,
+            1,
+            encoded,
+            result.charges,
+            result.low,
+            result.high,
+            result.median,
+        )
     service.metrics.observe_one("form", encoded, result.charges)
     return _page(model, 200, values=values, result=result)
 

@@ -119,7 +119,7 @@ class Service:
         model = Artifact.load(verified.root, verified.digest)
         if self.audit is not None:  # `chargecast serve` pins the digest it verified; else the file's
             metadata = Path(settings.model_dir) / METADATA_FILE
-            self.audit.digest = verified.digest or hashlib.sha256(metadata.read_bytes()).hexdigest()
+            self.audit.loaded(model, verified.digest or hashlib.sha256(metadata.read_bytes()).hexdigest())
         warm_up(model)
         return model
 
