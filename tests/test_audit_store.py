@@ -20,6 +20,7 @@ from chargecast.audit.store import (
     AuditUrlError,
     FileStore,
     Forecast,
+    PostgresStore,
     Store,
     as_row,
     json_row,
@@ -203,6 +204,35 @@ def test_postgresql_reconnects_after_the_server_restarts(postgres: object, postg
     postgres.start()
     assert store.write([forecast("b"), forecast("a")]) == 1
     assert [f.request_id for f in store.forecasts()] == ["a", "b"]
+    store.close()
+
+
+def test_a_paced_postgresql_write_is_one_transaction_in_pieces(postgres_url: str) -> None:
+    """The audit process COPYs in pieces with pauses between (PostgresStore.pace): another
+    connection sees none of a batch until all of it is in, and a redelivery still adds none."""
+    import threading
+
+    store = open_store(postgres_url)
+    assert isinstance(store, PostgresStore)
+    store.migrate()
+    store.pace = (100, 0.3)
+    batch = [forecast(f"paced-{i:04d}", 0, i) for i in range(250)]  # three pieces, two pauses
+    done: list[int] = []
+    writing = threading.Thread(target=lambda: done.append(store.write(batch)))
+    writing.start()
+    try:
+        time.sleep(0.4)  # within the pauses: the first piece (at least) is COPYed, not committed
+        reader = open_store(postgres_url)
+        try:
+            seen = sum(1 for f in reader.forecasts() if f.request_id.startswith("paced-"))
+        finally:
+            reader.close()
+    finally:
+        writing.join()
+    assert seen == 0
+    assert done == [250]
+    assert store.write(batch) == 0  # the whole batch again: absorbed, no error
+    assert sum(1 for f in store.forecasts() if f.request_id.startswith("paced-")) == 250
     store.close()
 
 

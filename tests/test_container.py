@@ -204,6 +204,36 @@ def big_csv(rows: int) -> bytes:
     return out.getvalue().encode()
 
 
+AUDIT_PROBE = """
+import os, sqlite3
+def argv(p):
+    return open(f"/proc/{p}/cmdline", "rb").read().split(bytes(1))
+audit = [int(p) for p in os.listdir("/proc") if p.isdigit() and b"chargecast.audit.sidecar" in argv(p)]
+threads = [int(t) for p in audit for t in os.listdir(f"/proc/{p}/task")]
+policies = sorted({os.sched_getscheduler(t) for t in threads})
+rows = sqlite3.connect("/tmp/audit.sqlite3").execute("SELECT COUNT(*) FROM chargecast_forecasts").fetchone()[0]
+print(len(audit), policies == [os.SCHED_IDLE], rows, os.getuid())
+"""
+
+
+def test_the_audit_log_runs_in_the_image_at_idle_priority_as_non_root(image: str) -> None:
+    """Under the container's seccomp profile, without capabilities, as user 10001: one audit
+    process per worker, every thread of it at SCHED_IDLE, and every forecast in the table."""
+    with running(image, "-e", "CHARGECAST_AUDIT_URL=sqlite:////tmp/audit.sqlite3") as (name, url, metrics_url):
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for i in range(40):
+                assert client.post("/api/v1/predict", json={**RECORD, "age": 20 + i}).status_code == 200
+        deadline = time.monotonic() + 20
+        while True:
+            out = sh("podman", "exec", name, "python3", "-c", AUDIT_PROBE, check=False).stdout.split()
+            if out[2:3] == ["40"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        metrics = httpx.get(metrics_url, timeout=5).text
+    assert out == ["2", "True", "40", "10001"], out  # two workers, two audit processes
+    assert "chargecast_audit_in_worker" in metrics
+
+
 def test_sigterm_finishes_the_inflight_request_and_exits_within_10s(container: tuple[str, str, str]) -> None:
     name, url, metrics_url = container
     rows = 200_000

@@ -46,6 +46,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -54,7 +55,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from chargecast.audit.records import Builder, ModelRef, count
-from chargecast.audit.store import Row, Store, open_store
+from chargecast.audit.store import PostgresStore, Row, Store, open_store
 from chargecast.audit.writer import Spool, Writer
 
 log = logging.getLogger("chargecast.audit")
@@ -73,6 +74,7 @@ SWITCH_INTERVAL: Final = 0.0005
 STARTUP_SECONDS: Final = 5.0  # a child that has not flushed this long after it started is starved
 PIPE_BYTES: Final = 1 << 20  # the pipe's capacity (Linux's default cap for unprivileged processes)
 F_SETPIPE_SZ: Final = 1031
+PACE: Final = (100, 0.002)  # the audit process COPYs to PostgreSQL 100 rows at a time, 2 ms apart
 # The shared page: int64 slots, each written with one aligned store (struct.pack_into zeroes the
 # whole buffer before it packs, so a reader could see zeros mid-write). The last flush began at
 # time.monotonic_ns() (0: not yet); CLOCK_MONOTONIC is one clock for every process on a machine.
@@ -127,16 +129,22 @@ def _reset(slots: memoryview) -> None:
 
 
 def _status_page() -> tuple[int, memoryview]:
-    fd = os.memfd_create("chargecast-audit-status")
+    try:
+        fd = os.memfd_create("chargecast-audit-status")
+    except (AttributeError, OSError):  # no memfd (not Linux, or a sandbox that refuses it)
+        with tempfile.TemporaryFile() as unnamed:
+            fd = os.dup(unnamed.fileno())
     os.ftruncate(fd, STATUS_BYTES)
     slots = _slots(mmap.mmap(fd, STATUS_BYTES))
     _reset(slots)
     return fd, slots
 
 
-def _connector(url: str) -> Any:
+def _connector(url: str, paced: bool = False) -> Any:
     def connect() -> Store:
         store = open_store(url)
+        if paced and isinstance(store, PostgresStore):
+            store.pace = PACE
         store.migrate()
         return store
 
@@ -495,7 +503,7 @@ def main() -> int:
     builder = Builder(config.key)
     writer = _Published(
         _slots(mmap.mmap(config.status_fd, STATUS_BYTES)),
-        _connector(config.url),
+        _connector(config.url, paced=True),
         builder.build,
         Spool(config.spool_dir, config.spool_max_bytes),
         config.child_queue,
