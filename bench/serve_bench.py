@@ -222,6 +222,7 @@ def measure(
         # once, would all stay with it if the other were still starting, halving the figure.
         time.sleep(settle)
         many = load(port, 16, 2, seconds, script)
+        time.sleep(settle)  # the one-connection load, too, starts on a server at rest
         one = load(port, 1, 1, seconds, script)
         rss, pss = memory_mb(proc.pid)
     result = {"name": name, "start_s": start_s, "many": many, "one": one, "rss_mb": rss, "pss_mb": pss}

@@ -250,6 +250,36 @@ def test_a_spool_is_redelivered_whole_and_twice_without_duplicates(tmp_path: Pat
     assert heir.delivered == 10  # both files went in; the store absorbed the second
 
 
+def test_a_spool_is_locked_before_any_scan_can_find_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Created under a hidden name, locked, then renamed: a worker scanning for orphans can
+    never lock (and deliver, and delete) a spool its owner is about to append to."""
+    import fcntl
+    import os
+
+    spool = Spool(tmp_path, 1 << 20)
+    seen: list[str] = []
+    rename = os.rename
+
+    def checked(src: Any, dst: Any) -> None:
+        assert not list(tmp_path.glob("spool-*.jsonl"))  # nothing a scan would match yet
+        with open(src, "rb") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("unlocked")
+            except BlockingIOError:
+                seen.append("locked")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", checked)
+    assert spool.append([as_row(_forecast(1))])
+    assert seen == ["locked"]
+    own = spool.own()
+    assert own is not None
+    assert [p.name for p in tmp_path.glob("spool-*.jsonl")] == [own.name]
+    assert spool.append([as_row(_forecast(2))])  # the same file, appended to
+    assert [r[0] for r in read_spool(own)] == ["r00001", "r00002"]
+
+
 def test_a_live_workers_spool_is_never_taken(tmp_path: Path) -> None:
     store = FlakyStore()
     live = _writer(tmp_path, store)

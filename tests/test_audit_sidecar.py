@@ -263,15 +263,24 @@ def test_past_the_bound_and_the_spool_limit_records_are_dropped_and_counted(
     car.close(1.0)
 
 
+def test_an_entry_that_cannot_be_queued_is_dropped_not_raised(tmp_path: Path, model: Artifact) -> None:
+    """The request that queued it has its answer: an audit failure never turns it into a 500."""
+    car = Sidecar(config(tmp_path), Builder(None))
+    car.submit((ONE, time.time(), "/api/v1/predict", "r1", None, None, lambda: 0, b"{}", None))  # unpicklable
+    assert car.dropped == 1
+    assert car.backlog() == 0
+    car.close(1.0)
+
+
 def test_the_shared_page_is_never_read_half_written() -> None:
-    """struct.pack_into zeroes its buffer before packing: a reader racing it saw a flush time
-    of 0 and took the child for one that never started. The slots are written one by one."""
+    """struct.pack_into zeroes its buffer before packing: a reader racing it saw zeros (a child
+    that had taken nothing, so every record looked overdue). The slots are written one by one."""
     _, slots = sidecar._status_page()
     writer = sidecar._Published.__new__(sidecar._Published)
     writer.slots = slots
-    writer.delivered, writer.dropped, writer.sink_up = 7, 0, 1
+    writer.delivered, writer.dropped, writer.sink_up, writer.taken = 7, 0, 1, 9
     writer.backlog = lambda: 3  # type: ignore[method-assign]
-    slots[sidecar.FLUSHED] = time.monotonic_ns()
+    writer.publish()
     stop = threading.Event()
 
     def publish() -> None:
@@ -281,8 +290,8 @@ def test_the_shared_page_is_never_read_half_written() -> None:
     thread = threading.Thread(target=publish)
     thread.start()
     try:
-        seen = {(slots[sidecar.DELIVERED], slots[sidecar.SINK_UP], slots[sidecar.FLUSHED] > 0) for _ in range(200_000)}
+        seen = {(slots[sidecar.DELIVERED], slots[sidecar.SINK_UP], slots[sidecar.TAKEN]) for _ in range(200_000)}
     finally:
         stop.set()
         thread.join()
-    assert seen == {(7, 1, True)}
+    assert seen == {(7, 1, 9)}

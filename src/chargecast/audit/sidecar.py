@@ -10,11 +10,12 @@ microseconds, on the request path) and a sender thread hands the bytes every
 (the queue, the batches, the spool, orphan delivery) under ``SCHED_IDLE``: it gets a CPU only
 when no request wants one, and a request never waits for it.
 
-- **When the CPUs are saturated** an idle-priority process gets next to nothing. The child
-  publishes when its last flush began; when it has records and that is more than
-  :data:`LATE_FLUSHES` flush intervals ago, the worker writes new entries itself with its own
-  :class:`Writer` thread, at normal priority (what the audit log did before this process
-  existed), for a hold of :data:`HOLD_SECONDS` or more (see :meth:`Sidecar.steer`).
+- **When the CPUs are saturated** an idle-priority process gets next to nothing. The worker
+  counts what it sent against what the child has taken off its queue (published in shared
+  memory); when a record has waited :data:`LATE_FLUSHES` flush intervals, the worker writes new
+  entries itself with its own :class:`Writer` thread at normal priority (what the audit log
+  did before this process existed), for a hold of :data:`HOLD_SECONDS` or more (see
+  :meth:`Sidecar.steer`).
 - **Shutdown.** The child ignores SIGTERM and SIGINT: it stops when its pipe closes, after
   writing what it holds (or spooling it). The worker closes the pipe during its drain, once
   every answered request is queued, and waits for the child.
@@ -35,6 +36,7 @@ The pipe carries pickles from the worker to its own child, never anything from a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -61,27 +63,23 @@ from chargecast.audit.writer import Spool, Writer
 log = logging.getLogger("chargecast.audit")
 SEND_SECONDS: Final = 0.02  # how long an entry waits in the worker before it crosses to the child
 RESTART_SECONDS: Final = 1.0  # the shortest time between two starts of the child
-LATE_FLUSHES: Final = 2.0  # the child is starved when its last flush began this many intervals ago
+LATE_FLUSHES: Final = 2.0  # the child is behind when a record it was sent waits this many intervals
 HOLD_SECONDS: Final = 1.0  # the worker writes for at least this long before it hands back
 MAX_HOLD_SECONDS: Final = 60.0
-PROBE_SECONDS: Final = 0.01  # the child's idle-priority probe sleeps this long, again and again
-FREE_CPU_MICROS: Final = 5000  # hand back only if no probe sleep overran by more than this, for a second
 # While the worker writes, its writer thread shares the interpreter lock with the requests, and
 # builds rows or binds a batch in long C calls: a request that wants the lock then waits up to
 # the switch interval (5 ms by default). At 0.5 ms it waits at most that; the cost is a forced
 # switch every 0.5 ms while both threads have work, none when the writer is idle.
 SWITCH_INTERVAL: Final = 0.0005
-STARTUP_SECONDS: Final = 5.0  # a child that has not flushed this long after it started is starved
 PIPE_BYTES: Final = 1 << 20  # the pipe's capacity (Linux's default cap for unprivileged processes)
 F_SETPIPE_SZ: Final = 1031
 PACE: Final = (100, 0.002)  # the audit process COPYs to PostgreSQL 100 rows at a time, 2 ms apart
 # The shared page: int64 slots, each written with one aligned store (struct.pack_into zeroes the
-# whole buffer before it packs, so a reader could see zeros mid-write). The last flush began at
-# time.monotonic_ns() (0: not yet); CLOCK_MONOTONIC is one clock for every process on a machine.
-# WAKE: the latest wake-up of a thread at idle priority in the child, microseconds: the most
-# any 10 ms sleep overran in the last second (how long a CPU took to become free for it).
-DELIVERED, DROPPED, SINK_UP, BACKLOG, FLUSHED, WAKE = range(6)
-SLOTS: Final = 6
+# whole buffer before it packs, so a reader could see zeros mid-write). TAKEN: records the
+# child has taken off its queue (written, spooled or dropped), against which the worker
+# matches what it sent.
+DELIVERED, DROPPED, SINK_UP, BACKLOG, TAKEN = range(5)
+SLOTS: Final = 5
 STATUS_BYTES: Final = 8 * SLOTS
 PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 
@@ -124,7 +122,7 @@ def _slots(page: mmap.mmap) -> memoryview:
 
 
 def _reset(slots: memoryview) -> None:
-    for i, value in enumerate((0, 0, 1, 0, 0, -1)):
+    for i, value in enumerate((0, 0, 1, 0, 0)):
         slots[i] = value
 
 
@@ -181,6 +179,10 @@ class Sidecar:
         self._buffered = 0  # records in _frames and in the chunk being written
         self._chunk: bytes | None = None  # frames joined, partly written to the pipe
         self._chunk_records = 0
+        self._chunk_since = 0.0
+        # (when, records sent by then) for sends the child has not yet taken off its queue
+        self._sent: collections.deque[tuple[float, int]] = collections.deque()
+        self._sent_total = 0
         self._offset = 0
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -221,7 +223,15 @@ class Sidecar:
             self._frames.append(pickle.dumps(("model", *model.describe()), PROTOCOL))
 
     def submit(self, entry: Any, records: int = 1) -> None:
-        """Queue one request's entry; never blocks on the child or the store."""
+        """Queue one request's entry; never blocks on the child or the store, and never
+        fails the request: a record that cannot be queued is counted and logged as dropped."""
+        try:
+            self._submit(entry, records)
+        except Exception:
+            log.exception("audit record could not be queued")
+            self._drop(records, "could not be queued")
+
+    def _submit(self, entry: Any, records: int) -> None:
         if self.writing_locally:
             self.local.submit(entry, records)
             return
@@ -273,6 +283,8 @@ class Sidecar:
                 extra={"fields": {"exit": code, "records_lost_at_most": backlog}},
             )
         _reset(self._status)
+        self._sent.clear()  # the new child counts from zero; what the dead one held is gone
+        self._sent_total = 0
         self._started_at = time.monotonic()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "chargecast.audit.sidecar"], stdin=subprocess.PIPE, pass_fds=(self._status_fd,)
@@ -313,11 +325,15 @@ class Sidecar:
                 if not frames:
                     return
                 self._chunk, self._chunk_records, self._offset = b"".join(frames), records, 0
+                self._chunk_since = time.monotonic()
             sent = self._deliver(self._chunk, blocking)
             if sent is False:
                 return
             if sent is None:
                 self._spool_frames(self._chunk)
+            else:
+                self._sent_total += self._chunk_records
+                self._sent.append((time.monotonic(), self._sent_total))
             with self._lock:
                 self._buffered -= self._chunk_records
             self._chunk = None
@@ -370,25 +386,29 @@ class Sidecar:
         if rows:
             self._spool(rows)
 
-    def steer(self) -> None:
-        """Write in the worker while the idle-priority child is starved of CPU (or stopped):
-        its last flush began more than :data:`LATE_FLUSHES` intervals ago, or it has not
-        flushed at all :data:`STARTUP_SECONDS` after it started.
+    def behind(self, now: float) -> bool:
+        """Has a record waited :data:`LATE_FLUSHES` flush intervals without the child taking it
+        off its queue (written, spooled or dropped), or a chunk as long for room in the pipe?
+        Either way the child is starved of CPU, stopped, or reading too slowly."""
+        limit = LATE_FLUSHES * self.config.child_flush_seconds
+        taken = self._status[TAKEN]
+        while self._sent and self._sent[0][1] <= taken:
+            self._sent.popleft()
+        waiting = self._sent and now - self._sent[0][0] > limit
+        return bool(waiting) or (self._chunk is not None and now - self._chunk_since > limit)
 
-        Hand back when a CPU is free again: the child, caught up, has a probe thread at idle
-        priority whose 10 ms sleeps overran by at most :data:`FREE_CPU_MICROS` for the last
-        second (an idle child is always on time, so its flushes cannot say that). The worker
-        holds the writing at least :data:`HOLD_SECONDS`, twice as long each time the child
-        starves again within a hold of being handed it (to :data:`MAX_HOLD_SECONDS`)."""
-        status = self._status
-        backlog, flushed_ns, wake = status[BACKLOG], status[FLUSHED], status[WAKE]
+    def steer(self) -> None:
+        """Write in the worker while the idle-priority child is behind (:meth:`behind`:
+        starved of CPU, stopped, or reading too slowly).
+
+        Hand back once the child has taken all it was sent, after a hold of
+        :data:`HOLD_SECONDS`, twice as long each time it falls behind again within a hold of
+        being handed the writing (to :data:`MAX_HOLD_SECONDS`): on saturated CPUs the child
+        keeps up only while it has nothing to do."""
         now = time.monotonic()
-        if flushed_ns == 0:
-            late = now - self._started_at > STARTUP_SECONDS
-        else:
-            late = now - flushed_ns / 1e9 > LATE_FLUSHES * self.config.child_flush_seconds
+        behind = self.behind(now)
         if not self.writing_locally:
-            if late and self._proc is not None and self._proc.poll() is None:
+            if behind and self._proc is not None and self._proc.poll() is None:
                 again = now - self._handed_back_at < self.hold
                 self.hold = min(self.hold * 2, MAX_HOLD_SECONDS) if again else HOLD_SECONDS
                 self._local_since = now
@@ -399,16 +419,16 @@ class Sidecar:
                 self.writing_locally = True
                 self.switches += 1
                 log.info(
-                    "audit writer process starved of CPU: the worker writes",
-                    extra={"fields": {"backlog": backlog, "hold_seconds": self.hold}},
+                    "audit process behind: the worker writes",
+                    extra={"fields": {"backlog": self._status[BACKLOG], "hold_seconds": self.hold}},
                 )
             return
-        free = 0 <= wake <= FREE_CPU_MICROS
-        if now - self._local_since >= self.hold and free and not late and backlog == 0 and self._chunk is None:
+        caught_up = not self._sent and self._chunk is None and not self._frames
+        if now - self._local_since >= self.hold and caught_up:
             self.writing_locally = False
             self._handed_back_at = now
             sys.setswitchinterval(self._switch_interval)
-            log.info("audit writer process takes the writing back")
+            log.info("audit process caught up: it writes again")
 
     def close(self, timeout: float) -> None:
         """Send what is queued, close the pipe and wait (up to ``timeout`` s) for the child to
@@ -440,12 +460,11 @@ class Sidecar:
 
 # -- the child ----------------------------------------------------------------------------
 class _Published(Writer):
-    """The writer, publishing its counters (and when each flush began) in the shared page."""
+    """The writer, publishing its counters in the shared page after every flush."""
 
     def __init__(self, slots: memoryview, *args: Any) -> None:
         super().__init__(*args)
         self.slots = slots
-        slots[FLUSHED] = time.monotonic_ns()
 
     def publish(self) -> None:
         slots = self.slots
@@ -453,25 +472,11 @@ class _Published(Writer):
         slots[DROPPED] = self.dropped
         slots[SINK_UP] = self.sink_up
         slots[BACKLOG] = self.backlog()
+        slots[TAKEN] = self.taken
 
     def cycle(self) -> None:
-        self.slots[FLUSHED] = time.monotonic_ns()
         super().cycle()
         self.publish()
-
-
-def probe(slots: memoryview) -> None:
-    """Forever: sleep :data:`PROBE_SECONDS` at idle priority and publish, once a second, the
-    most any sleep overran in that second (what a request-free CPU would have given)."""
-    worst, until = 0.0, time.monotonic() + 1.0
-    while True:
-        began = time.monotonic()
-        time.sleep(PROBE_SECONDS)
-        woke = time.monotonic()
-        worst = max(worst, woke - began - PROBE_SECONDS)
-        if woke >= until:
-            slots[WAKE] = int(worst * 1e6)
-            worst, until = 0.0, woke + 1.0
 
 
 def idle_priority() -> bool:
@@ -511,7 +516,6 @@ def main() -> int:
         config.child_flush_seconds,
     )
     writer.start()
-    threading.Thread(target=probe, args=(writer.slots,), name="chargecast-audit-probe", daemon=True).start()
     try:
         while True:
             try:

@@ -44,6 +44,7 @@ class Spool:
         self.prefix = f"spool-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._seq = 0
         self._handle: Any = None  # ours, locked for as long as we hold it
+        self._path = self.dir
         self.records = 0  # in our file, not yet delivered
 
     def used(self) -> int:
@@ -63,9 +64,15 @@ class Spool:
         if self.used() + len(data) > self.max_bytes:
             return False
         if self._handle is None:
+            # Locked under a name no scan matches, then renamed: a worker scanning for orphans
+            # could otherwise lock a spool between its creation and its owner's lock, deliver
+            # and delete it while the owner went on appending to the deleted file.
             self._seq += 1
-            self._handle = open(self.dir / f"{self.prefix}{self._seq:06d}.jsonl", "ab")  # noqa: SIM115
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            name = f"{self.prefix}{self._seq:06d}.jsonl"
+            handle = open(self.dir / f".{name}", "ab")  # noqa: SIM115
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(self.dir / f".{name}", self.dir / name)
+            self._handle, self._path = handle, self.dir / name
         self._handle.write(data)
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -77,7 +84,7 @@ class Spool:
         return self._handle is not None
 
     def own(self) -> Path | None:
-        return None if self._handle is None else Path(self._handle.name)
+        return None if self._handle is None else self._path
 
     def delivered(self) -> None:
         """Our file reached the store: delete it (then unlock)."""
@@ -153,6 +160,7 @@ class Writer:
         self._store: Store | None = None
         self._orphans_at = 0.0
         self._orphan_records = 0
+        self.taken = 0  # records ever taken off the queue: written, spooled or dropped since
         self._thread = threading.Thread(target=self._run, name="chargecast-audit", daemon=True)
 
     # -- the request side ------------------------------------------------------------------
@@ -170,6 +178,7 @@ class Writer:
 
     def _overflow(self, entry: Any, records: int) -> None:
         """The queue is full (the store is slower than the traffic): spool this one at once."""
+        self.taken += records
         try:
             built = self.build(entry)
         except Exception:
@@ -218,7 +227,9 @@ class Writer:
                 log.exception("audit records could not be built")
                 self._drop(n, "could not be built")
         with self._lock:
-            self._queued -= sum(n for _, n in taken)
+            n_taken = sum(n for _, n in taken)
+            self._queued -= n_taken
+            self.taken += n_taken
         return records
 
     def cycle(self) -> None:
