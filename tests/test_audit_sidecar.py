@@ -56,6 +56,9 @@ def running(tmp_path: Path, model: Artifact, **kw: Any) -> Iterator[Sidecar]:
     car.tell(ModelRef.of(model, DIGEST))
     car.start()
     try:
+        pid = car.pid
+        # started: its writer thread is up (imports done), so what is sent now is read at once
+        _wait(lambda: pid is not None and len(os.listdir(f"/proc/{pid}/task")) >= 2)
         yield car
     finally:
         car.close(5.0)
