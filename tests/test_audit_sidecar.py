@@ -204,11 +204,13 @@ def test_a_stopped_child_is_stood_in_for_then_handed_back_with_nothing_lost_or_d
                 assert time.monotonic() < deadline, "the worker never stood in"
                 submit(5)
                 time.sleep(0.02)
+            assert car._status[sidecar.PAUSED] == 1  # told to hold what it has
             submit(50)
             _wait(lambda: car.local.delivered >= 50)  # the worker's own writer, while the child sleeps
         finally:
             os.kill(pid, signal.SIGCONT)
-        _wait(lambda: not car.writing_locally)  # caught up, and a CPU is free: handed back
+        _wait(lambda: not car.writing_locally)  # a CPU is free: handed back
+        assert car._status[sidecar.PAUSED] == 0
         assert car.switches == 1
         submit(20)
     ids = stored(tmp_path)
@@ -273,6 +275,23 @@ def test_an_entry_that_cannot_be_queued_is_dropped_not_raised(tmp_path: Path, mo
     assert car.dropped == 1
     assert car.backlog() == 0
     car.close(1.0)
+
+
+def test_idle_cpus_are_read_from_proc_stat_over_a_window(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    cpus = sidecar.CpuIdle(str(stat))
+
+    def write(idle: int, busy: int) -> None:  # user nice system idle iowait irq softirq steal
+        stat.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0\ncpu1 0\nintr 1\n")
+
+    write(1000, 1000)
+    assert cpus.idle(0.0) is None  # one sample: no window yet
+    write(1150, 1350)  # 150 of 500 ticks idle, on two CPUs
+    assert cpus.idle(0.1) is None  # within the window: the last figure (none)
+    assert cpus.idle(sidecar.IDLE_WINDOW) == pytest.approx(0.6)
+    write(1150, 1850)  # saturated
+    assert cpus.idle(2 * sidecar.IDLE_WINDOW) == 0.0
+    assert sidecar.CpuIdle(str(tmp_path / "missing")).idle(0.0) is None
 
 
 def test_the_shared_page_is_never_read_half_written() -> None:

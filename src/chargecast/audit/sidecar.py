@@ -10,11 +10,13 @@ microseconds, on the request path) and a sender thread hands the bytes every
 (the queue, the batches, the spool, orphan delivery) under ``SCHED_IDLE``: it gets a CPU only
 when no request wants one, and a request never waits for it.
 
-- **When the CPUs are saturated** an idle-priority process gets next to nothing. The worker
-  counts what it sent against what the child has taken off its queue (published in shared
-  memory); when a record has waited :data:`LATE_FLUSHES` flush intervals, the worker writes new
-  entries itself with its own :class:`Writer` thread at normal priority (what the audit log
-  did before this process existed), for a hold of :data:`HOLD_SECONDS` or more (see
+- **When the CPUs are saturated** an idle-priority process gets next to nothing, and a busy
+  one is preempted at every request, which costs the workers more than its work. So the
+  worker writes itself, with its own :class:`Writer` thread at normal priority (what the audit
+  log did before this process existed), and pauses the child, when the machine has had fewer
+  than :data:`BUSY_CORES` CPUs idle for :data:`BUSY_SECONDS`, or when a record it sent has
+  waited :data:`LATE_FLUSHES` flush intervals without the child taking it. It hands back
+  once :data:`FREE_CORES` CPUs have been idle for :data:`FREE_SECONDS` (see
   :meth:`Sidecar.steer`).
 - **Shutdown.** The child ignores SIGTERM and SIGINT: it stops when its pipe closes, after
   writing what it holds (or spooling it). The worker closes the pipe during its drain, once
@@ -66,9 +68,12 @@ RESTART_SECONDS: Final = 1.0  # the shortest time between two starts of the chil
 LATE_FLUSHES: Final = 2.0  # the child is behind when a record it was sent waits this many intervals
 HOLD_SECONDS: Final = 1.0  # the worker writes for at least this long before it hands back
 MAX_HOLD_SECONDS: Final = 10.0
+PAUSE_SECONDS: Final = 0.05  # how often a paused child looks whether it may write again
 IDLE_WINDOW: Final = 0.25  # the machine's idle CPUs are measured over windows this long
 FREE_CORES: Final = 0.5  # hand back only with at least this many CPUs idle...
 FREE_SECONDS: Final = 1.0  # ...for this long
+BUSY_CORES: Final = 0.25  # and take the writing with fewer than this many idle...
+BUSY_SECONDS: Final = 0.5  # ...for this long
 # While the worker writes, its writer thread shares the interpreter lock with the requests, and
 # builds rows or binds a batch in long C calls: a request that wants the lock then waits up to
 # the switch interval (5 ms by default). At 0.5 ms it waits at most that; the cost is a forced
@@ -81,8 +86,9 @@ PACE: Final = (100, 0.002)  # the audit process COPYs to PostgreSQL 100 rows at 
 # whole buffer before it packs, so a reader could see zeros mid-write). TAKEN: records the
 # child has taken off its queue (written, spooled or dropped), against which the worker
 # matches what it sent.
-DELIVERED, DROPPED, SINK_UP, BACKLOG, TAKEN = range(5)
-SLOTS: Final = 5
+# PAUSED (set by the worker): the child holds its queue and does not write (see Sidecar.steer).
+DELIVERED, DROPPED, SINK_UP, BACKLOG, TAKEN, PAUSED = range(6)
+SLOTS: Final = 6
 STATUS_BYTES: Final = 8 * SLOTS
 PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 
@@ -125,7 +131,7 @@ def _slots(page: mmap.mmap) -> memoryview:
 
 
 def _reset(slots: memoryview) -> None:
-    for i, value in enumerate((0, 0, 1, 0, 0)):
+    for i, value in enumerate((0, 0, 1, 0, 0, 0)):
         slots[i] = value
 
 
@@ -208,6 +214,7 @@ class Sidecar:
         self.switches = 0  # to the worker's own writer, since start
         self.cpus = CpuIdle()
         self._free_since: float | None = None
+        self._busy_since: float | None = None
         self.hold = HOLD_SECONDS
         self._local_since = 0.0
         self._handed_back_at = -MAX_HOLD_SECONDS
@@ -435,23 +442,25 @@ class Sidecar:
         return bool(waiting) or (self._chunk is not None and now - self._chunk_since > limit)
 
     def steer(self) -> None:
-        """Write in the worker while the idle-priority child is behind (:meth:`behind`:
-        starved of CPU, stopped, or reading too slowly).
+        """Write in the worker while the machine's CPUs are saturated (fewer than
+        :data:`BUSY_CORES` idle for :data:`BUSY_SECONDS`) or the idle-priority child is behind
+        (:meth:`behind`: starved of CPU, stopped, or reading too slowly), and pause the child
+        meanwhile.
 
-        Hand back once the child has taken all it was sent and at least :data:`FREE_CORES` of
-        the machine's CPUs have been idle for :data:`FREE_SECONDS`, after a hold of
+        A busy idle-priority process on busy CPUs is preempted at every request and costs the
+        workers far more than its work (16 connections: 10-13k req/s against 19-20k with the
+        worker writing), so the child holds what it has until the CPUs are free: at least
+        :data:`FREE_CORES` of the machine's CPUs idle for :data:`FREE_SECONDS`, after a hold of
         :data:`HOLD_SECONDS`, twice as long each time it falls behind again within a hold (to
-        :data:`MAX_HOLD_SECONDS`). An idle child keeps up whatever the CPUs do, so keeping up
-        cannot say they are free; and a busy idle-priority child on busy CPUs is preempted at
-        every request and costs the workers far more than its work (16 connections: 10-13k
-        req/s against 19-20k with the worker writing)."""
+        :data:`MAX_HOLD_SECONDS`). Then it writes what it held and takes the writing back."""
         now = time.monotonic()
-        behind = self.behind(now)
         idle = self.cpus.idle(now)
         if idle is not None:
             self._free_since = (self._free_since or now) if idle >= FREE_CORES else None
+            self._busy_since = (self._busy_since or now) if idle < BUSY_CORES else None
+        busy = self._busy_since is not None and now - self._busy_since >= BUSY_SECONDS
         if not self.writing_locally:
-            if behind and self._proc is not None and self._proc.poll() is None:
+            if (busy or self.behind(now)) and self._proc is not None and self._proc.poll() is None:
                 again = now - self._handed_back_at < self.hold
                 self.hold = min(self.hold * 2, MAX_HOLD_SECONDS) if again else HOLD_SECONDS
                 self._local_since = now
@@ -460,6 +469,7 @@ class Sidecar:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
                 self.writing_locally = True
+                self._status[PAUSED] = 1
                 self.switches += 1
                 log.info(
                     "audit process behind: the worker writes",
@@ -467,12 +477,13 @@ class Sidecar:
                 )
             return
         free = self._free_since is not None and now - self._free_since >= FREE_SECONDS
-        caught_up = not self._sent and self._chunk is None and not self._frames
-        if now - self._local_since >= self.hold and caught_up and (free or idle is None):
+        if now - self._local_since >= self.hold and (free or idle is None) and self._chunk is None:
             self.writing_locally = False
             self._handed_back_at = now
+            self._sent = collections.deque((now, n) for _, n in self._sent)  # held, not late
+            self._status[PAUSED] = 0
             sys.setswitchinterval(self._switch_interval)
-            log.info("audit process caught up: it writes again", extra={"fields": {"idle_cpus": idle}})
+            log.info("audit process writes again", extra={"fields": {"idle_cpus": idle}})
 
     def close(self, timeout: float) -> None:
         """Send what is queued, close the pipe and wait (up to ``timeout`` s) for the child to
@@ -487,6 +498,7 @@ class Sidecar:
             return
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._status[PAUSED] = 0  # it writes what it held, then stops when its pipe closes
         self.send(blocking=True)  # the chunk a full pipe held back, then the rest
         self.send(blocking=True)
         proc = self._proc
@@ -519,6 +531,8 @@ class _Published(Writer):
         slots[TAKEN] = self.taken
 
     def cycle(self) -> None:
+        while self.slots[PAUSED] and not self._stop:  # the worker writes: take no CPU from it
+            time.sleep(PAUSE_SECONDS)
         super().cycle()
         self.publish()
 
